@@ -1,0 +1,1 @@
+//! License key format v1 (placeholder, being written).

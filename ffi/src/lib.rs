@@ -1,0 +1,1 @@
+//! C ABI for the Keysmith SDK (work in progress).
