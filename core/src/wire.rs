@@ -1,0 +1,238 @@
+//! Wire types of the HTTP API shared by server and SDK (SPEC §3).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The outcome code of a validation. The first group is what the server
+/// answers; `OfflineGraceExpired` and `ClockTampered` are decided by the SDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Code {
+    Valid,
+    KeyMalformed,
+    LicenseNotFound,
+    LicenseSuspended,
+    LicenseRevoked,
+    LicenseExpired,
+    DomainLimitReached,
+    MachineLimitReached,
+    RateLimited,
+    InvalidDomain,
+    BadRequest,
+    /// SDK only: offline, and the cached answer is past its `exp`.
+    OfflineGraceExpired,
+    /// SDK only: the system clock was set back.
+    ClockTampered,
+}
+
+impl Code {
+    /// Every code, in declaration order.
+    pub const ALL: [Code; 13] = [
+        Code::Valid,
+        Code::KeyMalformed,
+        Code::LicenseNotFound,
+        Code::LicenseSuspended,
+        Code::LicenseRevoked,
+        Code::LicenseExpired,
+        Code::DomainLimitReached,
+        Code::MachineLimitReached,
+        Code::RateLimited,
+        Code::InvalidDomain,
+        Code::BadRequest,
+        Code::OfflineGraceExpired,
+        Code::ClockTampered,
+    ];
+
+    /// The code as written on the wire, e.g. `"LICENSE_EXPIRED"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Valid => "VALID",
+            Code::KeyMalformed => "KEY_MALFORMED",
+            Code::LicenseNotFound => "LICENSE_NOT_FOUND",
+            Code::LicenseSuspended => "LICENSE_SUSPENDED",
+            Code::LicenseRevoked => "LICENSE_REVOKED",
+            Code::LicenseExpired => "LICENSE_EXPIRED",
+            Code::DomainLimitReached => "DOMAIN_LIMIT_REACHED",
+            Code::MachineLimitReached => "MACHINE_LIMIT_REACHED",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::InvalidDomain => "INVALID_DOMAIN",
+            Code::BadRequest => "BAD_REQUEST",
+            Code::OfflineGraceExpired => "OFFLINE_GRACE_EXPIRED",
+            Code::ClockTampered => "CLOCK_TAMPERED",
+        }
+    }
+
+    /// Parses the wire form.
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// A decided answer about an existing or missing license: the server
+    /// signs these (SPEC §3).
+    pub fn is_signed(self) -> bool {
+        matches!(
+            self,
+            Code::Valid
+                | Code::LicenseNotFound
+                | Code::LicenseSuspended
+                | Code::LicenseRevoked
+                | Code::LicenseExpired
+                | Code::DomainLimitReached
+                | Code::MachineLimitReached
+        )
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A license's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Suspended,
+    Expired,
+    Revoked,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Suspended => "suspended",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Active,
+            Status::Suspended,
+            Status::Expired,
+            Status::Revoked,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// `POST /api/v1/validate` request. Only `key` is required.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ValidateRequest {
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// The longest nonce the server echoes.
+pub const MAX_NONCE_LEN: usize = 128;
+
+/// The license part of a validation answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseSummary {
+    pub id: String,
+    pub status: Status,
+    pub plan: String,
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub features: Vec<String>,
+}
+
+/// `POST /api/v1/validate` answer; every answer has this shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidateResponse {
+    pub valid: bool,
+    pub code: Code,
+    /// Same as `code` when `valid` is false (the guide's shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Code>,
+    /// A human explanation for 4xx answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub license: Option<LicenseSummary>,
+    #[serde(default)]
+    pub nonce: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// The license object of the management API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct License {
+    pub id: String,
+    pub key: String,
+    pub status: Status,
+    pub plan: String,
+    pub customer_email: String,
+    pub max_domains: Option<u32>,
+    pub domains: Vec<String>,
+    pub max_machines: Option<u32>,
+    pub machines: Vec<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub updated_at: DateTime<Utc>,
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub last_validated_at: Option<DateTime<Utc>>,
+    pub validation_count: u64,
+}
+
+/// A plan: features, default limits, duration and offline grace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: String,
+    pub features: Vec<String>,
+    pub max_domains: Option<u32>,
+    pub max_machines: Option<u32>,
+    pub duration_days: Option<u32>,
+    pub offline_grace_days: u32,
+}
+
+/// The offline grace of a plan that sets none.
+pub const DEFAULT_OFFLINE_GRACE_DAYS: u32 = 7;
+
+/// One page of a list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// The error body of management routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_strings_round_trip_through_serde() {
+        for code in Code::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(Code::parse(code.as_str()), Some(code));
+        }
+    }
+}

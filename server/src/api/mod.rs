@@ -1,0 +1,237 @@
+//! The HTTP API: routing, authentication, the error shape, and one module per
+//! resource. Handlers are thin: parse → call the store or a rule → map.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::{request::Parts, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use keysmith_core::wire::{ErrorBody, ErrorDetail};
+use serde::de::DeserializeOwned;
+
+use crate::auth::AdminAuth;
+use crate::config::ServeArgs;
+use crate::signing::Signer;
+use crate::store::{cursor, PageRequest, Store, StoreError};
+
+mod keys;
+mod licenses;
+mod plans;
+mod validate;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub signer: Arc<Signer>,
+    pub admin: AdminAuth,
+    pub key_prefix: Arc<str>,
+    pub country_header: Option<Arc<str>>,
+    pub client_ip_header: Option<Arc<str>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, signer: Arc<Signer>, admin: AdminAuth, args: &ServeArgs) -> AppState {
+        AppState {
+            store,
+            signer,
+            admin,
+            key_prefix: args.key_prefix.as_str().into(),
+            country_header: args.country_header.as_deref().map(Into::into),
+            client_ip_header: args.client_ip_header.as_deref().map(Into::into),
+        }
+    }
+
+    /// The client's IP: from the configured proxy header, else the socket.
+    fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> String {
+        self.client_ip_header
+            .as_deref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+            .unwrap_or_else(|| peer.ip().to_string())
+    }
+}
+
+/// Builds the router with every route, the body limit and request logging.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/licenses", post(licenses::create).get(licenses::list))
+        .route("/licenses/{id}", get(licenses::get).put(licenses::update).delete(licenses::revoke))
+        .route("/licenses/{id}/usage", get(licenses::usage))
+        .route("/licenses/{id}/domains/{domain}", delete(licenses::free_domain))
+        .route("/licenses/{id}/machines/{fingerprint}", delete(licenses::free_machine))
+        .route("/validate", post(validate::validate))
+        .route("/deactivate", post(validate::deactivate))
+        .route("/plans", get(plans::list))
+        .route("/plans/{name}", get(plans::get).put(plans::put).delete(plans::delete))
+        .route("/public-key", get(keys::public_key));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/.well-known/jwks.json", get(keys::jwks))
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One log line per request: method, path (never the query, which may hold
+/// a key), status and latency.
+async fn log_request(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let latency_us = start.elapsed().as_micros() as u64;
+    if status >= 500 {
+        tracing::error!(%method, %path, status, latency_us, "request");
+    } else {
+        tracing::info!(%method, %path, status, latency_us, "request");
+    }
+    response
+}
+
+/// Every error of the management routes, mapped to HTTP in one place.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest { code: &'static str, message: String },
+    Unauthorized,
+    PayloadTooLarge,
+    RouteNotFound,
+    MethodNotAllowed,
+    Store(StoreError),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest { code: "BAD_REQUEST", message: message.into() }
+    }
+
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Store(StoreError::Invalid { code, message: message.into() })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::Store(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "send Authorization: Bearer <admin token>".to_owned(),
+            ),
+            ApiError::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the request body is too large".to_owned())
+            }
+            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "no such route".to_owned()),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take that method".to_owned())
+            }
+            ApiError::Store(StoreError::NotFound { code, message }) => (StatusCode::NOT_FOUND, code, message),
+            ApiError::Store(StoreError::Conflict { code, message }) => (StatusCode::CONFLICT, code, message),
+            ApiError::Store(StoreError::Invalid { code, message }) => (StatusCode::UNPROCESSABLE_ENTITY, code, message),
+            ApiError::Store(StoreError::Storage(cause)) => {
+                tracing::error!(%cause, "storage failure");
+                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error; see the server log".to_owned())
+            }
+        };
+        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message } };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Requires the admin bearer token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if state.admin.check_header(header) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// A JSON body whose every failure is answered in the API's error shape.
+pub struct JsonBody<T>(pub T);
+
+/// Reads the body within the size limit.
+async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::bad_request(rejection.body_text())
+        }
+    })
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<JsonBody<T>, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Parses a query string into `T`, answering failures in the error shape.
+pub fn parse_query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
+}
+
+/// The largest page a list returns.
+pub const MAX_LIMIT: u32 = 500;
+const DEFAULT_LIMIT: u32 = 50;
+
+/// `limit` and `cursor` of a list request.
+pub fn page_request(limit: Option<u32>, cursor: Option<&str>) -> Result<PageRequest, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    let before = cursor
+        .map(|c| {
+            cursor::decode(c).ok_or(ApiError::BadRequest {
+                code: "BAD_CURSOR",
+                message: "cursor is not one this server handed out".into(),
+            })
+        })
+        .transpose()?;
+    Ok(PageRequest { before, limit })
+}
+
+/// Deserialises a field that may be absent (outer `None`), `null`
+/// (`Some(None)`) or a value.
+pub fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}

@@ -1,0 +1,82 @@
+//! Command line: defaults → flags → `KEYSMITH_*` environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "keysmith-server", version, about = "Keysmith license server: issues, validates and manages license keys")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    ///
+    /// The admin token comes from KEYSMITH_ADMIN_TOKEN; without it, a random
+    /// token is generated on first start, printed once, and only its hash is kept.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed at start-up).
+    #[arg(long, env = "KEYSMITH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and the signing key; created if missing.
+    #[arg(long, env = "KEYSMITH_DATA_DIR", default_value = "./keysmith-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL: `sqlite://PATH`, or `postgres://…`. Default: SQLite at <data-dir>/keysmith.db.
+    #[arg(long, env = "KEYSMITH_DATABASE")]
+    pub database: Option<String>,
+
+    /// Ed25519 signing key file (mode 0600). Default: <data-dir>/signing.key, created on first start.
+    #[arg(long, env = "KEYSMITH_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+
+    /// Prefix of the keys this server issues and accepts: 2–8 uppercase letters or digits.
+    #[arg(long, env = "KEYSMITH_KEY_PREFIX", default_value = "KS")]
+    pub key_prefix: String,
+
+    /// `iss` claim of validation tokens.
+    #[arg(long, env = "KEYSMITH_ISSUER", default_value = "keysmith")]
+    pub issuer: String,
+
+    /// Header holding the client's country, set by a trusted proxy (e.g. CF-IPCountry).
+    #[arg(long, env = "KEYSMITH_COUNTRY_HEADER")]
+    pub country_header: Option<String>,
+
+    /// Header holding the client IP (e.g. X-Forwarded-For; its first address is used).
+    /// Set this only behind a proxy that overwrites the header; otherwise the socket address is used.
+    #[arg(long, env = "KEYSMITH_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "KEYSMITH_MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+
+    /// Seconds between expiry sweeps (a license's status turns `expired` within this time).
+    #[arg(long, env = "KEYSMITH_EXPIRY_INTERVAL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub expiry_interval: u64,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `keysmith_server=debug`.
+    #[arg(long, env = "KEYSMITH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeArgs {
+    pub fn database_url(&self) -> String {
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("keysmith.db").display()))
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key.clone().unwrap_or_else(|| self.data_dir.join("signing.key"))
+    }
+}

@@ -1,0 +1,253 @@
+//! Storage: one trait, one implementation per backend. The backend is chosen
+//! once, at start-up, from the database URL.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keysmith_core::wire::{License, LicenseSummary, Plan};
+use keysmith_core::{Code, Status};
+use serde::Serialize;
+
+pub mod sqlite;
+
+/// What storage can fail with. Driver errors become `Storage` in one place
+/// per backend; the rest carry a stable code for the API.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl StoreError {
+    pub fn license_not_found(id: &str) -> StoreError {
+        StoreError::NotFound { code: "LICENSE_NOT_FOUND", message: format!("no license {id}") }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A license event, written in the same transaction as the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    #[serde(rename = "license.created")]
+    Created,
+    #[serde(rename = "license.activated")]
+    Activated,
+    #[serde(rename = "license.updated")]
+    Updated,
+    #[serde(rename = "license.suspended")]
+    Suspended,
+    #[serde(rename = "license.reinstated")]
+    Reinstated,
+    #[serde(rename = "license.expired")]
+    Expired,
+    #[serde(rename = "license.revoked")]
+    Revoked,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Created => "license.created",
+            EventType::Activated => "license.activated",
+            EventType::Updated => "license.updated",
+            EventType::Suspended => "license.suspended",
+            EventType::Reinstated => "license.reinstated",
+            EventType::Expired => "license.expired",
+            EventType::Revoked => "license.revoked",
+        }
+    }
+}
+
+/// A license to create. `None` limits and expiry take the plan's defaults;
+/// `Some(None)` is an explicit "unlimited" / "perpetual".
+#[derive(Debug, Clone)]
+pub struct NewLicense {
+    pub key_prefix: String,
+    pub plan: String,
+    pub customer_email: String,
+    pub max_domains: Option<Option<u32>>,
+    pub max_machines: Option<Option<u32>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A partial update: only `Some` fields change.
+#[derive(Debug, Clone, Default)]
+pub struct LicensePatch {
+    pub plan: Option<String>,
+    pub customer_email: Option<String>,
+    pub max_domains: Option<Option<u32>>,
+    pub max_machines: Option<Option<u32>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub status: Option<Status>,
+}
+
+impl LicensePatch {
+    pub fn changes_fields(&self) -> bool {
+        self.plan.is_some()
+            || self.customer_email.is_some()
+            || self.max_domains.is_some()
+            || self.max_machines.is_some()
+            || self.expires_at.is_some()
+            || self.metadata.is_some()
+    }
+}
+
+/// List filters; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct LicenseFilter {
+    pub status: Option<Status>,
+    pub plan: Option<String>,
+    pub customer_email: Option<String>,
+    /// Canonical key.
+    pub key: Option<String>,
+}
+
+/// Which page: after the item the cursor names, at most `limit` items.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    /// Items strictly older than this sequence number; `None` from the newest.
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// A validation of a well-formed key, with what the request brought.
+#[derive(Debug, Clone)]
+pub struct ValidationInput {
+    /// Canonical key.
+    pub key: String,
+    pub domain: Option<String>,
+    pub fingerprint: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub country: Option<String>,
+    pub now: DateTime<Utc>,
+}
+
+/// What a validation decided, recorded before it is returned.
+#[derive(Debug, Clone)]
+pub struct ValidationOutcome {
+    pub code: Code,
+    /// `None` when the license was not found.
+    pub license: Option<LicenseSummary>,
+    pub offline_grace_days: u32,
+}
+
+/// One validation in a license's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRecord {
+    #[serde(with = "keysmith_core::time::rfc3339")]
+    pub at: DateTime<Utc>,
+    pub code: Code,
+    pub domain: Option<String>,
+    pub fingerprint: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub country: Option<String>,
+}
+
+/// Totals over a license's whole history.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UsageTotals {
+    pub validations: u64,
+    pub valid: u64,
+    pub by_code: std::collections::BTreeMap<String, u64>,
+    pub domains: std::collections::BTreeMap<String, u64>,
+}
+
+/// A page of usage, plus totals.
+#[derive(Debug, Clone)]
+pub struct UsagePage {
+    pub records: Vec<UsageRecord>,
+    /// Sequence number of the last record, when more may follow.
+    pub next_before: Option<i64>,
+    pub totals: UsageTotals,
+}
+
+/// What `/deactivate` freed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Deactivated {
+    pub domain_freed: bool,
+    pub machine_freed: bool,
+}
+
+/// A page of licenses with the cursor for the next one.
+pub type LicensePage = (Vec<License>, Option<i64>);
+
+/// The storage behind the API. Every method that changes something has
+/// committed durably when it returns `Ok`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces a plan; `true` when it was created.
+    async fn put_plan(&self, plan: Plan) -> Result<bool>;
+    async fn get_plan(&self, name: String) -> Result<Plan>;
+    async fn list_plans(&self) -> Result<Vec<Plan>>;
+    async fn delete_plan(&self, name: String) -> Result<()>;
+
+    async fn create_license(&self, new: NewLicense, now: DateTime<Utc>) -> Result<License>;
+    async fn get_license(&self, id: String) -> Result<License>;
+    async fn list_licenses(&self, filter: LicenseFilter, page: PageRequest) -> Result<LicensePage>;
+    async fn update_license(&self, id: String, patch: LicensePatch, now: DateTime<Utc>) -> Result<License>;
+    /// Revokes; revoking a revoked license changes nothing.
+    async fn revoke_license(&self, id: String, now: DateTime<Utc>) -> Result<License>;
+    async fn free_domain(&self, id: String, domain: String, now: DateTime<Utc>) -> Result<License>;
+    async fn free_machine(&self, id: String, fingerprint: String, now: DateTime<Utc>) -> Result<License>;
+    async fn usage(&self, id: String, page: PageRequest) -> Result<UsagePage>;
+
+    /// Decides and records a validation: seat taking, usage record,
+    /// counters and first-activation event, atomically.
+    async fn validate(&self, input: ValidationInput) -> Result<ValidationOutcome>;
+    /// Frees the seats an app held; `LICENSE_NOT_FOUND` for an unknown key.
+    async fn deactivate(
+        &self,
+        key: String,
+        domain: Option<String>,
+        fingerprint: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Deactivated>;
+
+    /// Marks active licenses whose expiry has passed as expired; returns how many.
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize>;
+
+    /// The stored hash of the generated admin token, if any.
+    async fn admin_token_hash(&self) -> Result<Option<String>>;
+    async fn set_admin_token_hash(&self, hash: String) -> Result<()>;
+}
+
+/// Opens the backend the URL names: `sqlite://PATH` (or a bare path) today.
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        anyhow::bail!("PostgreSQL support is not built yet; use SQLite (the default)");
+    }
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path))?))
+}
+
+/// Unix seconds to a time, clamping what chrono cannot represent.
+pub fn from_unix(secs: i64) -> DateTime<Utc> {
+    keysmith_core::time::from_unix(secs).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A page cursor: opaque to clients, a sequence number to us.
+pub mod cursor {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    pub fn encode(seq: i64) -> String {
+        URL_SAFE_NO_PAD.encode(format!("s{seq}"))
+    }
+
+    pub fn decode(cursor: &str) -> Option<i64> {
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+        std::str::from_utf8(&bytes).ok()?.strip_prefix('s')?.parse().ok()
+    }
+}

@@ -1,0 +1,839 @@
+//! SQLite backend: WAL, one writer thread that commits each batch of pending
+//! writes in one transaction (group commit) and answers every write only after
+//! its batch is durable, plus a pool of read-only connections.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keysmith_core::wire::{License, LicenseSummary, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
+use keysmith_core::{Code, LicenseKey, Status};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+
+use super::{
+    from_unix, Deactivated, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
+    PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, UsageTotals, ValidationInput,
+    ValidationOutcome,
+};
+use crate::ids;
+use crate::license::{decide, effective_status, transition, Seats};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> StoreError {
+        StoreError::Storage(format!("stored JSON: {e}"))
+    }
+}
+
+/// Versioned migrations; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE plans (
+    name TEXT PRIMARY KEY,
+    features TEXT NOT NULL,
+    max_domains INTEGER,
+    max_machines INTEGER,
+    duration_days INTEGER,
+    offline_grace_days INTEGER NOT NULL
+);
+CREATE TABLE licenses (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    plan TEXT NOT NULL REFERENCES plans(name),
+    customer_email TEXT NOT NULL,
+    max_domains INTEGER,
+    max_machines INTEGER,
+    metadata TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    last_validated_at INTEGER,
+    validation_count INTEGER NOT NULL DEFAULT 0,
+    activated_at INTEGER
+);
+CREATE INDEX licenses_by_status ON licenses(status, seq);
+CREATE INDEX licenses_by_plan ON licenses(plan, seq);
+CREATE INDEX licenses_by_email ON licenses(customer_email COLLATE NOCASE, seq);
+CREATE INDEX licenses_due ON licenses(expires_at) WHERE status = 'active' AND expires_at IS NOT NULL;
+CREATE TABLE license_domains (
+    license_seq INTEGER NOT NULL REFERENCES licenses(seq),
+    domain TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (license_seq, domain)
+) WITHOUT ROWID;
+CREATE TABLE license_machines (
+    license_seq INTEGER NOT NULL REFERENCES licenses(seq),
+    fingerprint TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (license_seq, fingerprint)
+) WITHOUT ROWID;
+CREATE TABLE usage (
+    seq INTEGER PRIMARY KEY,
+    license_seq INTEGER NOT NULL REFERENCES licenses(seq),
+    at INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    domain TEXT,
+    fingerprint TEXT,
+    ip TEXT,
+    user_agent TEXT,
+    country TEXT
+);
+CREATE INDEX usage_by_license ON usage(license_seq, seq);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    license_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+"#];
+
+/// The most writes one transaction commits.
+const MAX_BATCH: usize = 1024;
+
+type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    readers: Arc<ReadPool>,
+}
+
+impl Drop for SqliteStore {
+    /// Closes the queue and waits for the writer to finish its last batch.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.writer, closed));
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct ReadPool {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection> {
+        if let Some(conn) = self.idle.lock().expect("read pool lock").pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("read pool lock");
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
+    }
+}
+
+fn open_writer(path: &Path) -> Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL with FULL sync: a commit is on disk before any answer that depends
+    // on it leaves the server; group commit keeps that cheap.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Storage(format!(
+            "the database is at schema version {applied}, newer than this server knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            for job in batch {
+                // Answer each job with the failure without running it.
+                drop(job);
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "write transaction failed to commit");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in completions {
+            done(commit.clone());
+        }
+    }
+}
+
+/// Runs `f` inside a savepoint so that one failing write leaves the rest of
+/// its batch alone; a panic rolls back too and surfaces as an error.
+fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
+        .unwrap_or_else(|_| Err(StoreError::Storage("a write panicked".into())));
+    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+    conn.execute_batch(end)?;
+    result
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        let conn = open_writer(path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx))?;
+        Ok(SqliteStore {
+            writer: tx,
+            writer_thread: Some(thread),
+            readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    /// Runs `f` in the writer's next batch; returns once that batch committed.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit: Result<()>| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        self.writer
+            .send(job)
+            .map_err(|_| StoreError::Storage("the writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Storage("the write was dropped".into()))?
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("read task: {e}")))?
+    }
+}
+
+const LICENSE_COLUMNS: &str = "seq, id, key, status, plan, customer_email, max_domains, max_machines, \
+     metadata, created_at, updated_at, expires_at, last_validated_at, validation_count";
+
+fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.map(from_unix)
+}
+
+fn status_of(s: &str) -> Result<Status> {
+    Status::parse(s).ok_or_else(|| StoreError::Storage(format!("unknown stored status {s:?}")))
+}
+
+/// Maps a row of `LICENSE_COLUMNS` without its seats.
+fn license_row(row: &Row<'_>) -> rusqlite::Result<(i64, License, String, String)> {
+    Ok((
+        row.get(0)?,
+        License {
+            id: row.get(1)?,
+            key: row.get(2)?,
+            status: Status::Active,
+            plan: row.get(4)?,
+            customer_email: row.get(5)?,
+            max_domains: row.get(6)?,
+            domains: Vec::new(),
+            max_machines: row.get(7)?,
+            machines: Vec::new(),
+            metadata: serde_json::Map::new(),
+            created_at: from_unix(row.get(9)?),
+            updated_at: from_unix(row.get(10)?),
+            expires_at: opt_time(row.get(11)?),
+            last_validated_at: opt_time(row.get(12)?),
+            validation_count: row.get::<_, i64>(13)? as u64,
+        },
+        row.get(3)?,
+        row.get(8)?,
+    ))
+}
+
+fn finish_license(conn: &Connection, raw: (i64, License, String, String)) -> Result<(i64, License)> {
+    let (seq, mut license, status, metadata) = raw;
+    license.status = status_of(&status)?;
+    license.metadata = serde_json::from_str(&metadata)?;
+    license.domains = seat_list(conn, "SELECT domain FROM license_domains WHERE license_seq = ?1 ORDER BY added_at, domain", seq)?;
+    license.machines = seat_list(conn, "SELECT fingerprint FROM license_machines WHERE license_seq = ?1 ORDER BY added_at, fingerprint", seq)?;
+    Ok((seq, license))
+}
+
+fn seat_list(conn: &Connection, sql: &str, seq: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([seq], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn load_license_by(conn: &Connection, column: &str, value: &str) -> Result<Option<(i64, License)>> {
+    let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE {column} = ?1");
+    let raw = conn.prepare_cached(&sql)?.query_row([value], license_row).optional()?;
+    raw.map(|raw| finish_license(conn, raw)).transpose()
+}
+
+fn load_license(conn: &Connection, id: &str) -> Result<(i64, License)> {
+    load_license_by(conn, "id", id)?.ok_or_else(|| StoreError::license_not_found(id))
+}
+
+fn load_plan(conn: &Connection, name: &str) -> Result<Option<Plan>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, features, max_domains, max_machines, duration_days, offline_grace_days FROM plans WHERE name = ?1",
+    )?;
+    let raw = stmt
+        .query_row([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    raw.map(|(name, features, max_domains, max_machines, duration_days, offline_grace_days)| {
+        Ok(Plan {
+            name,
+            features: serde_json::from_str(&features)?,
+            max_domains,
+            max_machines,
+            duration_days,
+            offline_grace_days,
+        })
+    })
+    .transpose()
+}
+
+fn plan_must_exist(conn: &Connection, name: &str) -> Result<Plan> {
+    load_plan(conn, name)?.ok_or_else(|| StoreError::Invalid {
+        code: "PLAN_NOT_FOUND",
+        message: format!("no plan named {name:?}; create it with PUT /api/v1/plans/{name}"),
+    })
+}
+
+/// Writes an event to the outbox, in the caller's transaction.
+fn record_event(conn: &Connection, kind: EventType, license: &License, now: DateTime<Utc>) -> Result<()> {
+    let data = serde_json::json!({ "license": license });
+    conn.prepare_cached(
+        "INSERT INTO events (id, type, license_id, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![ids::event_id(), kind.as_str(), license.id, now.timestamp(), data.to_string()])?;
+    Ok(())
+}
+
+fn write_license_fields(conn: &Connection, seq: i64, l: &License) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE licenses SET status = ?2, plan = ?3, customer_email = ?4, max_domains = ?5, \
+         max_machines = ?6, metadata = ?7, updated_at = ?8, expires_at = ?9 WHERE seq = ?1",
+    )?
+    .execute(params![
+        seq,
+        l.status.as_str(),
+        l.plan,
+        l.customer_email,
+        l.max_domains,
+        l.max_machines,
+        serde_json::Value::Object(l.metadata.clone()).to_string(),
+        l.updated_at.timestamp(),
+        l.expires_at.map(|t| t.timestamp()),
+    ])?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn insert_license(conn: &Connection, new: &NewLicense, now: DateTime<Utc>) -> Result<License> {
+    let plan = plan_must_exist(conn, &new.plan)?;
+    let expires_at = crate::license::default_expiry(new.expires_at, plan.duration_days, now);
+    let metadata = serde_json::Value::Object(new.metadata.clone()).to_string();
+    // Ids and keys are random; a collision is astronomically rare, but
+    // uniqueness is the database's to enforce, so retry on one.
+    for _ in 0..8 {
+        let id = ids::license_id();
+        let key = LicenseKey::generate(&new.key_prefix)
+            .map_err(|e| StoreError::Invalid { code: "BAD_PREFIX", message: e.to_string() })?;
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO licenses (id, key, status, plan, customer_email, max_domains, max_machines, \
+                 metadata, created_at, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+            )?
+            .execute(params![
+                id,
+                key.as_str(),
+                crate::license::effective_status(Status::Active, expires_at, now).as_str(),
+                plan.name,
+                new.customer_email,
+                new.max_domains.unwrap_or(plan.max_domains),
+                new.max_machines.unwrap_or(plan.max_machines),
+                metadata,
+                now.timestamp(),
+                expires_at.map(|t| t.timestamp()),
+            ]);
+        match inserted {
+            Ok(_) => {
+                let (_, license) = load_license(conn, &id)?;
+                record_event(conn, EventType::Created, &license, now)?;
+                return Ok(license);
+            }
+            Err(e) if is_unique_violation(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Storage("could not find a free license id and key".into()))
+}
+
+fn seats(conn: &Connection, table: &str, column: &str, seq: i64, value: &str, max: Option<u32>) -> Result<Seats> {
+    let held_sql = format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE license_seq = ?1 AND {column} = ?2)");
+    let held: bool = conn.prepare_cached(&held_sql)?.query_row(params![seq, value], |r| r.get(0))?;
+    let taken: i64 = if held || max.is_none() {
+        0
+    } else {
+        let count_sql = format!("SELECT COUNT(*) FROM {table} WHERE license_seq = ?1");
+        conn.prepare_cached(&count_sql)?.query_row([seq], |r| r.get(0))?
+    };
+    Ok(Seats { held, taken: taken as u64, max })
+}
+
+fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutcome> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.seq, l.id, l.status, l.plan, l.max_domains, l.max_machines, l.expires_at, \
+         l.activated_at IS NOT NULL, p.features, p.offline_grace_days \
+         FROM licenses l JOIN plans p ON p.name = l.plan WHERE l.key = ?1",
+    )?;
+    let found = stmt
+        .query_row([&v.key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<u32>>(4)?,
+                r.get::<_, Option<u32>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, bool>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, u32>(9)?,
+            ))
+        })
+        .optional()?;
+    let Some((seq, id, status, plan, max_domains, max_machines, expires_at, activated, features, grace)) = found
+    else {
+        return Ok(ValidationOutcome {
+            code: Code::LicenseNotFound,
+            license: None,
+            offline_grace_days: DEFAULT_OFFLINE_GRACE_DAYS,
+        });
+    };
+    let expires_at = opt_time(expires_at);
+    let status = effective_status(status_of(&status)?, expires_at, v.now);
+    let domain_seats = v
+        .domain
+        .as_deref()
+        .map(|d| seats(conn, "license_domains", "domain", seq, d, max_domains))
+        .transpose()?;
+    let machine_seats = v
+        .fingerprint
+        .as_deref()
+        .map(|f| seats(conn, "license_machines", "fingerprint", seq, f, max_machines))
+        .transpose()?;
+    let decision = decide(status, domain_seats, machine_seats);
+    let now = v.now.timestamp();
+    if let (true, Some(domain)) = (decision.take_domain_seat, &v.domain) {
+        conn.prepare_cached("INSERT INTO license_domains (license_seq, domain, added_at) VALUES (?1, ?2, ?3)")?
+            .execute(params![seq, domain, now])?;
+    }
+    if let (true, Some(fp)) = (decision.take_machine_seat, &v.fingerprint) {
+        conn.prepare_cached("INSERT INTO license_machines (license_seq, fingerprint, added_at) VALUES (?1, ?2, ?3)")?
+            .execute(params![seq, fp, now])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![seq, now, decision.code.as_str(), v.domain, v.fingerprint, v.ip, v.user_agent, v.country])?;
+    let first_valid = decision.code == Code::Valid && !activated;
+    conn.prepare_cached(
+        "UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = ?2, \
+         activated_at = CASE WHEN ?3 THEN ?2 ELSE activated_at END WHERE seq = ?1",
+    )?
+    .execute(params![seq, now, first_valid])?;
+    if first_valid {
+        let (_, license) = load_license(conn, &id)?;
+        record_event(conn, EventType::Activated, &license, v.now)?;
+    }
+    Ok(ValidationOutcome {
+        code: decision.code,
+        license: Some(LicenseSummary { id, status, plan, expires_at, features: serde_json::from_str(&features)? }),
+        offline_grace_days: grace,
+    })
+}
+
+fn update_in(conn: &Connection, id: &str, patch: LicensePatch, now: DateTime<Utc>) -> Result<License> {
+    let (seq, before) = load_license(conn, id)?;
+    let mut after = before.clone();
+    if let Some(plan) = patch.plan.clone() {
+        plan_must_exist(conn, &plan)?;
+        after.plan = plan;
+    }
+    if let Some(email) = patch.customer_email.clone() {
+        after.customer_email = email;
+    }
+    if let Some(max) = patch.max_domains {
+        after.max_domains = max;
+    }
+    if let Some(max) = patch.max_machines {
+        after.max_machines = max;
+    }
+    if let Some(expires_at) = patch.expires_at {
+        after.expires_at = expires_at;
+    }
+    if let Some(metadata) = patch.metadata.clone() {
+        after.metadata = metadata;
+    }
+    let (status, status_event) = transition(before.status, patch.status, after.expires_at, now)?;
+    after.status = status;
+    if after == before {
+        return Ok(before);
+    }
+    after.updated_at = now;
+    write_license_fields(conn, seq, &after)?;
+    record_event(conn, status_event.unwrap_or(EventType::Updated), &after, now)?;
+    Ok(after)
+}
+
+fn free_seat(conn: &Connection, id: &str, table: &str, column: &str, value: &str, now: DateTime<Utc>) -> Result<License> {
+    let (seq, _) = load_license(conn, id)?;
+    let sql = format!("DELETE FROM {table} WHERE license_seq = ?1 AND {column} = ?2");
+    if conn.prepare_cached(&sql)?.execute(params![seq, value])? == 0 {
+        let what = if column == "domain" { "DOMAIN_NOT_FOUND" } else { "MACHINE_NOT_FOUND" };
+        return Err(StoreError::NotFound { code: what, message: format!("license {id} holds no seat for {value:?}") });
+    }
+    conn.prepare_cached("UPDATE licenses SET updated_at = ?2 WHERE seq = ?1")?.execute(params![seq, now.timestamp()])?;
+    let (_, license) = load_license(conn, id)?;
+    record_event(conn, EventType::Updated, &license, now)?;
+    Ok(license)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_plan(&self, plan: Plan) -> Result<bool> {
+        self.write(move |conn| {
+            let existed = load_plan(conn, &plan.name)?.is_some();
+            conn.prepare_cached(
+                "INSERT INTO plans (name, features, max_domains, max_machines, duration_days, offline_grace_days) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET features = excluded.features, \
+                 max_domains = excluded.max_domains, max_machines = excluded.max_machines, \
+                 duration_days = excluded.duration_days, offline_grace_days = excluded.offline_grace_days",
+            )?
+            .execute(params![
+                plan.name,
+                serde_json::to_string(&plan.features)?,
+                plan.max_domains,
+                plan.max_machines,
+                plan.duration_days,
+                plan.offline_grace_days
+            ])?;
+            Ok(!existed)
+        })
+        .await
+    }
+
+    async fn get_plan(&self, name: String) -> Result<Plan> {
+        self.read(move |conn| {
+            load_plan(conn, &name)?
+                .ok_or_else(|| StoreError::NotFound { code: "PLAN_NOT_FOUND", message: format!("no plan named {name:?}") })
+        })
+        .await
+    }
+
+    async fn list_plans(&self) -> Result<Vec<Plan>> {
+        self.read(|conn| {
+            let names: Vec<String> = conn
+                .prepare_cached("SELECT name FROM plans ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            names
+                .iter()
+                .map(|n| load_plan(conn, n).map(|p| p.expect("plan listed a moment ago")))
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_plan(&self, name: String) -> Result<()> {
+        self.write(move |conn| {
+            let in_use: bool = conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM licenses WHERE plan = ?1)")?
+                .query_row([&name], |r| r.get(0))?;
+            if in_use {
+                return Err(StoreError::Conflict {
+                    code: "PLAN_IN_USE",
+                    message: format!("plan {name:?} still has licenses; move them to another plan first"),
+                });
+            }
+            if conn.prepare_cached("DELETE FROM plans WHERE name = ?1")?.execute([&name])? == 0 {
+                return Err(StoreError::NotFound { code: "PLAN_NOT_FOUND", message: format!("no plan named {name:?}") });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_license(&self, new: NewLicense, now: DateTime<Utc>) -> Result<License> {
+        self.write(move |conn| insert_license(conn, &new, now)).await
+    }
+
+    async fn get_license(&self, id: String) -> Result<License> {
+        self.read(move |conn| load_license(conn, &id).map(|(_, l)| l)).await
+    }
+
+    async fn list_licenses(&self, filter: LicenseFilter, page: PageRequest) -> Result<LicensePage> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE seq < ?1");
+            let mut args: Vec<String> = Vec::new();
+            for (column, value) in [
+                ("status", filter.status.map(|s| s.as_str().to_owned())),
+                ("plan", filter.plan),
+                ("customer_email", filter.customer_email),
+                ("key", filter.key),
+            ] {
+                if let Some(value) = value {
+                    args.push(value);
+                    let collate = if column == "customer_email" { " COLLATE NOCASE" } else { "" };
+                    sql.push_str(&format!(" AND {column} = ?{}{collate}", args.len() + 2));
+                }
+            }
+            sql.push_str(" ORDER BY seq DESC LIMIT ?2");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![];
+            let before = page.before.unwrap_or(i64::MAX);
+            let limit = i64::from(page.limit) + 1;
+            bound.push(&before);
+            bound.push(&limit);
+            for a in &args {
+                bound.push(a);
+            }
+            let raws: Vec<_> = stmt.query_map(bound.as_slice(), license_row)?.collect::<rusqlite::Result<_>>()?;
+            let more = raws.len() > page.limit as usize;
+            let mut out = Vec::with_capacity(raws.len());
+            let mut last_seq = None;
+            for raw in raws.into_iter().take(page.limit as usize) {
+                let (seq, license) = finish_license(conn, raw)?;
+                last_seq = Some(seq);
+                out.push(license);
+            }
+            Ok((out, if more { last_seq } else { None }))
+        })
+        .await
+    }
+
+    async fn update_license(&self, id: String, patch: LicensePatch, now: DateTime<Utc>) -> Result<License> {
+        self.write(move |conn| update_in(conn, &id, patch, now)).await
+    }
+
+    async fn revoke_license(&self, id: String, now: DateTime<Utc>) -> Result<License> {
+        self.write(move |conn| {
+            let (seq, mut license) = load_license(conn, &id)?;
+            if license.status == Status::Revoked {
+                return Ok(license);
+            }
+            license.status = Status::Revoked;
+            license.updated_at = now;
+            write_license_fields(conn, seq, &license)?;
+            record_event(conn, EventType::Revoked, &license, now)?;
+            Ok(license)
+        })
+        .await
+    }
+
+    async fn free_domain(&self, id: String, domain: String, now: DateTime<Utc>) -> Result<License> {
+        self.write(move |conn| free_seat(conn, &id, "license_domains", "domain", &domain, now)).await
+    }
+
+    async fn free_machine(&self, id: String, fingerprint: String, now: DateTime<Utc>) -> Result<License> {
+        self.write(move |conn| free_seat(conn, &id, "license_machines", "fingerprint", &fingerprint, now))
+            .await
+    }
+
+    async fn usage(&self, id: String, page: PageRequest) -> Result<UsagePage> {
+        self.read(move |conn| {
+            let (seq, _) = load_license(conn, &id)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at, code, domain, fingerprint, ip, user_agent, country FROM usage \
+                 WHERE license_seq = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let rows: Vec<(i64, UsageRecord)> = stmt
+                .query_map(params![seq, page.before.unwrap_or(i64::MAX), i64::from(page.limit) + 1], |r| {
+                    let code: String = r.get(2)?;
+                    Ok((
+                        r.get(0)?,
+                        UsageRecord {
+                            at: from_unix(r.get(1)?),
+                            code: Code::parse(&code).unwrap_or(Code::BadRequest),
+                            domain: r.get(3)?,
+                            fingerprint: r.get(4)?,
+                            ip: r.get(5)?,
+                            user_agent: r.get(6)?,
+                            country: r.get(7)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = rows.len() > page.limit as usize;
+            let rows: Vec<_> = rows.into_iter().take(page.limit as usize).collect();
+            let next_before = if more { rows.last().map(|(s, _)| *s) } else { None };
+            let mut totals = UsageTotals::default();
+            let mut by_code = conn.prepare_cached("SELECT code, COUNT(*) FROM usage WHERE license_seq = ?1 GROUP BY code")?;
+            for row in by_code.query_map([seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (code, n) = row?;
+                totals.validations += n as u64;
+                if code == Code::Valid.as_str() {
+                    totals.valid += n as u64;
+                }
+                totals.by_code.insert(code, n as u64);
+            }
+            let mut by_domain = conn.prepare_cached(
+                "SELECT domain, COUNT(*) FROM usage WHERE license_seq = ?1 AND domain IS NOT NULL GROUP BY domain",
+            )?;
+            for row in by_domain.query_map([seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (domain, n) = row?;
+                totals.domains.insert(domain, n as u64);
+            }
+            Ok(UsagePage { records: rows.into_iter().map(|(_, r)| r).collect(), next_before, totals })
+        })
+        .await
+    }
+
+    async fn validate(&self, input: ValidationInput) -> Result<ValidationOutcome> {
+        self.write(move |conn| validate_in(conn, &input)).await
+    }
+
+    async fn deactivate(
+        &self,
+        key: String,
+        domain: Option<String>,
+        fingerprint: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Deactivated> {
+        self.write(move |conn| {
+            let Some((seq, _)) = load_license_by(conn, "key", &key)? else {
+                return Err(StoreError::NotFound { code: "LICENSE_NOT_FOUND", message: "no license has this key".into() });
+            };
+            let freed = |sql: &str, value: &Option<String>| -> Result<bool> {
+                Ok(match value {
+                    Some(v) => conn.prepare_cached(sql)?.execute(params![seq, v])? > 0,
+                    None => false,
+                })
+            };
+            let out = Deactivated {
+                domain_freed: freed("DELETE FROM license_domains WHERE license_seq = ?1 AND domain = ?2", &domain)?,
+                machine_freed: freed("DELETE FROM license_machines WHERE license_seq = ?1 AND fingerprint = ?2", &fingerprint)?,
+            };
+            if out.domain_freed || out.machine_freed {
+                conn.prepare_cached("UPDATE licenses SET updated_at = ?2 WHERE seq = ?1")?.execute(params![seq, now.timestamp()])?;
+                let id: String = conn.query_row("SELECT id FROM licenses WHERE seq = ?1", [seq], |r| r.get(0))?;
+                let (_, license) = load_license(conn, &id)?;
+                record_event(conn, EventType::Updated, &license, now)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize> {
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM licenses WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 500",
+                )?
+                .query_map([now.timestamp()], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                let (seq, mut license) = load_license(conn, id)?;
+                license.status = Status::Expired;
+                license.updated_at = now;
+                write_license_fields(conn, seq, &license)?;
+                record_event(conn, EventType::Expired, &license, now)?;
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn admin_token_hash(&self) -> Result<Option<String>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT v FROM meta WHERE k = 'admin_token_sha256'")?
+                .query_row([], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_admin_token_hash(&self, hash: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT OR REPLACE INTO meta (k, v) VALUES ('admin_token_sha256', ?1)")?
+                .execute([hash])?;
+            Ok(())
+        })
+        .await
+    }
+}
