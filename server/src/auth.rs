@@ -32,7 +32,9 @@ fn sha256(token: &str) -> [u8; 32] {
 
 impl AdminAuth {
     pub fn from_token(token: &str) -> AdminAuth {
-        AdminAuth { hash: sha256(token) }
+        AdminAuth {
+            hash: sha256(token),
+        }
     }
 
     /// `KEYSMITH_ADMIN_TOKEN` if set; else the stored hash; else a new random

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "keysmith-server", version, about = "Keysmith license server: issues, validates and manages license keys")]
+#[command(
+    name = "keysmith-server",
+    version,
+    about = "Keysmith license server: issues, validates and manages license keys"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -60,6 +64,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
 
+    /// Requests per second each client IP may make to /validate and /deactivate
+    /// (bursts of twice that); 0 turns the limit off.
+    #[arg(long, env = "KEYSMITH_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+
     /// Seconds between expiry sweeps (a license's status turns `expired` within this time).
     #[arg(long, env = "KEYSMITH_EXPIRY_INTERVAL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub expiry_interval: u64,
@@ -77,6 +86,8 @@ impl ServeArgs {
     }
 
     pub fn signing_key_path(&self) -> PathBuf {
-        self.signing_key.clone().unwrap_or_else(|| self.data_dir.join("signing.key"))
+        self.signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("signing.key"))
     }
 }

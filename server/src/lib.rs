@@ -24,7 +24,9 @@ use crate::config::ServeArgs;
 /// The `keysmith-server` program: parses the command line and runs it.
 pub fn main() -> std::process::ExitCode {
     use clap::Parser;
-    let config::Cli { command: config::Command::Serve(args) } = config::Cli::parse();
+    let config::Cli {
+        command: config::Command::Serve(args),
+    } = config::Cli::parse();
     serve_until_signal(args)
 }
 
@@ -76,9 +78,15 @@ async fn shutdown_signal() {
 }
 
 /// Opens storage, binds, serves until `shutdown` completes, then drains.
-pub async fn serve(args: ServeArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     if !keysmith_core::key::is_valid_prefix(&args.key_prefix) {
-        anyhow::bail!("--key-prefix {:?} must be 2 to 8 uppercase letters or digits", args.key_prefix);
+        anyhow::bail!(
+            "--key-prefix {:?} must be 2 to 8 uppercase letters or digits",
+            args.key_prefix
+        );
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
@@ -98,15 +106,31 @@ pub async fn serve(args: ServeArgs, shutdown: impl Future<Output = ()> + Send + 
         let _ = out.flush();
     }
 
-    let sweeper = tokio::spawn(expiry::run(store.clone(), std::time::Duration::from_secs(args.expiry_interval)));
+    let sweeper = tokio::spawn(expiry::run(
+        store.clone(),
+        std::time::Duration::from_secs(args.expiry_interval),
+    ));
     let state = api::AppState::new(store.clone(), Arc::new(signer), admin, &args);
+    let limits = state.limits.clone();
+    let forgetter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.forget_idle();
+        }
+    });
     let app = api::router(state, args.max_body_bytes);
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
-    sweeper.abort();
-    let _ = sweeper.await;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving")?;
+    for task in [sweeper, forgetter] {
+        task.abort();
+        let _ = task.await;
+    }
     // The last handle: dropping it waits for the writer's final batch.
     drop(store);
     tracing::info!("stopped");

@@ -9,7 +9,11 @@ use crate::store::{EventType, StoreError};
 
 /// The status a license has at `now`: an active license whose expiry has
 /// passed is expired even before the sweep writes it.
-pub fn effective_status(status: Status, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Status {
+pub fn effective_status(
+    status: Status,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Status {
     match (status, expires_at) {
         (Status::Active, Some(t)) if t <= now => Status::Expired,
         _ => status,
@@ -44,7 +48,11 @@ pub struct Decision {
 /// Decides a validation. `domain` / `machine` are `None` when the request
 /// named none. Seats are taken only when the whole answer is `VALID`.
 pub fn decide(status: Status, domain: Option<Seats>, machine: Option<Seats>) -> Decision {
-    let refuse = |code| Decision { code, take_domain_seat: false, take_machine_seat: false };
+    let refuse = |code| Decision {
+        code,
+        take_domain_seat: false,
+        take_machine_seat: false,
+    };
     match status {
         Status::Revoked => return refuse(Code::LicenseRevoked),
         Status::Suspended => return refuse(Code::LicenseSuspended),
@@ -77,12 +85,12 @@ pub fn transition(
 ) -> Result<(Status, Option<EventType>), StoreError> {
     let past_expiry = expires_at.is_some_and(|t| t <= now);
     let next = match (current, requested) {
-        (_, Some(Status::Expired | Status::Revoked)) => {
-            return Err(StoreError::Invalid {
-                code: "INVALID_STATUS",
-                message: "status can be set to \"active\" or \"suspended\"; DELETE the license to revoke it".into(),
-            })
-        }
+        (_, Some(Status::Expired | Status::Revoked)) => return Err(StoreError::Invalid {
+            code: "INVALID_STATUS",
+            message:
+                "status can be set to \"active\" or \"suspended\"; DELETE the license to revoke it"
+                    .into(),
+        }),
         (Status::Revoked, Some(_)) => {
             return Err(StoreError::Conflict {
                 code: "LICENSE_REVOKED",
@@ -97,7 +105,8 @@ pub fn transition(
                 if requested == Some(Status::Active) && current != Status::Active {
                     return Err(StoreError::Conflict {
                         code: "LICENSE_EXPIRED",
-                        message: "the license has expired; send a later expires_at to reinstate it".into(),
+                        message: "the license has expired; send a later expires_at to reinstate it"
+                            .into(),
                     });
                 }
                 Status::Expired
@@ -154,32 +163,68 @@ mod tests {
             (Status::Expired, Code::LicenseExpired),
         ] {
             let d = decide(status, seats(false, 0, Some(1)), None);
-            assert_eq!(d, Decision { code, take_domain_seat: false, take_machine_seat: false });
+            assert_eq!(
+                d,
+                Decision {
+                    code,
+                    take_domain_seat: false,
+                    take_machine_seat: false
+                }
+            );
         }
     }
 
     #[test]
     fn seats_are_taken_below_the_limit_only() {
-        assert_eq!(decide(Status::Active, seats(false, 2, Some(3)), None).take_domain_seat, true);
-        assert_eq!(decide(Status::Active, seats(false, 3, Some(3)), None).code, Code::DomainLimitReached);
+        assert_eq!(
+            decide(Status::Active, seats(false, 2, Some(3)), None).take_domain_seat,
+            true
+        );
+        assert_eq!(
+            decide(Status::Active, seats(false, 3, Some(3)), None).code,
+            Code::DomainLimitReached
+        );
         let held = decide(Status::Active, seats(true, 3, Some(3)), None);
         assert_eq!((held.code, held.take_domain_seat), (Code::Valid, false));
         assert!(decide(Status::Active, seats(false, 1_000, None), None).take_domain_seat);
-        assert_eq!(decide(Status::Active, None, seats(false, 0, Some(0))).code, Code::MachineLimitReached);
+        assert_eq!(
+            decide(Status::Active, None, seats(false, 0, Some(0))).code,
+            Code::MachineLimitReached
+        );
     }
 
     #[test]
     fn a_full_machine_limit_takes_no_domain_seat() {
-        let d = decide(Status::Active, seats(false, 0, Some(3)), seats(false, 1, Some(1)));
-        assert_eq!(d, Decision { code: Code::MachineLimitReached, take_domain_seat: false, take_machine_seat: false });
+        let d = decide(
+            Status::Active,
+            seats(false, 0, Some(3)),
+            seats(false, 1, Some(1)),
+        );
+        assert_eq!(
+            d,
+            Decision {
+                code: Code::MachineLimitReached,
+                take_domain_seat: false,
+                take_machine_seat: false
+            }
+        );
     }
 
     #[test]
     fn expiry_makes_active_expired() {
         let now = Utc::now();
-        assert_eq!(effective_status(Status::Active, Some(now), now), Status::Expired);
-        assert_eq!(effective_status(Status::Active, Some(now + Duration::seconds(1)), now), Status::Active);
-        assert_eq!(effective_status(Status::Suspended, Some(now), now), Status::Suspended);
+        assert_eq!(
+            effective_status(Status::Active, Some(now), now),
+            Status::Expired
+        );
+        assert_eq!(
+            effective_status(Status::Active, Some(now + Duration::seconds(1)), now),
+            Status::Active
+        );
+        assert_eq!(
+            effective_status(Status::Suspended, Some(now), now),
+            Status::Suspended
+        );
     }
 
     #[test]
@@ -188,17 +233,47 @@ mod tests {
         let future = Some(now + Duration::days(1));
         let past = Some(now - Duration::days(1));
         let ok = |cur, req, exp| transition(cur, req, exp, now).unwrap();
-        assert_eq!(ok(Status::Active, Some(Status::Suspended), future), (Status::Suspended, Some(EventType::Suspended)));
-        assert_eq!(ok(Status::Suspended, Some(Status::Active), future), (Status::Active, Some(EventType::Reinstated)));
-        assert_eq!(ok(Status::Expired, None, future), (Status::Active, Some(EventType::Reinstated)));
-        assert_eq!(ok(Status::Expired, None, None), (Status::Active, Some(EventType::Reinstated)));
-        assert_eq!(ok(Status::Active, None, past), (Status::Expired, Some(EventType::Expired)));
-        assert_eq!(ok(Status::Active, Some(Status::Active), future), (Status::Active, None));
+        assert_eq!(
+            ok(Status::Active, Some(Status::Suspended), future),
+            (Status::Suspended, Some(EventType::Suspended))
+        );
+        assert_eq!(
+            ok(Status::Suspended, Some(Status::Active), future),
+            (Status::Active, Some(EventType::Reinstated))
+        );
+        assert_eq!(
+            ok(Status::Expired, None, future),
+            (Status::Active, Some(EventType::Reinstated))
+        );
+        assert_eq!(
+            ok(Status::Expired, None, None),
+            (Status::Active, Some(EventType::Reinstated))
+        );
+        assert_eq!(
+            ok(Status::Active, None, past),
+            (Status::Expired, Some(EventType::Expired))
+        );
+        assert_eq!(
+            ok(Status::Active, Some(Status::Active), future),
+            (Status::Active, None)
+        );
         assert_eq!(ok(Status::Revoked, None, future), (Status::Revoked, None));
-        assert!(matches!(transition(Status::Revoked, Some(Status::Active), future, now), Err(StoreError::Conflict { .. })));
-        assert!(matches!(transition(Status::Revoked, Some(Status::Suspended), future, now), Err(StoreError::Conflict { .. })));
-        assert!(matches!(transition(Status::Expired, Some(Status::Active), past, now), Err(StoreError::Conflict { .. })));
-        assert!(matches!(transition(Status::Active, Some(Status::Revoked), future, now), Err(StoreError::Invalid { .. })));
+        assert!(matches!(
+            transition(Status::Revoked, Some(Status::Active), future, now),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            transition(Status::Revoked, Some(Status::Suspended), future, now),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            transition(Status::Expired, Some(Status::Active), past, now),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            transition(Status::Active, Some(Status::Revoked), future, now),
+            Err(StoreError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -22,7 +22,11 @@ pub struct Signer {
 impl Signer {
     pub fn new(key: SigningKey, issuer: String) -> Signer {
         let key_id = token::key_id(&key.verifying_key());
-        Signer { key, key_id, issuer }
+        Signer {
+            key,
+            key_id,
+            issuer,
+        }
     }
 
     pub fn public(&self) -> VerifyingKey {
@@ -32,7 +36,10 @@ impl Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("key_id", &self.key_id).field("key", &"<secret>").finish()
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .field("key", &"<secret>")
+            .finish()
     }
 }
 
@@ -45,7 +52,12 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
                 .decode(text.trim())
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .with_context(|| format!("{} does not hold a base64 Ed25519 seed of 32 bytes", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "{} does not hold a base64 Ed25519 seed of 32 bytes",
+                        path.display()
+                    )
+                })?;
             Ok(SigningKey::from_bytes(&seed))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
@@ -105,7 +117,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             assert!(load_or_create(&path).is_err());
         }

@@ -1,1 +1,265 @@
-//! Shared helpers for end-to-end tests.
+//! Shared helpers for end-to-end tests: a real `keysmith-server` process on
+//! `127.0.0.1:0` with its own data dir, and a small blocking HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+/// The admin token test servers run with.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// Path of a binary built by this package (`ks-e2e-server`, `ks-e2e-cli`),
+/// found next to the running test executable.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests through `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// A running server process. Killed (SIGKILL) when dropped.
+pub struct TestServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+    http: Client,
+}
+
+/// How to start a server.
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+    /// Reuse this data dir instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl TestServer {
+    /// A fresh server with an empty data dir.
+    pub fn start() -> TestServer {
+        TestServer::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(options: ServerOptions) -> TestServer {
+        let (dir, data_dir) = match options.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("data");
+                (Some(dir), path)
+            }
+        };
+        let mut server = TestServer {
+            url: String::new(),
+            data_dir,
+            child: None,
+            args: options.args,
+            envs: options.envs,
+            _dir: dir,
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut cmd = Command::new(bin_path("ks-e2e-server"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("KEYSMITH_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("KEYSMITH_DATABASE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("keysmith-server listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => self.url = url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The server's stderr log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data dir (a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+
+    /// Any request; returns status and JSON body (`Value::Null` if not JSON).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Raw body bytes to a path with the admin token.
+    pub fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .http
+            .request(method, format!("{}{}", self.url, path))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("request");
+        let status = resp.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&resp.text().expect("body")).unwrap_or(Value::Null),
+        )
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.request(
+            method,
+            &format!("/api/v1{path}"),
+            Some(ADMIN_TOKEN),
+            body.as_ref(),
+        )
+    }
+
+    /// Creates (or replaces) a plan; panics unless 200/201.
+    pub fn plan(&self, name: &str, body: Value) -> Value {
+        let (status, plan) = self.admin("PUT", &format!("/plans/{name}"), Some(body));
+        assert!(status == 200 || status == 201, "plan: {status} {plan}");
+        plan
+    }
+
+    /// Creates a license on `plan` with extra fields; panics unless 201.
+    pub fn license(&self, plan: &str, extra: Value) -> Value {
+        let mut body = serde_json::json!({"plan": plan, "customer_email": "dev@example.com"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, license) = self.admin("POST", "/licenses", Some(body));
+        assert_eq!(status, 201, "create license: {license}");
+        license
+    }
+
+    pub fn validate(&self, body: Value) -> (u16, Value) {
+        self.request("POST", "/api/v1/validate", None, Some(&body))
+    }
+
+    /// The server's public key, base64 as `/api/v1/public-key` gives it.
+    pub fn public_key(&self) -> String {
+        let (status, body) = self.request("GET", "/api/v1/public-key", None, None);
+        assert_eq!(status, 200);
+        body["public_key"].as_str().expect("public_key").to_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Copies a file's bytes (e.g. the database) for before/after comparisons.
+pub fn file_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}

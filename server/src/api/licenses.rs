@@ -48,12 +48,20 @@ pub struct UpdateBody {
 /// A trimmed e-mail address with a host-name domain, or 422 `INVALID_EMAIL`.
 fn check_email(email: &str) -> Result<String, ApiError> {
     let email = email.trim();
-    let invalid = || ApiError::invalid("INVALID_EMAIL", format!("{email:?} is not an e-mail address"));
+    let invalid = || {
+        ApiError::invalid(
+            "INVALID_EMAIL",
+            format!("{email:?} is not an e-mail address"),
+        )
+    };
     let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
     let local_ok = !local.is_empty()
         && local.len() <= 64
-        && !local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@');
-    if !local_ok || email.len() > 254 || !normalize_domain(domain).is_some_and(|d| d.contains('.')) {
+        && !local
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '@');
+    if !local_ok || email.len() > 254 || !normalize_domain(domain).is_some_and(|d| d.contains('.'))
+    {
         return Err(invalid());
     }
     Ok(email.to_owned())
@@ -74,7 +82,9 @@ fn parse_expiry(value: Option<Option<String>>) -> Result<Option<Option<DateTime<
         .map(|v| {
             v.map(|s| {
                 keysmith_core::time::parse_rfc3339(&s).ok_or_else(|| {
-                    ApiError::bad_request(format!("expires_at {s:?} is not an RFC 3339 time such as 2027-03-06T00:00:00Z"))
+                    ApiError::bad_request(format!(
+                        "expires_at {s:?} is not an RFC 3339 time such as 2027-03-06T00:00:00Z"
+                    ))
                 })
             })
             .transpose()
@@ -100,7 +110,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(license)))
 }
 
-pub async fn get(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<License>, ApiError> {
+pub async fn get(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<License>, ApiError> {
     Ok(Json(state.store.get_license(id).await?))
 }
 
@@ -127,7 +141,9 @@ pub async fn list(
             .status
             .map(|s| {
                 Status::parse(&s).ok_or_else(|| {
-                    ApiError::bad_request("status must be one of active, suspended, expired, revoked")
+                    ApiError::bad_request(
+                        "status must be one of active, suspended, expired, revoked",
+                    )
                 })
             })
             .transpose()?,
@@ -138,12 +154,18 @@ pub async fn list(
             .map(|k| {
                 LicenseKey::parse(&k)
                     .map(|k| k.as_str().to_owned())
-                    .map_err(|e| ApiError::BadRequest { code: "KEY_MALFORMED", message: e.to_string() })
+                    .map_err(|e| ApiError::BadRequest {
+                        code: "KEY_MALFORMED",
+                        message: e.to_string(),
+                    })
             })
             .transpose()?,
     };
     let (data, next) = state.store.list_licenses(filter, page).await?;
-    Ok(Json(Page { data, next_cursor: next.map(cursor::encode) }))
+    Ok(Json(Page {
+        data,
+        next_cursor: next.map(cursor::encode),
+    }))
 }
 
 pub async fn update(
@@ -154,7 +176,11 @@ pub async fn update(
 ) -> Result<Json<License>, ApiError> {
     let patch = LicensePatch {
         plan: body.plan,
-        customer_email: body.customer_email.as_deref().map(check_email).transpose()?,
+        customer_email: body
+            .customer_email
+            .as_deref()
+            .map(check_email)
+            .transpose()?,
         max_domains: body.max_domains,
         max_machines: body.max_machines,
         expires_at: parse_expiry(body.expires_at)?,
@@ -162,14 +188,22 @@ pub async fn update(
         status: body
             .status
             .map(|s| {
-                Status::parse(&s).ok_or_else(|| ApiError::bad_request("status must be \"active\" or \"suspended\""))
+                Status::parse(&s).ok_or_else(|| {
+                    ApiError::bad_request("status must be \"active\" or \"suspended\"")
+                })
             })
             .transpose()?,
     };
-    Ok(Json(state.store.update_license(id, patch, Utc::now()).await?))
+    Ok(Json(
+        state.store.update_license(id, patch, Utc::now()).await?,
+    ))
 }
 
-pub async fn revoke(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<License>, ApiError> {
+pub async fn revoke(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<License>, ApiError> {
     Ok(Json(state.store.revoke_license(id, Utc::now()).await?))
 }
 
@@ -187,7 +221,10 @@ pub async fn usage(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let q: PageQuery = parse_query(query.as_deref())?;
-    let page = state.store.usage(id, page_request(q.limit, q.cursor.as_deref())?).await?;
+    let page = state
+        .store
+        .usage(id, page_request(q.limit, q.cursor.as_deref())?)
+        .await?;
     Ok(Json(json!({
         "data": page.records,
         "next_cursor": page.next_before.map(cursor::encode),
@@ -213,9 +250,16 @@ pub async fn free_machine(
     Path((id, fingerprint)): Path<(String, String)>,
 ) -> Result<Json<License>, ApiError> {
     if !is_valid_fingerprint(&fingerprint) {
-        return Err(ApiError::bad_request("a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -"));
+        return Err(ApiError::bad_request(
+            "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+        ));
     }
-    Ok(Json(state.store.free_machine(id, fingerprint, Utc::now()).await?))
+    Ok(Json(
+        state
+            .store
+            .free_machine(id, fingerprint, Utc::now())
+            .await?,
+    ))
 }
 
 #[cfg(test)]
@@ -225,7 +269,15 @@ mod tests {
     #[test]
     fn emails() {
         assert_eq!(check_email(" dev@example.com ").unwrap(), "dev@example.com");
-        for bad in ["", "dev", "@example.com", "dev@", "dev@localhost", "d ev@example.com", "dev@exa mple.com"] {
+        for bad in [
+            "",
+            "dev",
+            "@example.com",
+            "dev@",
+            "dev@localhost",
+            "d ev@example.com",
+            "dev@exa mple.com",
+        ] {
             assert!(check_email(bad).is_err(), "{bad:?}");
         }
     }

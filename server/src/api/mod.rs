@@ -1,7 +1,7 @@
 //! The HTTP API: routing, authentication, the error shape, and one module per
 //! resource. Handlers are thin: parse → call the store or a rule → map.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use crate::store::{cursor, PageRequest, Store, StoreError};
 
 mod keys;
 mod licenses;
+pub mod limit;
 mod plans;
 mod validate;
 
@@ -34,10 +35,16 @@ pub struct AppState {
     pub key_prefix: Arc<str>,
     pub country_header: Option<Arc<str>>,
     pub client_ip_header: Option<Arc<str>>,
+    pub limits: limit::RateLimits,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, signer: Arc<Signer>, admin: AdminAuth, args: &ServeArgs) -> AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        signer: Arc<Signer>,
+        admin: AdminAuth,
+        args: &ServeArgs,
+    ) -> AppState {
         AppState {
             store,
             signer,
@@ -45,19 +52,19 @@ impl AppState {
             key_prefix: args.key_prefix.as_str().into(),
             country_header: args.country_header.as_deref().map(Into::into),
             client_ip_header: args.client_ip_header.as_deref().map(Into::into),
+            limits: limit::RateLimits::new(args.rate_limit),
         }
     }
 
     /// The client's IP: from the configured proxy header, else the socket.
-    fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> String {
+    fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
         self.client_ip_header
             .as_deref()
             .and_then(|h| headers.get(h))
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().to_owned())
-            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
-            .unwrap_or_else(|| peer.ip().to_string())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+            .unwrap_or_else(|| peer.ip())
     }
 }
 
@@ -65,19 +72,36 @@ impl AppState {
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/licenses", post(licenses::create).get(licenses::list))
-        .route("/licenses/{id}", get(licenses::get).put(licenses::update).delete(licenses::revoke))
+        .route(
+            "/licenses/{id}",
+            get(licenses::get)
+                .put(licenses::update)
+                .delete(licenses::revoke),
+        )
         .route("/licenses/{id}/usage", get(licenses::usage))
-        .route("/licenses/{id}/domains/{domain}", delete(licenses::free_domain))
-        .route("/licenses/{id}/machines/{fingerprint}", delete(licenses::free_machine))
+        .route(
+            "/licenses/{id}/domains/{domain}",
+            delete(licenses::free_domain),
+        )
+        .route(
+            "/licenses/{id}/machines/{fingerprint}",
+            delete(licenses::free_machine),
+        )
         .route("/validate", post(validate::validate))
         .route("/deactivate", post(validate::deactivate))
         .route("/plans", get(plans::list))
-        .route("/plans/{name}", get(plans::get).put(plans::put).delete(plans::delete))
+        .route(
+            "/plans/{name}",
+            get(plans::get).put(plans::put).delete(plans::delete),
+        )
         .route("/public-key", get(keys::public_key));
     Router::new()
         .nest("/api/v1", api)
         .route("/.well-known/jwks.json", get(keys::jwks))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -108,6 +132,7 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     Unauthorized,
     PayloadTooLarge,
+    RateLimited { retry_after: u64 },
     RouteNotFound,
     MethodNotAllowed,
     Store(StoreError),
@@ -115,11 +140,17 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::BadRequest { code: "BAD_REQUEST", message: message.into() }
+        ApiError::BadRequest {
+            code: "BAD_REQUEST",
+            message: message.into(),
+        }
     }
 
     pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::Store(StoreError::Invalid { code, message: message.into() })
+        ApiError::Store(StoreError::Invalid {
+            code,
+            message: message.into(),
+        })
     }
 }
 
@@ -138,22 +169,55 @@ impl IntoResponse for ApiError {
                 "UNAUTHORIZED",
                 "send Authorization: Bearer <admin token>".to_owned(),
             ),
-            ApiError::PayloadTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the request body is too large".to_owned())
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "the request body is too large".to_owned(),
+            ),
+            ApiError::RateLimited { retry_after } => {
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code: "RATE_LIMITED".into(),
+                        message: format!("too many requests; retry in {retry_after} s"),
+                    },
+                };
+                let headers = [(axum::http::header::RETRY_AFTER, retry_after.to_string())];
+                return (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response();
             }
-            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "no such route".to_owned()),
-            ApiError::MethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take that method".to_owned())
+            ApiError::RouteNotFound => (
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "no such route".to_owned(),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this route does not take that method".to_owned(),
+            ),
+            ApiError::Store(StoreError::NotFound { code, message }) => {
+                (StatusCode::NOT_FOUND, code, message)
             }
-            ApiError::Store(StoreError::NotFound { code, message }) => (StatusCode::NOT_FOUND, code, message),
-            ApiError::Store(StoreError::Conflict { code, message }) => (StatusCode::CONFLICT, code, message),
-            ApiError::Store(StoreError::Invalid { code, message }) => (StatusCode::UNPROCESSABLE_ENTITY, code, message),
+            ApiError::Store(StoreError::Conflict { code, message }) => {
+                (StatusCode::CONFLICT, code, message)
+            }
+            ApiError::Store(StoreError::Invalid { code, message }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
             ApiError::Store(StoreError::Storage(cause)) => {
                 tracing::error!(%cause, "storage failure");
-                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error; see the server log".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "internal error; see the server log".to_owned(),
+                )
             }
         };
-        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }
@@ -165,7 +229,10 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if state.admin.check_header(header) {
             Ok(Admin)
         } else {
@@ -213,7 +280,9 @@ const DEFAULT_LIMIT: u32 = 50;
 pub fn page_request(limit: Option<u32>, cursor: Option<&str>) -> Result<PageRequest, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_LIMIT}"
+        )));
     }
     let before = cursor
         .map(|c| {

@@ -24,20 +24,29 @@ pub struct PlanBody {
 fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    ok.then_some(())
-        .ok_or_else(|| ApiError::bad_request("a plan name is 1 to 64 characters of A-Z a-z 0-9 - _ ."))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    ok.then_some(()).ok_or_else(|| {
+        ApiError::bad_request("a plan name is 1 to 64 characters of A-Z a-z 0-9 - _ .")
+    })
 }
 
 fn check_features(features: Vec<String>) -> Result<Vec<String>, ApiError> {
     if features.len() > MAX_FEATURES {
-        return Err(ApiError::invalid("INVALID_FEATURES", format!("a plan has at most {MAX_FEATURES} features")));
+        return Err(ApiError::invalid(
+            "INVALID_FEATURES",
+            format!("a plan has at most {MAX_FEATURES} features"),
+        ));
     }
     let mut out: Vec<String> = Vec::with_capacity(features.len());
     for f in features {
         let f = f.trim().to_owned();
         if f.is_empty() || f.len() > 64 || f.chars().any(char::is_control) {
-            return Err(ApiError::invalid("INVALID_FEATURES", "a feature is 1 to 64 printable characters"));
+            return Err(ApiError::invalid(
+                "INVALID_FEATURES",
+                "a feature is 1 to 64 printable characters",
+            ));
         }
         if !out.contains(&f) {
             out.push(f);
@@ -54,10 +63,17 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<Plan>), ApiError> {
     check_name(&name)?;
     if body.name.as_ref().is_some_and(|n| *n != name) {
-        return Err(ApiError::bad_request("the body's name differs from the path's"));
+        return Err(ApiError::bad_request(
+            "the body's name differs from the path's",
+        ));
     }
-    if body.offline_grace_days.is_some_and(|d| d > 3650) || body.duration_days.is_some_and(|d| d > 36_500) {
-        return Err(ApiError::invalid("INVALID_PLAN", "offline_grace_days is at most 3650, duration_days at most 36500"));
+    if body.offline_grace_days.is_some_and(|d| d > 3650)
+        || body.duration_days.is_some_and(|d| d > 36_500)
+    {
+        return Err(ApiError::invalid(
+            "INVALID_PLAN",
+            "offline_grace_days is at most 3650, duration_days at most 36500",
+        ));
     }
     let plan = Plan {
         name,
@@ -65,21 +81,41 @@ pub async fn put(
         max_domains: body.max_domains,
         max_machines: body.max_machines,
         duration_days: body.duration_days,
-        offline_grace_days: body.offline_grace_days.unwrap_or(DEFAULT_OFFLINE_GRACE_DAYS),
+        offline_grace_days: body
+            .offline_grace_days
+            .unwrap_or(DEFAULT_OFFLINE_GRACE_DAYS),
     };
     let created = state.store.put_plan(plan.clone()).await?;
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(plan)))
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(plan),
+    ))
 }
 
-pub async fn get(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Plan>, ApiError> {
+pub async fn get(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Plan>, ApiError> {
     Ok(Json(state.store.get_plan(name).await?))
 }
 
 pub async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Page<Plan>>, ApiError> {
-    Ok(Json(Page { data: state.store.list_plans().await?, next_cursor: None }))
+    Ok(Json(Page {
+        data: state.store.list_plans().await?,
+        next_cursor: None,
+    }))
 }
 
-pub async fn delete(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.store.delete_plan(name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

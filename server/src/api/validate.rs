@@ -22,7 +22,12 @@ use crate::store::{Deactivated, ValidationInput, ValidationOutcome};
 /// Longest user agent kept in the usage history.
 const MAX_USER_AGENT: usize = 256;
 
-fn refuse(status: StatusCode, code: Code, message: impl Into<String>, nonce: Option<String>) -> Response {
+fn refuse(
+    status: StatusCode,
+    code: Code,
+    message: impl Into<String>,
+    nonce: Option<String>,
+) -> Response {
     let body = ValidateResponse {
         valid: false,
         code,
@@ -46,32 +51,61 @@ struct Checked {
 /// Parses and checks a request without touching storage; the error is the
 /// complete answer.
 fn check(state: &AppState, body: &[u8]) -> Result<Checked, Response> {
-    let bad = |message: String, nonce: Option<String>| refuse(StatusCode::BAD_REQUEST, Code::BadRequest, message, nonce);
+    let bad = |message: String, nonce: Option<String>| {
+        refuse(StatusCode::BAD_REQUEST, Code::BadRequest, message, nonce)
+    };
     let req: ValidateRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}"), None))?;
     let nonce = req.nonce;
     if nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE_LEN) {
-        return Err(bad(format!("nonce is longer than {MAX_NONCE_LEN} bytes"), None));
+        return Err(bad(
+            format!("nonce is longer than {MAX_NONCE_LEN} bytes"),
+            None,
+        ));
     }
     let Some(raw_key) = req.key else {
         return Err(bad("key is required".into(), nonce));
     };
     let key = match LicenseKey::parse_with_prefix(&raw_key, &state.key_prefix) {
         Ok(key) => key,
-        Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, Code::KeyMalformed, e.to_string(), nonce)),
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                Code::KeyMalformed,
+                e.to_string(),
+                nonce,
+            ))
+        }
     };
     let domain = match req.domain.as_deref().map(|d| (d, normalize_domain(d))) {
         None => None,
         Some((_, Some(d))) => Some(d),
         Some((raw, None)) => {
             let message = format!("{raw:?} is not a host name");
-            return Err(refuse(StatusCode::BAD_REQUEST, Code::InvalidDomain, message, nonce));
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidDomain,
+                message,
+                nonce,
+            ));
         }
     };
-    if req.fingerprint.as_deref().is_some_and(|f| !is_valid_fingerprint(f)) {
-        return Err(bad("a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -".into(), nonce));
+    if req
+        .fingerprint
+        .as_deref()
+        .is_some_and(|f| !is_valid_fingerprint(f))
+    {
+        return Err(bad(
+            "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -".into(),
+            nonce,
+        ));
     }
-    Ok(Checked { key, domain, fingerprint: req.fingerprint, nonce })
+    Ok(Checked {
+        key,
+        domain,
+        fingerprint: req.fingerprint,
+        nonce,
+    })
 }
 
 fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Option<String> {
@@ -85,12 +119,37 @@ pub async fn validate(
     req: Request,
 ) -> Response {
     let headers = req.headers().clone();
+    let ip = state.client_ip(&headers, peer);
+    if let Err(retry_after) = state.limits.check(ip) {
+        let mut answer = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited,
+            "too many requests",
+            None,
+        );
+        answer
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, retry_after.into());
+        return answer;
+    }
     let body = match body_bytes(req, &state).await {
         Ok(body) => body,
         Err(ApiError::PayloadTooLarge) => {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, Code::BadRequest, "the request body is too large", None)
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::BadRequest,
+                "the request body is too large",
+                None,
+            )
         }
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, Code::BadRequest, "cannot read the request body", None),
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                Code::BadRequest,
+                "cannot read the request body",
+                None,
+            )
+        }
     };
     let checked = match check(&state, &body) {
         Ok(checked) => checked,
@@ -101,9 +160,12 @@ pub async fn validate(
         key: checked.key.as_str().to_owned(),
         domain: checked.domain.clone(),
         fingerprint: checked.fingerprint.clone(),
-        ip: Some(state.client_ip(&headers, peer)),
+        ip: Some(ip.to_string()),
         user_agent: header_text(&headers, "user-agent", MAX_USER_AGENT),
-        country: state.country_header.as_deref().and_then(|h| header_text(&headers, h, 8)),
+        country: state
+            .country_header
+            .as_deref()
+            .and_then(|h| header_text(&headers, h, 8)),
         now,
     };
     let outcome = match state.store.validate(input).await {
@@ -125,16 +187,31 @@ fn answer(state: &AppState, req: &Checked, outcome: ValidationOutcome, iat: i64)
         code: outcome.code,
         status: license.as_ref().map(|l| l.status),
         plan: license.as_ref().map(|l| l.plan.clone()),
-        features: license.as_ref().map(|l| l.features.clone()).unwrap_or_default(),
-        license_expires_at: license.as_ref().and_then(|l| l.expires_at).map(keysmith_core::time::format_rfc3339),
+        features: license
+            .as_ref()
+            .map(|l| l.features.clone())
+            .unwrap_or_default(),
+        license_expires_at: license
+            .as_ref()
+            .and_then(|l| l.expires_at)
+            .map(keysmith_core::time::format_rfc3339),
         domain: req.domain.clone(),
         fingerprint: req.fingerprint.clone(),
         nonce: req.nonce.clone(),
         iat,
-        exp: token_exp(valid, iat, outcome.offline_grace_days, license.as_ref().and_then(|l| l.expires_at)),
+        exp: token_exp(
+            valid,
+            iat,
+            outcome.offline_grace_days,
+            license.as_ref().and_then(|l| l.expires_at),
+        ),
     };
     let token = token::sign(&state.signer.key, &claims);
-    let status = if outcome.code == Code::LicenseNotFound { StatusCode::NOT_FOUND } else { StatusCode::OK };
+    let status = if outcome.code == Code::LicenseNotFound {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
     let body = ValidateResponse {
         valid,
         code: outcome.code,
@@ -156,26 +233,51 @@ pub struct DeactivateBody {
 
 pub async fn deactivate(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> Result<Json<Deactivated>, ApiError> {
-    let key = LicenseKey::parse_with_prefix(&body.key, &state.key_prefix)
-        .map_err(|e| ApiError::BadRequest { code: "KEY_MALFORMED", message: e.to_string() })?;
+    state
+        .limits
+        .check(state.client_ip(&headers, peer))
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    let key = LicenseKey::parse_with_prefix(&body.key, &state.key_prefix).map_err(|e| {
+        ApiError::BadRequest {
+            code: "KEY_MALFORMED",
+            message: e.to_string(),
+        }
+    })?;
     let domain = body
         .domain
         .map(|d| {
-            normalize_domain(&d)
-                .ok_or_else(|| ApiError::BadRequest { code: "INVALID_DOMAIN", message: format!("{d:?} is not a host name") })
+            normalize_domain(&d).ok_or_else(|| ApiError::BadRequest {
+                code: "INVALID_DOMAIN",
+                message: format!("{d:?} is not a host name"),
+            })
         })
         .transpose()?;
-    if body.fingerprint.as_deref().is_some_and(|f| !is_valid_fingerprint(f)) {
-        return Err(ApiError::bad_request("a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -"));
+    if body
+        .fingerprint
+        .as_deref()
+        .is_some_and(|f| !is_valid_fingerprint(f))
+    {
+        return Err(ApiError::bad_request(
+            "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+        ));
     }
     if domain.is_none() && body.fingerprint.is_none() {
-        return Err(ApiError::bad_request("send the domain or the fingerprint whose seat to free"));
+        return Err(ApiError::bad_request(
+            "send the domain or the fingerprint whose seat to free",
+        ));
     }
     let freed = state
         .store
-        .deactivate(key.as_str().to_owned(), domain, body.fingerprint, Utc::now())
+        .deactivate(
+            key.as_str().to_owned(),
+            domain,
+            body.fingerprint,
+            Utc::now(),
+        )
         .await?;
     Ok(Json(freed))
 }

@@ -27,7 +27,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn license_not_found(id: &str) -> StoreError {
-        StoreError::NotFound { code: "LICENSE_NOT_FOUND", message: format!("no license {id}") }
+        StoreError::NotFound {
+            code: "LICENSE_NOT_FOUND",
+            message: format!("no license {id}"),
+        }
     }
 }
 
@@ -196,11 +199,21 @@ pub trait Store: Send + Sync + 'static {
     async fn create_license(&self, new: NewLicense, now: DateTime<Utc>) -> Result<License>;
     async fn get_license(&self, id: String) -> Result<License>;
     async fn list_licenses(&self, filter: LicenseFilter, page: PageRequest) -> Result<LicensePage>;
-    async fn update_license(&self, id: String, patch: LicensePatch, now: DateTime<Utc>) -> Result<License>;
+    async fn update_license(
+        &self,
+        id: String,
+        patch: LicensePatch,
+        now: DateTime<Utc>,
+    ) -> Result<License>;
     /// Revokes; revoking a revoked license changes nothing.
     async fn revoke_license(&self, id: String, now: DateTime<Utc>) -> Result<License>;
     async fn free_domain(&self, id: String, domain: String, now: DateTime<Utc>) -> Result<License>;
-    async fn free_machine(&self, id: String, fingerprint: String, now: DateTime<Utc>) -> Result<License>;
+    async fn free_machine(
+        &self,
+        id: String,
+        fingerprint: String,
+        now: DateTime<Utc>,
+    ) -> Result<License>;
     async fn usage(&self, id: String, page: PageRequest) -> Result<UsagePage>;
 
     /// Decides and records a validation: seat taking, usage record,
@@ -229,7 +242,9 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
         anyhow::bail!("PostgreSQL support is not built yet; use SQLite (the default)");
     }
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path))?))
+    Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
+        path,
+    ))?))
 }
 
 /// Unix seconds to a time, clamping what chrono cannot represent.
@@ -248,6 +263,10 @@ pub mod cursor {
 
     pub fn decode(cursor: &str) -> Option<i64> {
         let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-        std::str::from_utf8(&bytes).ok()?.strip_prefix('s')?.parse().ok()
+        std::str::from_utf8(&bytes)
+            .ok()?
+            .strip_prefix('s')?
+            .parse()
+            .ok()
     }
 }

@@ -161,7 +161,8 @@ fn open_writer(path: &Path) -> Result<Connection> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let applied: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Storage(format!(
             "the database is at schema version {applied}, newer than this server knows ({})",
@@ -186,7 +187,9 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let outcome = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+        let outcome = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::from);
         if let Err(e) = outcome {
             tracing::error!(error = %e, "cannot begin a write transaction");
             for job in batch {
@@ -213,7 +216,11 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
     conn.execute_batch("SAVEPOINT job")?;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
         .unwrap_or_else(|_| Err(StoreError::Storage("a write panicked".into())));
-    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
     conn.execute_batch(end)?;
     result
 }
@@ -221,7 +228,8 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
-        let conn = open_writer(path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        let conn =
+            open_writer(path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -229,7 +237,10 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: tx,
             writer_thread: Some(thread),
-            readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReadPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -269,7 +280,8 @@ impl SqliteStore {
     }
 }
 
-const LICENSE_COLUMNS: &str = "seq, id, key, status, plan, customer_email, max_domains, max_machines, \
+const LICENSE_COLUMNS: &str =
+    "seq, id, key, status, plan, customer_email, max_domains, max_machines, \
      metadata, created_at, updated_at, expires_at, last_validated_at, validation_count";
 
 fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
@@ -306,11 +318,18 @@ fn license_row(row: &Row<'_>) -> rusqlite::Result<(i64, License, String, String)
     ))
 }
 
-fn finish_license(conn: &Connection, raw: (i64, License, String, String)) -> Result<(i64, License)> {
+fn finish_license(
+    conn: &Connection,
+    raw: (i64, License, String, String),
+) -> Result<(i64, License)> {
     let (seq, mut license, status, metadata) = raw;
     license.status = status_of(&status)?;
     license.metadata = serde_json::from_str(&metadata)?;
-    license.domains = seat_list(conn, "SELECT domain FROM license_domains WHERE license_seq = ?1 ORDER BY added_at, domain", seq)?;
+    license.domains = seat_list(
+        conn,
+        "SELECT domain FROM license_domains WHERE license_seq = ?1 ORDER BY added_at, domain",
+        seq,
+    )?;
     license.machines = seat_list(conn, "SELECT fingerprint FROM license_machines WHERE license_seq = ?1 ORDER BY added_at, fingerprint", seq)?;
     Ok((seq, license))
 }
@@ -323,7 +342,10 @@ fn seat_list(conn: &Connection, sql: &str, seq: i64) -> Result<Vec<String>> {
 
 fn load_license_by(conn: &Connection, column: &str, value: &str) -> Result<Option<(i64, License)>> {
     let sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE {column} = ?1");
-    let raw = conn.prepare_cached(&sql)?.query_row([value], license_row).optional()?;
+    let raw = conn
+        .prepare_cached(&sql)?
+        .query_row([value], license_row)
+        .optional()?;
     raw.map(|raw| finish_license(conn, raw)).transpose()
 }
 
@@ -347,16 +369,18 @@ fn load_plan(conn: &Connection, name: &str) -> Result<Option<Plan>> {
             ))
         })
         .optional()?;
-    raw.map(|(name, features, max_domains, max_machines, duration_days, offline_grace_days)| {
-        Ok(Plan {
-            name,
-            features: serde_json::from_str(&features)?,
-            max_domains,
-            max_machines,
-            duration_days,
-            offline_grace_days,
-        })
-    })
+    raw.map(
+        |(name, features, max_domains, max_machines, duration_days, offline_grace_days)| {
+            Ok(Plan {
+                name,
+                features: serde_json::from_str(&features)?,
+                max_domains,
+                max_machines,
+                duration_days,
+                offline_grace_days,
+            })
+        },
+    )
     .transpose()
 }
 
@@ -368,12 +392,23 @@ fn plan_must_exist(conn: &Connection, name: &str) -> Result<Plan> {
 }
 
 /// Writes an event to the outbox, in the caller's transaction.
-fn record_event(conn: &Connection, kind: EventType, license: &License, now: DateTime<Utc>) -> Result<()> {
+fn record_event(
+    conn: &Connection,
+    kind: EventType,
+    license: &License,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let data = serde_json::json!({ "license": license });
     conn.prepare_cached(
         "INSERT INTO events (id, type, license_id, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![ids::event_id(), kind.as_str(), license.id, now.timestamp(), data.to_string()])?;
+    .execute(params![
+        ids::event_id(),
+        kind.as_str(),
+        license.id,
+        now.timestamp(),
+        data.to_string()
+    ])?;
     Ok(())
 }
 
@@ -408,8 +443,10 @@ fn insert_license(conn: &Connection, new: &NewLicense, now: DateTime<Utc>) -> Re
     // uniqueness is the database's to enforce, so retry on one.
     for _ in 0..8 {
         let id = ids::license_id();
-        let key = LicenseKey::generate(&new.key_prefix)
-            .map_err(|e| StoreError::Invalid { code: "BAD_PREFIX", message: e.to_string() })?;
+        let key = LicenseKey::generate(&new.key_prefix).map_err(|e| StoreError::Invalid {
+            code: "BAD_PREFIX",
+            message: e.to_string(),
+        })?;
         let inserted = conn
             .prepare_cached(
                 "INSERT INTO licenses (id, key, status, plan, customer_email, max_domains, max_machines, \
@@ -437,19 +474,36 @@ fn insert_license(conn: &Connection, new: &NewLicense, now: DateTime<Utc>) -> Re
             Err(e) => return Err(e.into()),
         }
     }
-    Err(StoreError::Storage("could not find a free license id and key".into()))
+    Err(StoreError::Storage(
+        "could not find a free license id and key".into(),
+    ))
 }
 
-fn seats(conn: &Connection, table: &str, column: &str, seq: i64, value: &str, max: Option<u32>) -> Result<Seats> {
-    let held_sql = format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE license_seq = ?1 AND {column} = ?2)");
-    let held: bool = conn.prepare_cached(&held_sql)?.query_row(params![seq, value], |r| r.get(0))?;
+fn seats(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    seq: i64,
+    value: &str,
+    max: Option<u32>,
+) -> Result<Seats> {
+    let held_sql =
+        format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE license_seq = ?1 AND {column} = ?2)");
+    let held: bool = conn
+        .prepare_cached(&held_sql)?
+        .query_row(params![seq, value], |r| r.get(0))?;
     let taken: i64 = if held || max.is_none() {
         0
     } else {
         let count_sql = format!("SELECT COUNT(*) FROM {table} WHERE license_seq = ?1");
-        conn.prepare_cached(&count_sql)?.query_row([seq], |r| r.get(0))?
+        conn.prepare_cached(&count_sql)?
+            .query_row([seq], |r| r.get(0))?
     };
-    Ok(Seats { held, taken: taken as u64, max })
+    Ok(Seats {
+        held,
+        taken: taken as u64,
+        max,
+    })
 }
 
 fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutcome> {
@@ -474,7 +528,18 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutco
             ))
         })
         .optional()?;
-    let Some((seq, id, status, plan, max_domains, max_machines, expires_at, activated, features, grace)) = found
+    let Some((
+        seq,
+        id,
+        status,
+        plan,
+        max_domains,
+        max_machines,
+        expires_at,
+        activated,
+        features,
+        grace,
+    )) = found
     else {
         return Ok(ValidationOutcome {
             code: Code::LicenseNotFound,
@@ -492,23 +557,45 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutco
     let machine_seats = v
         .fingerprint
         .as_deref()
-        .map(|f| seats(conn, "license_machines", "fingerprint", seq, f, max_machines))
+        .map(|f| {
+            seats(
+                conn,
+                "license_machines",
+                "fingerprint",
+                seq,
+                f,
+                max_machines,
+            )
+        })
         .transpose()?;
     let decision = decide(status, domain_seats, machine_seats);
     let now = v.now.timestamp();
     if let (true, Some(domain)) = (decision.take_domain_seat, &v.domain) {
-        conn.prepare_cached("INSERT INTO license_domains (license_seq, domain, added_at) VALUES (?1, ?2, ?3)")?
-            .execute(params![seq, domain, now])?;
+        conn.prepare_cached(
+            "INSERT INTO license_domains (license_seq, domain, added_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![seq, domain, now])?;
     }
     if let (true, Some(fp)) = (decision.take_machine_seat, &v.fingerprint) {
-        conn.prepare_cached("INSERT INTO license_machines (license_seq, fingerprint, added_at) VALUES (?1, ?2, ?3)")?
-            .execute(params![seq, fp, now])?;
+        conn.prepare_cached(
+            "INSERT INTO license_machines (license_seq, fingerprint, added_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![seq, fp, now])?;
     }
     conn.prepare_cached(
         "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![seq, now, decision.code.as_str(), v.domain, v.fingerprint, v.ip, v.user_agent, v.country])?;
+    .execute(params![
+        seq,
+        now,
+        decision.code.as_str(),
+        v.domain,
+        v.fingerprint,
+        v.ip,
+        v.user_agent,
+        v.country
+    ])?;
     let first_valid = decision.code == Code::Valid && !activated;
     conn.prepare_cached(
         "UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = ?2, \
@@ -521,12 +608,23 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutco
     }
     Ok(ValidationOutcome {
         code: decision.code,
-        license: Some(LicenseSummary { id, status, plan, expires_at, features: serde_json::from_str(&features)? }),
+        license: Some(LicenseSummary {
+            id,
+            status,
+            plan,
+            expires_at,
+            features: serde_json::from_str(&features)?,
+        }),
         offline_grace_days: grace,
     })
 }
 
-fn update_in(conn: &Connection, id: &str, patch: LicensePatch, now: DateTime<Utc>) -> Result<License> {
+fn update_in(
+    conn: &Connection,
+    id: &str,
+    patch: LicensePatch,
+    now: DateTime<Utc>,
+) -> Result<License> {
     let (seq, before) = load_license(conn, id)?;
     let mut after = before.clone();
     if let Some(plan) = patch.plan.clone() {
@@ -555,18 +653,38 @@ fn update_in(conn: &Connection, id: &str, patch: LicensePatch, now: DateTime<Utc
     }
     after.updated_at = now;
     write_license_fields(conn, seq, &after)?;
-    record_event(conn, status_event.unwrap_or(EventType::Updated), &after, now)?;
+    record_event(
+        conn,
+        status_event.unwrap_or(EventType::Updated),
+        &after,
+        now,
+    )?;
     Ok(after)
 }
 
-fn free_seat(conn: &Connection, id: &str, table: &str, column: &str, value: &str, now: DateTime<Utc>) -> Result<License> {
+fn free_seat(
+    conn: &Connection,
+    id: &str,
+    table: &str,
+    column: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<License> {
     let (seq, _) = load_license(conn, id)?;
     let sql = format!("DELETE FROM {table} WHERE license_seq = ?1 AND {column} = ?2");
     if conn.prepare_cached(&sql)?.execute(params![seq, value])? == 0 {
-        let what = if column == "domain" { "DOMAIN_NOT_FOUND" } else { "MACHINE_NOT_FOUND" };
-        return Err(StoreError::NotFound { code: what, message: format!("license {id} holds no seat for {value:?}") });
+        let what = if column == "domain" {
+            "DOMAIN_NOT_FOUND"
+        } else {
+            "MACHINE_NOT_FOUND"
+        };
+        return Err(StoreError::NotFound {
+            code: what,
+            message: format!("license {id} holds no seat for {value:?}"),
+        });
     }
-    conn.prepare_cached("UPDATE licenses SET updated_at = ?2 WHERE seq = ?1")?.execute(params![seq, now.timestamp()])?;
+    conn.prepare_cached("UPDATE licenses SET updated_at = ?2 WHERE seq = ?1")?
+        .execute(params![seq, now.timestamp()])?;
     let (_, license) = load_license(conn, id)?;
     record_event(conn, EventType::Updated, &license, now)?;
     Ok(license)
@@ -598,8 +716,10 @@ impl Store for SqliteStore {
 
     async fn get_plan(&self, name: String) -> Result<Plan> {
         self.read(move |conn| {
-            load_plan(conn, &name)?
-                .ok_or_else(|| StoreError::NotFound { code: "PLAN_NOT_FOUND", message: format!("no plan named {name:?}") })
+            load_plan(conn, &name)?.ok_or_else(|| StoreError::NotFound {
+                code: "PLAN_NOT_FOUND",
+                message: format!("no plan named {name:?}"),
+            })
         })
         .await
     }
@@ -626,11 +746,20 @@ impl Store for SqliteStore {
             if in_use {
                 return Err(StoreError::Conflict {
                     code: "PLAN_IN_USE",
-                    message: format!("plan {name:?} still has licenses; move them to another plan first"),
+                    message: format!(
+                        "plan {name:?} still has licenses; move them to another plan first"
+                    ),
                 });
             }
-            if conn.prepare_cached("DELETE FROM plans WHERE name = ?1")?.execute([&name])? == 0 {
-                return Err(StoreError::NotFound { code: "PLAN_NOT_FOUND", message: format!("no plan named {name:?}") });
+            if conn
+                .prepare_cached("DELETE FROM plans WHERE name = ?1")?
+                .execute([&name])?
+                == 0
+            {
+                return Err(StoreError::NotFound {
+                    code: "PLAN_NOT_FOUND",
+                    message: format!("no plan named {name:?}"),
+                });
             }
             Ok(())
         })
@@ -638,11 +767,13 @@ impl Store for SqliteStore {
     }
 
     async fn create_license(&self, new: NewLicense, now: DateTime<Utc>) -> Result<License> {
-        self.write(move |conn| insert_license(conn, &new, now)).await
+        self.write(move |conn| insert_license(conn, &new, now))
+            .await
     }
 
     async fn get_license(&self, id: String) -> Result<License> {
-        self.read(move |conn| load_license(conn, &id).map(|(_, l)| l)).await
+        self.read(move |conn| load_license(conn, &id).map(|(_, l)| l))
+            .await
     }
 
     async fn list_licenses(&self, filter: LicenseFilter, page: PageRequest) -> Result<LicensePage> {
@@ -657,7 +788,11 @@ impl Store for SqliteStore {
             ] {
                 if let Some(value) = value {
                     args.push(value);
-                    let collate = if column == "customer_email" { " COLLATE NOCASE" } else { "" };
+                    let collate = if column == "customer_email" {
+                        " COLLATE NOCASE"
+                    } else {
+                        ""
+                    };
                     sql.push_str(&format!(" AND {column} = ?{}{collate}", args.len() + 2));
                 }
             }
@@ -671,7 +806,9 @@ impl Store for SqliteStore {
             for a in &args {
                 bound.push(a);
             }
-            let raws: Vec<_> = stmt.query_map(bound.as_slice(), license_row)?.collect::<rusqlite::Result<_>>()?;
+            let raws: Vec<_> = stmt
+                .query_map(bound.as_slice(), license_row)?
+                .collect::<rusqlite::Result<_>>()?;
             let more = raws.len() > page.limit as usize;
             let mut out = Vec::with_capacity(raws.len());
             let mut last_seq = None;
@@ -685,8 +822,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_license(&self, id: String, patch: LicensePatch, now: DateTime<Utc>) -> Result<License> {
-        self.write(move |conn| update_in(conn, &id, patch, now)).await
+    async fn update_license(
+        &self,
+        id: String,
+        patch: LicensePatch,
+        now: DateTime<Utc>,
+    ) -> Result<License> {
+        self.write(move |conn| update_in(conn, &id, patch, now))
+            .await
     }
 
     async fn revoke_license(&self, id: String, now: DateTime<Utc>) -> Result<License> {
@@ -705,12 +848,27 @@ impl Store for SqliteStore {
     }
 
     async fn free_domain(&self, id: String, domain: String, now: DateTime<Utc>) -> Result<License> {
-        self.write(move |conn| free_seat(conn, &id, "license_domains", "domain", &domain, now)).await
+        self.write(move |conn| free_seat(conn, &id, "license_domains", "domain", &domain, now))
+            .await
     }
 
-    async fn free_machine(&self, id: String, fingerprint: String, now: DateTime<Utc>) -> Result<License> {
-        self.write(move |conn| free_seat(conn, &id, "license_machines", "fingerprint", &fingerprint, now))
-            .await
+    async fn free_machine(
+        &self,
+        id: String,
+        fingerprint: String,
+        now: DateTime<Utc>,
+    ) -> Result<License> {
+        self.write(move |conn| {
+            free_seat(
+                conn,
+                &id,
+                "license_machines",
+                "fingerprint",
+                &fingerprint,
+                now,
+            )
+        })
+        .await
     }
 
     async fn usage(&self, id: String, page: PageRequest) -> Result<UsagePage> {
@@ -775,7 +933,10 @@ impl Store for SqliteStore {
     ) -> Result<Deactivated> {
         self.write(move |conn| {
             let Some((seq, _)) = load_license_by(conn, "key", &key)? else {
-                return Err(StoreError::NotFound { code: "LICENSE_NOT_FOUND", message: "no license has this key".into() });
+                return Err(StoreError::NotFound {
+                    code: "LICENSE_NOT_FOUND",
+                    message: "no license has this key".into(),
+                });
             };
             let freed = |sql: &str, value: &Option<String>| -> Result<bool> {
                 Ok(match value {
@@ -784,12 +945,22 @@ impl Store for SqliteStore {
                 })
             };
             let out = Deactivated {
-                domain_freed: freed("DELETE FROM license_domains WHERE license_seq = ?1 AND domain = ?2", &domain)?,
-                machine_freed: freed("DELETE FROM license_machines WHERE license_seq = ?1 AND fingerprint = ?2", &fingerprint)?,
+                domain_freed: freed(
+                    "DELETE FROM license_domains WHERE license_seq = ?1 AND domain = ?2",
+                    &domain,
+                )?,
+                machine_freed: freed(
+                    "DELETE FROM license_machines WHERE license_seq = ?1 AND fingerprint = ?2",
+                    &fingerprint,
+                )?,
             };
             if out.domain_freed || out.machine_freed {
-                conn.prepare_cached("UPDATE licenses SET updated_at = ?2 WHERE seq = ?1")?.execute(params![seq, now.timestamp()])?;
-                let id: String = conn.query_row("SELECT id FROM licenses WHERE seq = ?1", [seq], |r| r.get(0))?;
+                conn.prepare_cached("UPDATE licenses SET updated_at = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, now.timestamp()])?;
+                let id: String =
+                    conn.query_row("SELECT id FROM licenses WHERE seq = ?1", [seq], |r| {
+                        r.get(0)
+                    })?;
                 let (_, license) = load_license(conn, &id)?;
                 record_event(conn, EventType::Updated, &license, now)?;
             }
@@ -830,8 +1001,10 @@ impl Store for SqliteStore {
 
     async fn set_admin_token_hash(&self, hash: String) -> Result<()> {
         self.write(move |conn| {
-            conn.prepare_cached("INSERT OR REPLACE INTO meta (k, v) VALUES ('admin_token_sha256', ?1)")?
-                .execute([hash])?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('admin_token_sha256', ?1)",
+            )?
+            .execute([hash])?;
             Ok(())
         })
         .await
