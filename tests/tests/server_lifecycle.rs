@@ -1,0 +1,240 @@
+//! Start-up, shutdown and durability of a real server process: the data dir,
+//! the signing key, the admin token, SIGTERM, and `kill -9` with every
+//! acknowledged write kept.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use keysmith_tests::{ServerOptions, TestServer, ADMIN_TOKEN};
+use serde_json::{json, Value};
+
+#[test]
+fn first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after() {
+    let mut server = TestServer::start();
+    let key_path = server.data_path("signing.key");
+    assert!(server.data_path("keysmith.db").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let public = server.public_key();
+    assert_eq!(server.terminate(), Some(0), "SIGTERM exits 0");
+    server.restart();
+    assert_eq!(server.public_key(), public, "the same key is reused");
+}
+
+#[test]
+fn a_shared_signing_key_path_gives_servers_one_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared.key");
+    let opts = ServerOptions {
+        envs: vec![("KEYSMITH_SIGNING_KEY".into(), shared.display().to_string())],
+        ..Default::default()
+    };
+    let a = TestServer::start_with(opts.clone());
+    let b = TestServer::start_with(opts);
+    assert_eq!(a.public_key(), b.public_key());
+    assert!(!a.data_path("signing.key").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_signing_key_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut server = TestServer::start();
+    server.terminate();
+    let key = server.data_path("signing.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&server.data_dir)
+        .env("KEYSMITH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}
+
+#[test]
+fn without_an_env_token_one_is_generated_printed_once_and_kept_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = || {
+        let mut child = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env_remove("KEYSMITH_ADMIN_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut token = None;
+        let url = loop {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(t) = line.strip_prefix("Generated admin token (shown once; only its hash is stored): ") {
+                token = Some(t.to_owned());
+            }
+            if let Some(url) = line.strip_prefix("keysmith-server listening on ") {
+                break url.to_owned();
+            }
+        };
+        (child, url, token)
+    };
+    let (mut first, url, token) = run();
+    let token = token.expect("the first start prints a token");
+    let http = reqwest::blocking::Client::new();
+    let ok = |url: &str, t: &str| http.get(format!("{url}/api/v1/plans")).bearer_auth(t).send().unwrap().status().as_u16();
+    assert_eq!(ok(&url, &token), 200);
+    assert_eq!(ok(&url, "ksa_wrong"), 401);
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let db = std::fs::read(data.join("keysmith.db")).unwrap();
+    let wal = std::fs::read(data.join("keysmith.db-wal")).unwrap_or_default();
+    let needle = token.as_bytes();
+    assert!(!db.windows(needle.len()).any(|w| w == needle) && !wal.windows(needle.len()).any(|w| w == needle), "token stored in clear");
+
+    let (mut second, url, again) = run();
+    assert_eq!(again, None, "printed only once");
+    assert_eq!(ok(&url, &token), 200, "the same token works after a restart");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_and_exits_zero() {
+    let mut server = TestServer::start_with(ServerOptions {
+        args: vec!["--rate-limit".into(), "0".into()],
+        ..Default::default()
+    });
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let key = license["key"].as_str().unwrap().to_owned();
+    let url = server.url.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(Mutex::new(0u64));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, key, stop, answered) = (url.clone(), key.clone(), stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match http.post(format!("{url}/api/v1/validate")).json(&json!({"key": key})).send() {
+                        Ok(r) if r.status() == 200 => {
+                            if r.json::<Value>().map(|v| v["code"] == "VALID").unwrap_or(false) {
+                                *answered.lock().unwrap() += 1;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(server.terminate(), Some(0));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let answered = *answered.lock().unwrap();
+    assert!(answered > 0);
+    server.restart();
+    let (_, after) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
+    assert_eq!(after["validation_count"].as_u64().unwrap(), answered, "every answered validation was recorded");
+}
+
+#[test]
+fn kill_9_keeps_every_acknowledged_write() {
+    let mut server = TestServer::start_with(ServerOptions {
+        args: vec!["--rate-limit".into(), "0".into()],
+        ..Default::default()
+    });
+    server.plan("p", json!({"features": [], "max_domains": 1000}));
+    let url = server.url.clone();
+    let http = reqwest::blocking::Client::new();
+    let seed = server.license("p", json!({}));
+    let seed_key = seed["key"].as_str().unwrap().to_owned();
+
+    // Writers run flat out; the server is killed in the middle of them.
+    let created = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let seats = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let (url, created) = (url.clone(), created.clone());
+        workers.push(std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            for i in 0.. {
+                let resp = http
+                    .post(format!("{url}/api/v1/licenses"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"plan": "p", "customer_email": format!("w{w}-{i}@example.com")}))
+                    .send();
+                match resp {
+                    Ok(r) if r.status() == 201 => created.lock().unwrap().push(r.json().unwrap()),
+                    _ => break,
+                }
+            }
+        }));
+    }
+    for w in 0..3 {
+        let (url, seats, key) = (url.clone(), seats.clone(), seed_key.clone());
+        workers.push(std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            for i in 0.. {
+                let domain = format!("w{w}-{i}.example");
+                let resp = http.post(format!("{url}/api/v1/validate")).json(&json!({"key": key, "domain": domain})).send();
+                match resp.ok().and_then(|r| r.json::<Value>().ok()) {
+                    Some(v) if v["code"] == "VALID" => seats.lock().unwrap().push(domain),
+                    _ => break,
+                }
+            }
+        }));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    server.kill9();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let created = created.lock().unwrap().clone();
+    let seats = seats.lock().unwrap().clone();
+    assert!(created.len() > 10 && seats.len() > 10, "load ran: {} creates, {} seats", created.len(), seats.len());
+
+    server.restart();
+    for license in &created {
+        let (status, stored) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
+        assert_eq!(status, 200, "acknowledged license {} lost", license["id"]);
+        assert_eq!(stored["key"], license["key"]);
+    }
+    let (_, seed_now) = server.admin("GET", &format!("/licenses/{}", seed["id"].as_str().unwrap()), None);
+    let held: Vec<&str> = seed_now["domains"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    for domain in &seats {
+        assert!(held.contains(&domain.as_str()), "acknowledged seat {domain} lost");
+    }
+    let (_, usage) = server.admin("GET", &format!("/licenses/{}/usage?limit=1", seed["id"].as_str().unwrap()), None);
+    let recorded = usage["totals"]["validations"].as_u64().unwrap();
+    assert!(recorded >= seats.len() as u64, "{recorded} usage records for {} answers", seats.len());
+    assert_eq!(seed_now["validation_count"].as_u64().unwrap(), recorded);
+    let _ = http;
+}
+
+#[test]
+fn logs_never_hold_a_key_or_a_token() {
+    let server = TestServer::start();
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let key = license["key"].as_str().unwrap();
+    let (_, answer) = server.validate(json!({"key": key}));
+    server.admin("GET", &format!("/licenses?key={key}"), None);
+    server.request("GET", "/api/v1/licenses", Some("wrong-token-xyz"), None);
+    let log = server.log();
+    assert!(log.contains("/api/v1/validate"), "requests are logged: {log}");
+    let body = &key[3..];
+    for secret in [body, answer["token"].as_str().unwrap(), ADMIN_TOKEN, "wrong-token-xyz"] {
+        assert!(!log.contains(secret), "log holds a secret");
+    }
+}

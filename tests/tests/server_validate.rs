@@ -1,0 +1,283 @@
+//! `/api/v1/validate` end to end: every code, the token, the seat race.
+
+use std::sync::Arc;
+
+use keysmith_core::token::KeySet;
+use keysmith_core::LicenseKey;
+use keysmith_tests::{ServerOptions, TestServer};
+use serde_json::{json, Value};
+
+fn key_of(license: &Value) -> String {
+    license["key"].as_str().unwrap().to_owned()
+}
+
+/// Verifies the answer's token with the server's published key and returns its claims.
+fn claims(server: &TestServer, answer: &Value) -> keysmith_core::Claims {
+    let keys = KeySet::from_base64_list(&server.public_key()).unwrap();
+    keys.verify(answer["token"].as_str().expect("a token")).expect("token verifies")
+}
+
+#[test]
+fn a_valid_key_answers_valid_with_a_signed_token() {
+    let server = TestServer::start();
+    server.plan("pro", json!({"features": ["sso", "audit-log"], "offline_grace_days": 3}));
+    let license = server.license("pro", json!({"expires_at": "2099-01-01T00:00:00Z"}));
+    let key = key_of(&license);
+    // Forgiving input: lower case, no dashes, O for 0.
+    let typed = key.to_lowercase().replace('-', "");
+    let (status, answer) =
+        server.validate(json!({"key": typed, "domain": "WWW.Example.COM.", "fingerprint": "m-1", "nonce": "n-42"}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["code"], "VALID");
+    assert!(answer.get("error").is_none());
+    assert_eq!(answer["nonce"], "n-42");
+    assert_eq!(answer["license"]["id"], license["id"]);
+    assert_eq!(answer["license"]["features"], json!(["sso", "audit-log"]));
+    assert_eq!(answer["license"]["expires_at"], "2099-01-01T00:00:00Z");
+
+    let c = claims(&server, &answer);
+    assert_eq!(c.sub.as_deref(), license["id"].as_str());
+    assert_eq!(c.key_sha256, LicenseKey::parse(&key).unwrap().sha256_hex());
+    assert!(c.valid);
+    assert_eq!(c.domain.as_deref(), Some("www.example.com"));
+    assert_eq!(c.fingerprint.as_deref(), Some("m-1"));
+    assert_eq!(c.nonce.as_deref(), Some("n-42"));
+    assert_eq!(c.plan.as_deref(), Some("pro"));
+    assert_eq!(c.exp - c.iat, 3 * 86_400, "exp is iat + the plan's offline grace");
+    assert_eq!(c.license_expires_at.as_deref(), Some("2099-01-01T00:00:00Z"));
+
+    let (_, after) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
+    assert_eq!(after["validation_count"], 1);
+    assert_eq!(after["domains"], json!(["www.example.com"]));
+    assert_eq!(after["machines"], json!(["m-1"]));
+    assert!(after["last_validated_at"].is_string());
+}
+
+#[test]
+fn a_tampered_token_is_rejected() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let server = TestServer::start();
+    server.plan("pro", json!({"features": []}));
+    let license = server.license("pro", json!({}));
+    server.admin("PUT", &format!("/licenses/{}", license["id"].as_str().unwrap()), Some(json!({"status": "suspended"})));
+    let (_, answer) = server.validate(json!({"key": key_of(&license)}));
+    assert_eq!(answer["code"], "LICENSE_SUSPENDED");
+    let token = answer["token"].as_str().unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut body: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    body["valid"] = json!(true);
+    body["code"] = json!("VALID");
+    let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(body.to_string()), parts[2]);
+    let keys = KeySet::from_base64_list(&server.public_key()).unwrap();
+    assert!(keys.verify(token).is_ok());
+    assert_eq!(keys.verify(&forged), Err(keysmith_core::TokenError::Signature));
+    // And a key of another server does not verify this one's tokens.
+    let other = TestServer::start();
+    let other_keys = KeySet::from_base64_list(&other.public_key()).unwrap();
+    assert!(other_keys.verify(token).is_err());
+}
+
+#[test]
+fn every_decided_code_is_signed_and_every_other_is_not() {
+    let server = TestServer::start();
+    server.plan("one", json!({"features": ["x"], "max_domains": 1, "max_machines": 1}));
+    let prefix_key = |l: &Value| key_of(l);
+
+    // LICENSE_NOT_FOUND: 404, signed, no license.
+    let unknown = LicenseKey::generate("KS").unwrap();
+    let (status, answer) = server.validate(json!({"key": unknown.as_str(), "nonce": "q"}));
+    assert_eq!((status, answer["code"].as_str()), (404, Some("LICENSE_NOT_FOUND")), "{answer}");
+    assert_eq!(answer["error"], "LICENSE_NOT_FOUND");
+    let c = claims(&server, &answer);
+    assert_eq!((c.sub, c.status, c.valid, c.exp - c.iat), (None, None, false, 0));
+    assert_eq!(c.key_sha256, unknown.sha256_hex());
+
+    // Suspended, revoked, expired: 200, signed, invalid, exp = iat.
+    let suspended = server.license("one", json!({}));
+    server.admin("PUT", &format!("/licenses/{}", suspended["id"].as_str().unwrap()), Some(json!({"status": "suspended"})));
+    let revoked = server.license("one", json!({}));
+    server.admin("DELETE", &format!("/licenses/{}", revoked["id"].as_str().unwrap()), None);
+    let expired = server.license("one", json!({"expires_at": "2020-01-01T00:00:00Z"}));
+    for (license, code, status) in [
+        (&suspended, "LICENSE_SUSPENDED", "suspended"),
+        (&revoked, "LICENSE_REVOKED", "revoked"),
+        (&expired, "LICENSE_EXPIRED", "expired"),
+    ] {
+        let (http, answer) = server.validate(json!({"key": prefix_key(license)}));
+        assert_eq!(http, 200);
+        assert_eq!((answer["valid"].as_bool(), answer["code"].as_str()), (Some(false), Some(code)), "{answer}");
+        assert_eq!(answer["error"], code);
+        assert_eq!(answer["license"]["status"], status);
+        let c = claims(&server, &answer);
+        assert_eq!((c.valid, c.exp, c.status.unwrap().as_str()), (false, c.iat, status));
+    }
+
+    // Seat limits.
+    let seats = server.license("one", json!({}));
+    let key = prefix_key(&seats);
+    assert_eq!(server.validate(json!({"key": key, "domain": "a.example", "fingerprint": "m1"})).1["code"], "VALID");
+    let (http, answer) = server.validate(json!({"key": key, "domain": "b.example"}));
+    assert_eq!((http, answer["code"].as_str()), (200, Some("DOMAIN_LIMIT_REACHED")));
+    assert_eq!(claims(&server, &answer).domain.as_deref(), Some("b.example"));
+    let (http, answer) = server.validate(json!({"key": key, "fingerprint": "m2"}));
+    assert_eq!((http, answer["code"].as_str()), (200, Some("MACHINE_LIMIT_REACHED")));
+    assert!(!claims(&server, &answer).valid);
+    // A held seat keeps validating.
+    assert_eq!(server.validate(json!({"key": key, "domain": "A.example", "fingerprint": "m1"})).1["code"], "VALID");
+
+    // Undecided answers: 400, same shape, no token.
+    let mut typo = key.clone().into_bytes();
+    typo[3] = if typo[3] == b'A' { b'B' } else { b'A' };
+    let typo = String::from_utf8(typo).unwrap();
+    for (body, code) in [
+        (json!({"key": typo}), "KEY_MALFORMED"),
+        (json!({"key": "XX-" }), "KEY_MALFORMED"),
+        (json!({"key": key, "domain": "not a host"}), "INVALID_DOMAIN"),
+        (json!({"key": key, "domain": "http://example.com/"}), "INVALID_DOMAIN"),
+        (json!({"domain": "example.com"}), "BAD_REQUEST"),
+        (json!({"key": 42}), "BAD_REQUEST"),
+        (json!({"key": key, "fingerprint": "has spaces"}), "BAD_REQUEST"),
+        (json!({"key": key, "nonce": "n".repeat(200)}), "BAD_REQUEST"),
+    ] {
+        let (http, answer) = server.validate(body.clone());
+        assert_eq!(http, 400, "{body} → {answer}");
+        assert_eq!(answer["valid"], false);
+        assert_eq!(answer["code"], code, "{body}");
+        assert_eq!(answer["error"], code);
+        assert!(answer["token"].is_null(), "{code} is not signed");
+        assert!(answer["message"].is_string());
+    }
+    let (http, answer) = server.raw("POST", "/api/v1/validate", b"{not json".to_vec());
+    assert_eq!((http, answer["code"].as_str(), answer["valid"].as_bool()), (400, Some("BAD_REQUEST"), Some(false)));
+
+    // A key of another prefix is not this server's format.
+    let foreign = LicenseKey::generate("ACME").unwrap();
+    assert_eq!(server.validate(json!({"key": foreign.as_str()})).1["code"], "KEY_MALFORMED");
+}
+
+#[test]
+fn idn_domains_take_seats_in_punycode() {
+    let server = TestServer::start();
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let (_, answer) = server.validate(json!({"key": key_of(&license), "domain": "Bücher.Example"}));
+    assert_eq!(answer["code"], "VALID");
+    assert_eq!(claims(&server, &answer).domain.as_deref(), Some("xn--bcher-kva.example"));
+    let (_, after) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
+    assert_eq!(after["domains"], json!(["xn--bcher-kva.example"]));
+}
+
+#[test]
+fn forty_concurrent_domains_take_exactly_three_seats() {
+    let server = Arc::new(TestServer::start_with(ServerOptions {
+        args: vec!["--rate-limit".into(), "0".into()],
+        ..Default::default()
+    }));
+    server.plan("three", json!({"features": [], "max_domains": 3}));
+    let license = server.license("three", json!({}));
+    let key = key_of(&license);
+    let barrier = Arc::new(std::sync::Barrier::new(40));
+    let handles: Vec<_> = (0..40)
+        .map(|i| {
+            let (server, key, barrier) = (server.clone(), key.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                server.validate(json!({"key": key, "domain": format!("d{i}.example")})).1["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .collect();
+    let codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|c| *c == "VALID").count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "DOMAIN_LIMIT_REACHED").count(), 37, "{codes:?}");
+    let (_, after) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
+    assert_eq!(after["domains"].as_array().unwrap().len(), 3);
+    assert_eq!(after["validation_count"], 40);
+}
+
+#[test]
+fn every_one_symbol_typo_and_neighbour_swap_of_an_issued_key_is_key_malformed() {
+    let server = TestServer::start_with(ServerOptions {
+        args: vec!["--rate-limit".into(), "0".into()],
+        ..Default::default()
+    });
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let key = key_of(&license);
+    let (prefix, body) = key.split_once('-').unwrap();
+    let symbols: Vec<u8> = body.bytes().filter(|b| *b != b'-').collect();
+    assert_eq!(symbols.len(), 24);
+    let mut variants = Vec::new();
+    for pos in 0..24 {
+        for &s in keysmith_core::key::ALPHABET.iter() {
+            if s != symbols[pos] {
+                let mut v = symbols.clone();
+                v[pos] = s;
+                variants.push(v);
+            }
+        }
+        if pos < 23 && symbols[pos] != symbols[pos + 1] {
+            let mut v = symbols.clone();
+            v.swap(pos, pos + 1);
+            variants.push(v);
+        }
+    }
+    assert!(variants.len() >= 24 * 31);
+    for v in variants {
+        let typed = format!("{prefix}-{}", String::from_utf8(v).unwrap());
+        let (status, answer) = server.validate(json!({"key": typed}));
+        assert_eq!((status, answer["code"].as_str()), (400, Some("KEY_MALFORMED")), "{typed}");
+    }
+    let (_, after) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
+    assert_eq!(after["validation_count"], 0, "malformed keys never reach storage");
+}
+
+#[test]
+fn clients_over_the_rate_limit_get_429_with_retry_after() {
+    let server = TestServer::start_with(ServerOptions {
+        args: vec!["--rate-limit".into(), "2".into()],
+        ..Default::default()
+    });
+    let key = LicenseKey::generate("KS").unwrap();
+    let mut limited = None;
+    for _ in 0..20 {
+        let resp = reqwest::blocking::Client::new()
+            .post(format!("{}/api/v1/validate", server.url))
+            .json(&json!({"key": key.as_str()}))
+            .send()
+            .unwrap();
+        if resp.status() == 429 {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let resp = limited.expect("a client sending 20 requests at once is limited at 2/s");
+    assert!(resp.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let answer: Value = resp.json().unwrap();
+    assert_eq!((answer["code"].as_str(), answer["valid"].as_bool()), (Some("RATE_LIMITED"), Some(false)));
+    assert_eq!(answer["error"], "RATE_LIMITED");
+}
+
+#[test]
+fn first_valid_fires_license_activated_once() {
+    let server = TestServer::start();
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let key = key_of(&license);
+    for _ in 0..3 {
+        assert_eq!(server.validate(json!({"key": key})).1["code"], "VALID");
+    }
+    let db = rusqlite::Connection::open(server.data_path("keysmith.db")).unwrap();
+    let types: Vec<String> = db
+        .prepare("SELECT type FROM events WHERE license_id = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([license["id"].as_str().unwrap()], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(types, ["license.created", "license.activated"]);
+}
