@@ -73,12 +73,40 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_EXPIRY_INTERVAL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub expiry_interval: u64,
 
+    /// Seconds one webhook delivery attempt may take.
+    #[arg(long, env = "KEYSMITH_WEBHOOK_TIMEOUT", default_value_t = 10)]
+    pub webhook_timeout: u64,
+
+    /// Milliseconds before the first webhook retry (jittered between half and all
+    /// of it); each later retry doubles, up to --webhook-retry-max-ms.
+    #[arg(long, env = "KEYSMITH_WEBHOOK_RETRY_BASE_MS", default_value_t = 20_000)]
+    pub webhook_retry_base_ms: u64,
+
+    /// Longest wait between two webhook retries, in milliseconds.
+    #[arg(long, env = "KEYSMITH_WEBHOOK_RETRY_MAX_MS", default_value_t = 3_600_000)]
+    pub webhook_retry_max_ms: u64,
+
+    /// Seconds after the first attempt at which an undelivered event is marked `failed`.
+    #[arg(long, env = "KEYSMITH_WEBHOOK_GIVE_UP", default_value_t = 86_400)]
+    pub webhook_give_up: u64,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `keysmith_server=debug`.
     #[arg(long, env = "KEYSMITH_LOG", default_value = "info")]
     pub log: String,
 }
 
 impl ServeArgs {
+    pub fn delivery_policy(&self) -> crate::webhooks::DeliveryPolicy {
+        use std::time::Duration;
+        crate::webhooks::DeliveryPolicy {
+            timeout: Duration::from_secs(self.webhook_timeout.max(1)),
+            retry_base: Duration::from_millis(self.webhook_retry_base_ms),
+            retry_max: Duration::from_millis(self.webhook_retry_max_ms.max(self.webhook_retry_base_ms)),
+            give_up_after: Duration::from_secs(self.webhook_give_up),
+            ..Default::default()
+        }
+    }
+
     pub fn database_url(&self) -> String {
         self.database
             .clone()

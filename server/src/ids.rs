@@ -20,3 +20,16 @@ pub fn license_id() -> String {
 pub fn event_id() -> String {
     random_id("evt_", 20)
 }
+
+/// A webhook endpoint id such as `wh_…`.
+pub fn webhook_id() -> String {
+    random_id("wh_", 12)
+}
+
+/// A webhook signing secret: `whsec_` and 32 random bytes, base64url.
+pub fn webhook_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    format!("whsec_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}

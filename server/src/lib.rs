@@ -11,6 +11,7 @@ pub mod ids;
 pub mod license;
 pub mod signing;
 pub mod store;
+pub mod webhooks;
 
 use std::future::Future;
 use std::io::Write;
@@ -111,6 +112,7 @@ pub async fn serve(
         std::time::Duration::from_secs(args.expiry_interval),
     ));
     let state = api::AppState::new(store.clone(), Arc::new(signer), admin, &args);
+    let deliverer = tokio::spawn(webhooks::run(store.clone(), args.delivery_policy()));
     let limits = state.limits.clone();
     let forgetter = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -127,7 +129,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
     .context("serving")?;
-    for task in [sweeper, forgetter] {
+    for task in [sweeper, forgetter, deliverer] {
         task.abort();
         let _ = task.await;
     }

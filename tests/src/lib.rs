@@ -196,11 +196,11 @@ impl TestServer {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// Raw body bytes to a path with the admin token.
+    /// Raw body bytes to a path with the admin token, on a connection of
+    /// its own (a server answering 413 closes it mid-body).
     pub fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let resp = self
-            .http
+        let resp = Client::new()
             .request(method, format!("{}{}", self.url, path))
             .bearer_auth(ADMIN_TOKEN)
             .header("content-type", "application/json")
@@ -262,4 +262,124 @@ impl Drop for TestServer {
 /// Copies a file's bytes (e.g. the database) for before/after comparisons.
 pub fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
+}
+
+/// A webhook receiver: real HTTP/1.1 on 127.0.0.1, recording every request
+/// and answering with a status the test sets.
+pub mod receiver {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// One request the receiver got.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        /// Header names lowercased.
+        pub headers: HashMap<String, String>,
+        pub body: String,
+        /// The status it was answered with.
+        pub status: u16,
+    }
+
+    pub struct Receiver {
+        pub url: String,
+        received: Arc<Mutex<Vec<Received>>>,
+        status: Arc<AtomicU16>,
+    }
+
+    impl Receiver {
+        /// Answers 200 until told otherwise.
+        pub fn start() -> Receiver {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+            let url = format!("http://{}/hook", listener.local_addr().unwrap());
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let status = Arc::new(AtomicU16::new(200));
+            let (r, s) = (received.clone(), status.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming().map_while(Result::ok) {
+                    let (r, s) = (r.clone(), s.clone());
+                    std::thread::spawn(move || serve(stream, r, s));
+                }
+            });
+            Receiver { url, received, status }
+        }
+
+        /// A URL that accepts connections and never answers.
+        pub fn black_hole() -> String {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("http://{}/hook", listener.local_addr().unwrap());
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for stream in listener.incoming().map_while(Result::ok) {
+                    held.push(stream);
+                }
+            });
+            url
+        }
+
+        pub fn set_status(&self, status: u16) {
+            self.status.store(status, Ordering::SeqCst);
+        }
+
+        pub fn received(&self) -> Vec<Received> {
+            self.received.lock().unwrap().clone()
+        }
+
+        /// Requests answered 2xx so far.
+        pub fn delivered(&self) -> Vec<Received> {
+            self.received().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
+        }
+
+        /// Waits until `pred` holds for what was received; panics after `timeout`.
+        pub fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let got = self.received();
+                if pred(&got) {
+                    return got;
+                }
+                assert!(Instant::now() < deadline, "timed out waiting for {what}; got {} requests", got.len());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn serve(stream: TcpStream, received: Arc<Mutex<Vec<Received>>>, status: Arc<AtomicU16>) {
+        let mut writer = stream.try_clone().expect("clone stream");
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut headers = HashMap::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+            let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let code = status.load(Ordering::SeqCst);
+            received.lock().unwrap().push(Received { headers, body: String::from_utf8_lossy(&body).into_owned(), status: code });
+            let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+            if writer.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
 }

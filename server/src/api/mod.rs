@@ -25,6 +25,7 @@ mod licenses;
 pub mod limit;
 mod plans;
 mod validate;
+mod webhooks;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -94,6 +95,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/plans/{name}",
             get(plans::get).put(plans::put).delete(plans::delete),
         )
+        .route("/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/webhooks/{id}", get(webhooks::get).put(webhooks::update).delete(webhooks::delete))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/webhooks/{id}/deliveries/{event_id}/redeliver", post(webhooks::redeliver))
         .route("/public-key", get(keys::public_key));
     Router::new()
         .nest("/api/v1", api)

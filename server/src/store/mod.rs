@@ -56,6 +56,21 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every event type, as webhooks subscribe to them.
+    pub const ALL: [EventType; 7] = [
+        EventType::Created,
+        EventType::Activated,
+        EventType::Updated,
+        EventType::Suspended,
+        EventType::Reinstated,
+        EventType::Expired,
+        EventType::Revoked,
+    ];
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Created => "license.created",
@@ -183,6 +198,86 @@ pub struct Deactivated {
     pub machine_freed: bool,
 }
 
+/// A webhook endpoint. The secret is shown once, when it is created.
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub enabled: bool,
+    #[serde(with = "keysmith_core::time::rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// A webhook to register.
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    pub url: String,
+    pub events: Vec<EventType>,
+    pub enabled: bool,
+    pub secret: String,
+}
+
+/// A change to a webhook: only `Some` fields change.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookPatch {
+    pub url: Option<String>,
+    pub events: Option<Vec<EventType>>,
+    pub enabled: Option<bool>,
+}
+
+/// One delivery attempt, as `GET /webhooks/:id/deliveries` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryAttempt {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub attempt: u32,
+    #[serde(with = "keysmith_core::time::rfc3339")]
+    pub at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// `pending`, `delivered` or `failed`: where the event stands now.
+    pub state: String,
+}
+
+/// A delivery claimed by a worker: everything needed to send it.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub delivery: i64,
+    pub url: String,
+    pub secret: String,
+    pub event_id: String,
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    /// The event's `data` object, as JSON text.
+    pub data: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// When the first attempt was made (`None` before it).
+    pub first_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// What became of an attempt, and what happens next.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub next: DeliveryNext,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryNext {
+    Delivered,
+    RetryAt(DateTime<Utc>),
+    Failed,
+}
+
 /// A page of licenses with the cursor for the next one.
 pub type LicensePage = (Vec<License>, Option<i64>);
 
@@ -230,6 +325,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks active licenses whose expiry has passed as expired; returns how many.
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize>;
+
+    async fn create_webhook(&self, new: NewWebhook, now: DateTime<Utc>) -> Result<Webhook>;
+    async fn list_webhooks(&self, page: PageRequest) -> Result<(Vec<Webhook>, Option<i64>)>;
+    async fn get_webhook(&self, id: String) -> Result<Webhook>;
+    async fn update_webhook(&self, id: String, patch: WebhookPatch) -> Result<Webhook>;
+    /// Deletes the endpoint and drops its undelivered events.
+    async fn delete_webhook(&self, id: String) -> Result<()>;
+    /// Attempts for one endpoint, newest first.
+    async fn delivery_attempts(&self, id: String, page: PageRequest) -> Result<(Vec<DeliveryAttempt>, Option<i64>)>;
+    /// Queues an event for this endpoint again, now (after `failed`, or to resend).
+    async fn redeliver(&self, id: String, event_id: String, now: DateTime<Utc>) -> Result<()>;
+    /// Claims up to `limit` due deliveries for `lease`: the oldest pending one
+    /// per (endpoint, license), so each license's events go out in order.
+    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32, lease: chrono::Duration) -> Result<Vec<DeliveryJob>>;
+    /// Records an attempt and moves its delivery on.
+    async fn finish_delivery(&self, job: DeliveryJob, result: AttemptResult) -> Result<()>;
 
     /// The stored hash of the generated admin token, if any.
     async fn admin_token_hash(&self) -> Result<Option<String>>;

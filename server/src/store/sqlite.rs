@@ -13,7 +13,8 @@ use keysmith_core::{Code, LicenseKey, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::{
-    from_unix, Deactivated, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
+    from_unix, AttemptResult, Deactivated, DeliveryAttempt, DeliveryJob, DeliveryNext, NewWebhook, Webhook,
+    WebhookPatch, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
     PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, UsageTotals, ValidationInput,
     ValidationOutcome,
 };
@@ -96,6 +97,41 @@ CREATE TABLE events (
     created_at INTEGER NOT NULL,
     data TEXT NOT NULL
 );
+"#, r#"
+CREATE TABLE webhooks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_seq INTEGER NOT NULL REFERENCES events(seq),
+    webhook_seq INTEGER NOT NULL REFERENCES webhooks(seq) ON DELETE CASCADE,
+    license_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_ms INTEGER,
+    next_attempt_ms INTEGER NOT NULL,
+    locked_until_ms INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (event_seq, webhook_seq)
+);
+CREATE INDEX deliveries_due ON deliveries(next_attempt_ms) WHERE state = 'pending';
+CREATE INDEX deliveries_in_order ON deliveries(webhook_seq, license_id, seq) WHERE state = 'pending';
+CREATE TABLE delivery_attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_seq INTEGER NOT NULL REFERENCES deliveries(seq) ON DELETE CASCADE,
+    webhook_seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL
+);
+CREATE INDEX attempts_by_webhook ON delivery_attempts(webhook_seq, seq);
 "#];
 
 /// The most writes one transaction commits.
@@ -391,25 +427,57 @@ fn plan_must_exist(conn: &Connection, name: &str) -> Result<Plan> {
     })
 }
 
-/// Writes an event to the outbox, in the caller's transaction.
-fn record_event(
-    conn: &Connection,
-    kind: EventType,
-    license: &License,
-    now: DateTime<Utc>,
-) -> Result<()> {
+/// Writes an event to the outbox and queues it for every enabled endpoint
+/// that subscribes to it, in the caller's transaction.
+fn record_event(conn: &Connection, kind: EventType, license: &License, now: DateTime<Utc>) -> Result<()> {
     let data = serde_json::json!({ "license": license });
     conn.prepare_cached(
         "INSERT INTO events (id, type, license_id, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![
-        ids::event_id(),
-        kind.as_str(),
-        license.id,
-        now.timestamp(),
-        data.to_string()
-    ])?;
+    .execute(params![ids::event_id(), kind.as_str(), license.id, now.timestamp(), data.to_string()])?;
+    let event_seq = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO deliveries (event_seq, webhook_seq, license_id, state, next_attempt_ms) \
+         SELECT ?1, w.seq, ?2, 'pending', ?3 FROM webhooks w \
+         WHERE w.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(w.events) WHERE value = ?4)",
+    )?
+    .execute(params![event_seq, license.id, now.timestamp_millis(), kind.as_str()])?;
     Ok(())
+}
+
+const WEBHOOK_COLUMNS: &str = "seq, id, url, events, enabled, created_at";
+
+fn webhook_row(row: &Row<'_>) -> rusqlite::Result<(i64, Webhook, String)> {
+    Ok((
+        row.get(0)?,
+        Webhook {
+            id: row.get(1)?,
+            url: row.get(2)?,
+            events: Vec::new(),
+            enabled: row.get(4)?,
+            created_at: from_unix(row.get(5)?),
+            secret: None,
+        },
+        row.get(3)?,
+    ))
+}
+
+fn finish_webhook(raw: (i64, Webhook, String)) -> Result<(i64, Webhook)> {
+    let (seq, mut webhook, events) = raw;
+    webhook.events = serde_json::from_str(&events)?;
+    Ok((seq, webhook))
+}
+
+fn load_webhook(conn: &Connection, id: &str) -> Result<(i64, Webhook)> {
+    let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1");
+    let raw = conn.prepare_cached(&sql)?.query_row([id], webhook_row).optional()?;
+    raw.map(finish_webhook)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound { code: "WEBHOOK_NOT_FOUND", message: format!("no webhook {id}") })
+}
+
+fn event_names(events: &[EventType]) -> Vec<&'static str> {
+    events.iter().map(|e| e.as_str()).collect()
 }
 
 fn write_license_fields(conn: &Connection, seq: i64, l: &License) -> Result<()> {
@@ -985,6 +1053,208 @@ impl Store for SqliteStore {
                 record_event(conn, EventType::Expired, &license, now)?;
             }
             Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn create_webhook(&self, new: NewWebhook, now: DateTime<Utc>) -> Result<Webhook> {
+        self.write(move |conn| {
+            let id = ids::webhook_id();
+            conn.prepare_cached(
+                "INSERT INTO webhooks (id, url, events, secret, enabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                id,
+                new.url,
+                serde_json::to_string(&event_names(&new.events))?,
+                new.secret,
+                new.enabled,
+                now.timestamp()
+            ])?;
+            let (_, mut webhook) = load_webhook(conn, &id)?;
+            webhook.secret = Some(new.secret);
+            Ok(webhook)
+        })
+        .await
+    }
+
+    async fn list_webhooks(&self, page: PageRequest) -> Result<(Vec<Webhook>, Option<i64>)> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2");
+            let raws: Vec<_> = conn
+                .prepare_cached(&sql)?
+                .query_map(params![page.before.unwrap_or(i64::MAX), i64::from(page.limit) + 1], webhook_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = raws.len() > page.limit as usize;
+            let hooks = raws
+                .into_iter()
+                .take(page.limit as usize)
+                .map(finish_webhook)
+                .collect::<Result<Vec<_>>>()?;
+            let next = if more { hooks.last().map(|(seq, _)| *seq) } else { None };
+            Ok((hooks.into_iter().map(|(_, w)| w).collect(), next))
+        })
+        .await
+    }
+
+    async fn get_webhook(&self, id: String) -> Result<Webhook> {
+        self.read(move |conn| load_webhook(conn, &id).map(|(_, w)| w)).await
+    }
+
+    async fn update_webhook(&self, id: String, patch: WebhookPatch) -> Result<Webhook> {
+        self.write(move |conn| {
+            let (seq, _) = load_webhook(conn, &id)?;
+            if let Some(url) = &patch.url {
+                conn.prepare_cached("UPDATE webhooks SET url = ?2 WHERE seq = ?1")?.execute(params![seq, url])?;
+            }
+            if let Some(events) = &patch.events {
+                conn.prepare_cached("UPDATE webhooks SET events = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, serde_json::to_string(&event_names(events))?])?;
+            }
+            if let Some(enabled) = patch.enabled {
+                conn.prepare_cached("UPDATE webhooks SET enabled = ?2 WHERE seq = ?1")?.execute(params![seq, enabled])?;
+            }
+            load_webhook(conn, &id).map(|(_, w)| w)
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, id: String) -> Result<()> {
+        self.write(move |conn| {
+            let (seq, _) = load_webhook(conn, &id)?;
+            conn.prepare_cached("DELETE FROM delivery_attempts WHERE webhook_seq = ?1")?.execute([seq])?;
+            conn.prepare_cached("DELETE FROM deliveries WHERE webhook_seq = ?1")?.execute([seq])?;
+            conn.prepare_cached("DELETE FROM webhooks WHERE seq = ?1")?.execute([seq])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delivery_attempts(&self, id: String, page: PageRequest) -> Result<(Vec<DeliveryAttempt>, Option<i64>)> {
+        self.read(move |conn| {
+            let (seq, _) = load_webhook(conn, &id)?;
+            let rows: Vec<(i64, DeliveryAttempt)> = conn
+                .prepare_cached(
+                    "SELECT a.seq, e.id, e.type, a.attempt, a.at, a.status_code, a.error, a.duration_ms, d.state \
+                     FROM delivery_attempts a JOIN deliveries d ON d.seq = a.delivery_seq \
+                     JOIN events e ON e.seq = d.event_seq \
+                     WHERE a.webhook_seq = ?1 AND a.seq < ?2 ORDER BY a.seq DESC LIMIT ?3",
+                )?
+                .query_map(params![seq, page.before.unwrap_or(i64::MAX), i64::from(page.limit) + 1], |r| {
+                    Ok((
+                        r.get(0)?,
+                        DeliveryAttempt {
+                            event_id: r.get(1)?,
+                            kind: r.get(2)?,
+                            attempt: r.get(3)?,
+                            at: from_unix(r.get::<_, i64>(4)? / 1000),
+                            status_code: r.get(5)?,
+                            error: r.get(6)?,
+                            duration_ms: r.get::<_, i64>(7)? as u64,
+                            state: r.get(8)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = rows.len() > page.limit as usize;
+            let rows: Vec<_> = rows.into_iter().take(page.limit as usize).collect();
+            let next = if more { rows.last().map(|(s, _)| *s) } else { None };
+            Ok((rows.into_iter().map(|(_, a)| a).collect(), next))
+        })
+        .await
+    }
+
+    async fn redeliver(&self, id: String, event_id: String, now: DateTime<Utc>) -> Result<()> {
+        self.write(move |conn| {
+            let (seq, _) = load_webhook(conn, &id)?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 'pending', first_attempt_ms = NULL, next_attempt_ms = ?3, \
+                     locked_until_ms = 0 WHERE webhook_seq = ?1 AND state != 'pending' \
+                     AND event_seq = (SELECT seq FROM events WHERE id = ?2)",
+                )?
+                .execute(params![seq, event_id, now.timestamp_millis()])?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    code: "DELIVERY_NOT_FOUND",
+                    message: format!("webhook {id} has no finished delivery of event {event_id}"),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32, lease: chrono::Duration) -> Result<Vec<DeliveryJob>> {
+        self.write(move |conn| {
+            let now_ms = now.timestamp_millis();
+            let jobs: Vec<DeliveryJob> = conn
+                .prepare_cached(
+                    "SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, d.first_attempt_ms \
+                     FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq JOIN events e ON e.seq = d.event_seq \
+                     WHERE d.state = 'pending' AND d.next_attempt_ms <= ?1 AND d.locked_until_ms <= ?1 AND w.enabled = 1 \
+                     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook_seq = d.webhook_seq \
+                         AND p.license_id = d.license_id AND p.state = 'pending' AND p.seq < d.seq) \
+                     ORDER BY d.next_attempt_ms, d.seq LIMIT ?2",
+                )?
+                .query_map(params![now_ms, limit], |r| {
+                    Ok(DeliveryJob {
+                        delivery: r.get(0)?,
+                        url: r.get(1)?,
+                        secret: r.get(2)?,
+                        event_id: r.get(3)?,
+                        kind: r.get(4)?,
+                        created_at: from_unix(r.get(5)?),
+                        data: r.get(6)?,
+                        attempt: r.get::<_, u32>(7)? + 1,
+                        first_attempt_at: r.get::<_, Option<i64>>(8)?.and_then(chrono::DateTime::from_timestamp_millis),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let until = now_ms + lease.num_milliseconds();
+            for job in &jobs {
+                conn.prepare_cached("UPDATE deliveries SET locked_until_ms = ?2 WHERE seq = ?1")?
+                    .execute(params![job.delivery, until])?;
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn finish_delivery(&self, job: DeliveryJob, result: AttemptResult) -> Result<()> {
+        self.write(move |conn| {
+            let webhook_seq: Option<i64> = conn
+                .prepare_cached("SELECT webhook_seq FROM deliveries WHERE seq = ?1")?
+                .query_row([job.delivery], |r| r.get(0))
+                .optional()?;
+            let Some(webhook_seq) = webhook_seq else {
+                return Ok(()); // the endpoint was deleted meanwhile
+            };
+            let at_ms = result.at.timestamp_millis();
+            conn.prepare_cached(
+                "INSERT INTO delivery_attempts (delivery_seq, webhook_seq, attempt, at, status_code, error, duration_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                job.delivery,
+                webhook_seq,
+                job.attempt,
+                at_ms,
+                result.status_code,
+                result.error,
+                result.duration_ms as i64
+            ])?;
+            let (state, next_ms) = match result.next {
+                DeliveryNext::Delivered => ("delivered", at_ms),
+                DeliveryNext::Failed => ("failed", at_ms),
+                DeliveryNext::RetryAt(t) => ("pending", t.timestamp_millis()),
+            };
+            conn.prepare_cached(
+                "UPDATE deliveries SET state = ?2, attempts = ?3, first_attempt_ms = COALESCE(first_attempt_ms, ?4), \
+                 next_attempt_ms = ?5, locked_until_ms = 0 WHERE seq = ?1",
+            )?
+            .execute(params![job.delivery, state, job.attempt, at_ms, next_ms])?;
+            Ok(())
         })
         .await
     }

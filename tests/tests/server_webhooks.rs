@@ -1,0 +1,289 @@
+//! Webhooks end to end: a real receiver on 127.0.0.1 gets signed events,
+//! failures are retried and listed, restarts lose nothing, and a dead
+//! endpoint does not slow validation.
+
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use keysmith_tests::receiver::{Receiver, Received};
+use keysmith_tests::{ServerOptions, TestServer};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const ALL_EVENTS: [&str; 7] = [
+    "license.created",
+    "license.activated",
+    "license.updated",
+    "license.suspended",
+    "license.reinstated",
+    "license.expired",
+    "license.revoked",
+];
+
+/// A server whose retries come fast: first retry after 100–200 ms.
+fn fast_retry_server(extra: &[&str]) -> TestServer {
+    let mut args: Vec<String> = ["--webhook-retry-base-ms", "200", "--webhook-retry-max-ms", "400", "--webhook-timeout", "2"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TestServer::start_with(ServerOptions { args, ..Default::default() })
+}
+
+fn register(server: &TestServer, url: &str, events: &[&str]) -> Value {
+    let (status, hook) = server.admin("POST", "/webhooks", Some(json!({"url": url, "events": events})));
+    assert_eq!(status, 201, "{hook}");
+    hook
+}
+
+/// Checks the `Keysmith-Signature` header the way a receiver would.
+fn verify(secret: &str, r: &Received) -> Value {
+    let header = r.headers.get("keysmith-signature").expect("signature header");
+    let (t, v1) = header.split_once(",v1=").expect("t=…,v1=…");
+    let t = t.strip_prefix("t=").expect("t=");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{}", r.body).as_bytes());
+    mac.verify_slice(&hex::decode(v1).expect("hex")).expect("signature verifies");
+    let age = chrono::Utc::now().timestamp() - t.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "fresh timestamp");
+    serde_json::from_str(&r.body).expect("JSON body")
+}
+
+#[test]
+fn every_event_type_arrives_in_order_signed_once() {
+    let receiver = Receiver::start();
+    let server = fast_retry_server(&[]);
+    let hook = register(&server, &receiver.url, &ALL_EVENTS);
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+
+    server.plan("p", json!({"features": []}));
+    server.plan("q", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let path = format!("/licenses/{}", license["id"].as_str().unwrap());
+    for _ in 0..3 {
+        assert_eq!(server.validate(json!({"key": license["key"]})).1["code"], "VALID");
+    }
+    server.admin("PUT", &path, Some(json!({"plan": "q"})));
+    server.admin("PUT", &path, Some(json!({"status": "suspended"})));
+    server.admin("PUT", &path, Some(json!({"status": "active"})));
+    server.admin("PUT", &path, Some(json!({"expires_at": "2020-01-01T00:00:00Z"})));
+    server.admin("DELETE", &path, None);
+
+    let got = receiver.wait_until(Duration::from_secs(20), "7 events", |r| r.len() >= 7);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = if receiver.received().len() > got.len() { receiver.received() } else { got };
+    let events: Vec<Value> = got.iter().map(|r| verify(&secret, r)).collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["license.created", "license.activated", "license.updated", "license.suspended", "license.reinstated", "license.expired", "license.revoked"],
+        "each once, in order"
+    );
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert!(ids.iter().all(|id| id.starts_with("evt_")));
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 7, "unique event ids");
+    assert_eq!(events[0]["data"]["license"]["id"], license["id"]);
+    assert_eq!(events[6]["data"]["license"]["status"], "revoked");
+    assert_eq!(events[3]["data"]["license"]["status"], "suspended");
+    assert_eq!(got[0].headers.get("keysmith-event-id").map(String::as_str), Some(events[0]["id"].as_str().unwrap()));
+
+    // A forged body does not verify.
+    let mut forged = got[0].clone();
+    forged.body = forged.body.replace("license.created", "license.revoked");
+    assert!(std::panic::catch_unwind(|| verify(&secret, &forged)).is_err());
+}
+
+#[test]
+fn a_failing_receiver_gets_the_event_again_and_attempts_are_listed() {
+    let receiver = Receiver::start();
+    receiver.set_status(500);
+    let server = fast_retry_server(&[]);
+    let hook = register(&server, &receiver.url, &["license.created", "license.updated"]);
+    let id = hook["id"].as_str().unwrap();
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    server.admin("PUT", &format!("/licenses/{}", license["id"].as_str().unwrap()), Some(json!({"metadata": {"a": 1}})));
+
+    receiver.wait_until(Duration::from_secs(20), "three failed attempts", |r| r.len() >= 3);
+    receiver.set_status(204);
+    let got = receiver.wait_until(Duration::from_secs(20), "both delivered", |r| {
+        r.iter().filter(|x| x.status == 204).count() >= 2
+    });
+    // Per license, in order: the update never overtakes the failing create.
+    let bodies: Vec<Value> = got.iter().map(|r| serde_json::from_str(&r.body).unwrap()).collect();
+    let first_update = bodies.iter().position(|b| b["type"] == "license.updated").unwrap();
+    assert!(got[..first_update].iter().any(|r| r.status == 204), "created was delivered before updated was sent");
+    assert!(bodies[..first_update].iter().all(|b| b["type"] == "license.created"));
+
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, deliveries) = server.admin("GET", &format!("/webhooks/{id}/deliveries?limit=500"), None);
+    assert_eq!(status, 200);
+    let attempts = deliveries["data"].as_array().unwrap();
+    let failed: Vec<&Value> = attempts.iter().filter(|a| a["status_code"] == 500).collect();
+    assert!(failed.len() >= 3, "{deliveries}");
+    let a = failed[0];
+    assert_eq!(a["type"], "license.created");
+    assert!(a["event_id"].as_str().unwrap().starts_with("evt_"));
+    assert!(a["attempt"].as_u64().unwrap() >= 1 && a["at"].is_string() && a["duration_ms"].is_u64());
+    assert!(a["error"].is_null());
+    let ok: Vec<&Value> = attempts.iter().filter(|a| a["status_code"] == 204).collect();
+    assert_eq!(ok.len(), 2);
+    assert!(ok.iter().all(|a| a["state"] == "delivered"));
+    let created_attempts: Vec<u64> = attempts
+        .iter()
+        .filter(|a| a["type"] == "license.created")
+        .map(|a| a["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(created_attempts[0] as usize, created_attempts.len(), "attempts count up, newest first");
+}
+
+#[test]
+fn after_giving_up_an_event_is_failed_and_can_be_redelivered() {
+    let receiver = Receiver::start();
+    receiver.set_status(503);
+    let server = fast_retry_server(&["--webhook-give-up", "1"]);
+    let hook = register(&server, &receiver.url, &["license.created"]);
+    let id = hook["id"].as_str().unwrap();
+    server.plan("p", json!({"features": []}));
+    server.license("p", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event_id = loop {
+        let (_, d) = server.admin("GET", &format!("/webhooks/{id}/deliveries"), None);
+        if d["data"][0]["state"] == "failed" {
+            break d["data"][0]["event_id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "never failed: {d}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let tries = receiver.received().len();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(receiver.received().len(), tries, "no attempts after failed");
+
+    receiver.set_status(200);
+    let (status, _) = server.admin("POST", &format!("/webhooks/{id}/deliveries/{event_id}/redeliver"), None);
+    assert_eq!(status, 202);
+    receiver.wait_until(Duration::from_secs(10), "redelivery", |r| r.iter().any(|x| x.status == 200));
+    let (status, body) = server.admin("POST", &format!("/webhooks/{id}/deliveries/evt_NOPE/redeliver"), None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("DELIVERY_NOT_FOUND")));
+}
+
+#[test]
+fn undelivered_events_go_out_after_a_restart() {
+    let receiver = Receiver::start();
+    receiver.set_status(503);
+    let mut server = fast_retry_server(&[]);
+    let hook = register(&server, &receiver.url, &["license.created"]);
+    server.plan("p", json!({"features": []}));
+    let licenses: Vec<String> =
+        (0..5).map(|_| server.license("p", json!({}))["id"].as_str().unwrap().to_owned()).collect();
+    receiver.wait_until(Duration::from_secs(10), "a first attempt", |r| !r.is_empty());
+    server.kill9();
+    receiver.set_status(200);
+    server.restart();
+    let got = receiver.wait_until(Duration::from_secs(20), "5 deliveries", |r| {
+        r.iter().filter(|x| x.status == 200).count() >= 5
+    });
+    let secret = hook["secret"].as_str().unwrap();
+    let mut delivered: Vec<String> = got
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| verify(secret, r)["data"]["license"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    let mut expected = licenses.clone();
+    expected.sort();
+    assert_eq!(delivered, expected);
+}
+
+#[test]
+fn a_dead_endpoint_does_not_slow_validation() {
+    fn median_validation_ms(server: &TestServer, keys: &[String]) -> f64 {
+        let http = reqwest::blocking::Client::new();
+        let mut times: Vec<f64> = keys
+            .iter()
+            .map(|key| {
+                let start = Instant::now();
+                let resp = http.post(format!("{}/api/v1/validate", server.url)).json(&json!({"key": key})).send().unwrap();
+                assert_eq!(resp.status(), 200);
+                start.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    }
+    let setup = |server: &TestServer| -> Vec<String> {
+        server.plan("p", json!({"features": []}));
+        (0..40).map(|_| server.license("p", json!({}))["key"].as_str().unwrap().to_owned()).collect()
+    };
+    let quiet = TestServer::start();
+    let quiet_keys = setup(&quiet);
+    let busy = TestServer::start_with(ServerOptions {
+        args: vec!["--webhook-timeout".into(), "30".into()],
+        ..Default::default()
+    });
+    // Many endpoints that never answer, each subscribed to the event every
+    // first validation fires.
+    for _ in 0..10 {
+        register(&busy, &Receiver::black_hole(), &ALL_EVENTS);
+    }
+    let busy_keys = setup(&busy);
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = median_validation_ms(&quiet, &quiet_keys);
+    let with_dead = median_validation_ms(&busy, &busy_keys);
+    let (_, d) = busy.admin("GET", "/webhooks", None);
+    assert_eq!(d["data"].as_array().unwrap().len(), 10);
+    assert!(
+        with_dead < baseline * 3.0 + 2.0,
+        "median validation {with_dead:.2} ms with dead endpoints vs {baseline:.2} ms without"
+    );
+}
+
+#[test]
+fn webhook_endpoints_are_managed_and_the_secret_is_shown_once() {
+    let receiver = Receiver::start();
+    let server = fast_retry_server(&[]);
+    let hook = register(&server, &receiver.url, &["license.created", "license.created"]);
+    let id = hook["id"].as_str().unwrap();
+    assert!(id.starts_with("wh_"));
+    assert_eq!(hook["events"], json!(["license.created"]));
+    assert_eq!(hook["enabled"], true);
+    let (_, got) = server.admin("GET", &format!("/webhooks/{id}"), None);
+    assert!(got.get("secret").is_none(), "secret shown only at creation: {got}");
+    let (_, list) = server.admin("GET", "/webhooks", None);
+    assert_eq!(list["data"][0]["id"], id);
+    assert!(list["data"][0].get("secret").is_none());
+
+    for (body, code) in [
+        (json!({"url": "ftp://example.com", "events": ["license.created"]}), "INVALID_URL"),
+        (json!({"url": "not a url", "events": ["license.created"]}), "INVALID_URL"),
+        (json!({"url": "http://example.com", "events": []}), "INVALID_EVENTS"),
+        (json!({"url": "http://example.com", "events": ["license.exploded"]}), "INVALID_EVENTS"),
+    ] {
+        let (status, err) = server.admin("POST", "/webhooks", Some(body));
+        assert_eq!((status, err["error"]["code"].as_str()), (422, Some(code)));
+    }
+    assert_eq!(server.admin("POST", "/webhooks", Some(json!({"url": "http://x.example"}))).0, 400);
+
+    // Disabled: events wait; enabled again: they go out.
+    let (_, off) = server.admin("PUT", &format!("/webhooks/{id}"), Some(json!({"enabled": false})));
+    assert_eq!(off["enabled"], false);
+    server.plan("p", json!({"features": []}));
+    server.license("p", json!({}));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(receiver.received().is_empty(), "a disabled endpoint gets nothing");
+    server.admin("PUT", &format!("/webhooks/{id}"), Some(json!({"enabled": true})));
+    std::thread::sleep(Duration::from_millis(300));
+    // Events raised while disabled are not queued for it.
+    let before = receiver.received().len();
+    server.license("p", json!({}));
+    receiver.wait_until(Duration::from_secs(10), "a delivery", |r| r.len() > before);
+
+    assert_eq!(server.admin("DELETE", &format!("/webhooks/{id}"), None).0, 204);
+    let (status, err) = server.admin("GET", &format!("/webhooks/{id}"), None);
+    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("WEBHOOK_NOT_FOUND")));
+    assert_eq!(server.admin("GET", &format!("/webhooks/{id}/deliveries"), None).0, 404);
+}
