@@ -49,6 +49,17 @@ fn verify(secret: &str, r: &Received) -> Value {
     serde_json::from_str(&r.body).expect("JSON body")
 }
 
+/// The Rust snippet of docs/webhooks.md, verbatim.
+fn docs_verify(secret: &str, header: &str, body: &[u8], now: i64) -> bool {
+    let Some((t, sig)) = header.strip_prefix("t=").and_then(|h| h.split_once(",v1=")) else { return false };
+    let (Ok(ts), Ok(sig)) = (t.parse::<i64>(), hex::decode(sig)) else { return false };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(t.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    (now - ts).abs() <= 300 && mac.verify_slice(&sig).is_ok() // constant-time compare
+}
+
 #[test]
 fn every_event_type_arrives_in_order_signed_once() {
     let receiver = Receiver::start();
@@ -89,6 +100,12 @@ fn every_event_type_arrives_in_order_signed_once() {
     assert_eq!(events[6]["data"]["license"]["status"], "revoked");
     assert_eq!(events[3]["data"]["license"]["status"], "suspended");
     assert_eq!(got[0].headers.get("keysmith-event-id").map(String::as_str), Some(events[0]["id"].as_str().unwrap()));
+
+    let now = chrono::Utc::now().timestamp();
+    let header = &got[0].headers["keysmith-signature"];
+    assert!(docs_verify(&secret, header, got[0].body.as_bytes(), now));
+    assert!(!docs_verify("whsec_other", header, got[0].body.as_bytes(), now));
+    assert!(!docs_verify(&secret, header, got[0].body.as_bytes(), now + 3600), "stale");
 
     // A forged body does not verify.
     let mut forged = got[0].clone();
