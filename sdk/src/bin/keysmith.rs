@@ -1,0 +1,4 @@
+//! The `keysmith` command line; see `keysmith --help` and [`keysmith::cli`].
+fn main() -> std::process::ExitCode {
+    keysmith::cli::main()
+}

@@ -1,0 +1,769 @@
+//! The async client: builder, online validation, and the offline fallback.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keysmith_core::domain::{is_valid_fingerprint, normalize_domain};
+use keysmith_core::token::{Claims, KeySet};
+use keysmith_core::wire::{ValidateRequest, ValidateResponse};
+use keysmith_core::{Code, LicenseKey};
+use rand::RngCore;
+
+use crate::cache::{self, Entry};
+use crate::error::{Error, Kind};
+use crate::rules::{self, Expected};
+use crate::validation::{Source, Validation};
+
+/// The user agent sent unless [`ClientBuilder::user_agent`] sets another.
+pub const DEFAULT_USER_AGENT: &str = concat!("keysmith-rust/", env!("CARGO_PKG_VERSION"));
+
+/// How long a request may take unless [`ClientBuilder::timeout`] says
+/// otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The app id used unless [`ClientBuilder::app_id`] sets one.
+pub const DEFAULT_APP_ID: &str = "keysmith";
+
+/// Only write a cache entry again to record the passing of time once the
+/// clock has moved this far past what it records: cheap offline checks, and
+/// still far finer than [`CLOCK_TOLERANCE_SECS`](crate::CLOCK_TOLERANCE_SECS).
+const NEWEST_SEEN_GRANULARITY_SECS: i64 = 60;
+
+type ClockFn = dyn Fn() -> SystemTime + Send + Sync;
+
+/// Validates license keys against a Keysmith server, verifying every answer
+/// with the pinned public key and falling back to a cached answer offline.
+///
+/// Cheap to clone (an `Arc` inside) and `Send + Sync`: share one client
+/// across tasks and threads. Needs a tokio runtime, like `reqwest`; without
+/// one use [`blocking::Client`](crate::blocking::Client) (feature
+/// `blocking`).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), keysmith::Error> {
+/// use keysmith::{Client, ValidateOptions};
+///
+/// let client = Client::builder("https://license.example.com")
+///     .public_key("11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
+///     .app_id("acme-editor")
+///     .build()?;
+/// let answer = client
+///     .validate("KS-7H2K-Q9WM-4XRT-8CVP-N3FJ-VCZ9", &ValidateOptions::new())
+///     .await?;
+/// println!("{} ({})", answer.code, answer.source);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    validate_url: String,
+    keys: KeySet,
+    app_id: String,
+    cache_dir: PathBuf,
+    offline_grace_secs: Option<i64>,
+    key_prefix: Option<String>,
+    clock: Option<Arc<ClockFn>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("keysmith::Client")
+            .field("validate_url", &self.inner.validate_url)
+            .field("app_id", &self.inner.app_id)
+            .field("cache_dir", &self.inner.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Client`]. Every setter consumes and returns the builder.
+#[must_use = "a builder does nothing until .build()"]
+pub struct ClientBuilder {
+    server_url: String,
+    public_key: Option<String>,
+    app_id: String,
+    cache_dir: Option<PathBuf>,
+    timeout: Duration,
+    offline_grace: Option<Duration>,
+    user_agent: String,
+    key_prefix: Option<String>,
+    clock: Option<Arc<ClockFn>>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("keysmith::ClientBuilder")
+            .field("server_url", &self.server_url)
+            .field("app_id", &self.app_id)
+            .field("cache_dir", &self.cache_dir)
+            .field("timeout", &self.timeout)
+            .field("offline_grace", &self.offline_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to validate a key for, besides the key: the domain and/or machine
+/// fingerprint whose seat it takes.
+///
+/// ```
+/// let options = keysmith::ValidateOptions::new()
+///     .domain("shop.example.com")
+///     .fingerprint("b7e1c0ffee");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidateOptions {
+    domain: Option<String>,
+    fingerprint: Option<String>,
+}
+
+impl ValidateOptions {
+    /// No domain, no fingerprint.
+    pub fn new() -> ValidateOptions {
+        ValidateOptions::default()
+    }
+
+    /// The domain the license is used on; normalised as the server does
+    /// (lowercase, no trailing dot, IDN to punycode).
+    pub fn domain(mut self, domain: impl Into<String>) -> ValidateOptions {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// The machine fingerprint, e.g. from
+    /// [`machine_fingerprint`](crate::machine_fingerprint): 1 to 128
+    /// characters of `A-Z a-z 0-9 . _ : -`.
+    pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> ValidateOptions {
+        self.fingerprint = Some(fingerprint.into());
+        self
+    }
+}
+
+impl ClientBuilder {
+    /// The license server's public key(s): base64 of the 32 raw Ed25519
+    /// bytes, as `GET /api/v1/public-key` shows it. Compile it into your app;
+    /// never fetch it at run time. Several keys separated by commas are all
+    /// trusted, picked by the token's `kid` — ship the next key before the
+    /// server switches to it. Required.
+    pub fn public_key(mut self, keys: impl Into<String>) -> ClientBuilder {
+        self.public_key = Some(keys.into());
+        self
+    }
+
+    /// Names your app: it picks the default cache dir and salts the cache
+    /// file names. 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not starting
+    /// with a dot. Default `"keysmith"`.
+    pub fn app_id(mut self, app_id: impl Into<String>) -> ClientBuilder {
+        self.app_id = app_id.into();
+        self
+    }
+
+    /// Where cached answers live. Default: the platform's cache dir for the
+    /// app id (`$XDG_CACHE_HOME/<app_id>` or `~/.cache/<app_id>` on Linux,
+    /// `~/Library/Caches/<app_id>` on macOS, `%LOCALAPPDATA%\<app_id>\cache`
+    /// on Windows). Created (mode 0700 on Unix) on first write.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> ClientBuilder {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// How long one request to the server may take, connecting included,
+    /// before the client answers from the cache. Default 10 s.
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Trusts cached answers offline for at most this long after the server
+    /// issued them. Can only shorten the grace the server grants (the
+    /// token's `exp`), never lengthen it.
+    pub fn offline_grace(mut self, grace: Duration) -> ClientBuilder {
+        self.offline_grace = Some(grace);
+        self
+    }
+
+    /// The `User-Agent` of requests (the server records it in the usage
+    /// history). Default `keysmith-rust/<version>`.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> ClientBuilder {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// Also requires keys to carry this prefix (e.g. `"KS"`), so that a key
+    /// from another vendor is `KEY_MALFORMED` without a request. By default
+    /// any well-formed key is sent and the server judges its prefix.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> ClientBuilder {
+        self.key_prefix = Some(prefix.into());
+        self
+    }
+
+    /// **For tests.** Replaces the system clock the offline rules read, so
+    /// that a test can step past the offline grace or set the clock back.
+    /// Has no effect on what the server decides.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let eight_days_later = || SystemTime::now() + Duration::from_secs(8 * 86_400);
+    /// let builder = keysmith::Client::builder("http://127.0.0.1:8080").clock(eight_days_later);
+    /// ```
+    pub fn clock(mut self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> ClientBuilder {
+        self.clock = Some(Arc::new(now));
+        self
+    }
+
+    /// Makes the client. Fails on a missing or malformed public key, a
+    /// server URL that is not `http(s)://…`, a bad app id or key prefix, or
+    /// when there is no default cache dir (no home directory) and none was
+    /// set.
+    pub fn build(self) -> Result<Client, Error> {
+        let list = self.public_key.ok_or_else(|| {
+            Error::new(
+                Kind::PublicKey,
+                "no public key: pin the server's key with .public_key(..)",
+            )
+        })?;
+        let keys = KeySet::from_base64_list(&list).map_err(|e| {
+            Error::new(Kind::PublicKey, format!("bad public key: {e}")).with_source(e)
+        })?;
+        let validate_url = validate_url(&self.server_url)?;
+        if !is_valid_app_id(&self.app_id) {
+            return Err(Error::new(
+                Kind::Builder,
+                format!(
+                    "app id {:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ - not starting with a dot",
+                    self.app_id
+                ),
+            ));
+        }
+        if let Some(prefix) = &self.key_prefix {
+            if !keysmith_core::key::is_valid_prefix(prefix) {
+                return Err(Error::new(
+                    Kind::Builder,
+                    format!("key prefix {prefix:?} must be 2 to 8 uppercase letters or digits"),
+                ));
+            }
+        }
+        let cache_dir = match self.cache_dir {
+            Some(dir) => dir,
+            None => default_cache_dir(&self.app_id)?,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .user_agent(self.user_agent)
+            .build()
+            .map_err(|e| {
+                Error::new(Kind::Builder, format!("cannot make the HTTP client: {e}"))
+                    .with_source(e)
+            })?;
+        let offline_grace_secs = self
+            .offline_grace
+            .map(|g| i64::try_from(g.as_secs()).unwrap_or(i64::MAX));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                validate_url,
+                keys,
+                app_id: self.app_id,
+                cache_dir,
+                offline_grace_secs,
+                key_prefix: self.key_prefix,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+fn validate_url(server_url: &str) -> Result<String, Error> {
+    let bad = |why: &str| Error::new(Kind::Builder, format!("server URL {server_url:?} {why}"));
+    let url = reqwest::Url::parse(server_url).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad("must be http:// or https:// with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(format!(
+        "{}/api/v1/validate",
+        url.as_str().trim_end_matches('/')
+    ))
+}
+
+fn is_valid_app_id(app_id: &str) -> bool {
+    (1..=64).contains(&app_id.len())
+        && !app_id.starts_with('.')
+        && app_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn default_cache_dir(app_id: &str) -> Result<PathBuf, Error> {
+    directories::ProjectDirs::from("", "", app_id)
+        .map(|dirs| dirs.cache_dir().to_path_buf())
+        .ok_or_else(|| {
+            Error::new(
+                Kind::Builder,
+                "no home directory to put the license cache in: set one with .cache_dir(..)",
+            )
+        })
+}
+
+/// A request after the local checks: what it asks, and where its cache is.
+#[derive(Debug)]
+struct Prepared {
+    key: LicenseKey,
+    key_sha256: String,
+    domain: Option<String>,
+    fingerprint: Option<String>,
+    cache_path: PathBuf,
+}
+
+impl Prepared {
+    fn expected(&self) -> Expected<'_> {
+        Expected {
+            key_sha256: &self.key_sha256,
+            domain: self.domain.as_deref(),
+            fingerprint: self.fingerprint.as_deref(),
+        }
+    }
+}
+
+/// What the server said, when it said something usable.
+enum Answer {
+    /// A verified token that answers this request.
+    Signed { token: String, claims: Box<Claims> },
+    /// The server could not read the key (its prefix, usually): unsigned.
+    KeyMalformed,
+}
+
+impl Client {
+    /// Starts configuring a client for the server at `server_url` (e.g.
+    /// `https://license.example.com`; a path prefix is kept).
+    pub fn builder(server_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            server_url: server_url.into(),
+            public_key: None,
+            app_id: DEFAULT_APP_ID.to_owned(),
+            cache_dir: None,
+            timeout: DEFAULT_TIMEOUT,
+            offline_grace: None,
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            key_prefix: None,
+            clock: None,
+        }
+    }
+
+    /// Validates `key`: checks it locally, asks the server, verifies the
+    /// signed answer, caches it; offline, answers from the cache. The rules
+    /// are in the crate docs.
+    ///
+    /// `Ok` is an answer — valid or not (`KEY_MALFORMED`,
+    /// `LICENSE_REVOKED`, `OFFLINE_GRACE_EXPIRED`, `CLOCK_TAMPERED`, …).
+    /// `Err` means no answer: the server is unreachable (or its answer did
+    /// not verify) and there is no usable cached answer, or `options` holds
+    /// an unusable domain or fingerprint.
+    pub async fn validate(
+        &self,
+        key: &str,
+        options: &ValidateOptions,
+    ) -> Result<Validation, Error> {
+        let Some(req) = self.prepare(key, options)? else {
+            return Ok(Validation::malformed(Source::Local));
+        };
+        let nonce = new_nonce();
+        match self.ask_server(&req, &nonce).await {
+            Ok(Answer::Signed { token, claims }) => {
+                let until = rules::offline_until(&claims, self.inner.offline_grace_secs);
+                let now = self.now();
+                let inner = self.inner.clone();
+                let iat = claims.iat;
+                // Cache writes fsync: keep them off the async workers. A
+                // failed write costs only the offline fallback, never this
+                // answer.
+                let _ = tokio::task::spawn_blocking(move || {
+                    inner.remember(&req.cache_path, &req.expected(), token, iat, now)
+                })
+                .await;
+                let code = claims.code;
+                Ok(Validation::from_claims(
+                    *claims,
+                    code,
+                    Source::Online,
+                    until,
+                ))
+            }
+            Ok(Answer::KeyMalformed) => Ok(Validation::malformed(Source::Online)),
+            Err(e) if falls_back(&e) => match self.answer_from_cache(&req) {
+                Some(answer) => Ok(answer),
+                None => Err(e.without_cache()),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Answers from the cache alone, as [`validate`](Self::validate) does
+    /// when the server cannot be reached — without trying the server.
+    /// Useful at start-up to avoid waiting for the network; fails with
+    /// [`Error::is_no_cache`] when nothing usable is cached.
+    pub async fn validate_offline(
+        &self,
+        key: &str,
+        options: &ValidateOptions,
+    ) -> Result<Validation, Error> {
+        self.validate_offline_now(key, options)
+    }
+
+    /// The synchronous body of [`validate_offline`](Self::validate_offline):
+    /// it never waits on the network.
+    pub(crate) fn validate_offline_now(
+        &self,
+        key: &str,
+        options: &ValidateOptions,
+    ) -> Result<Validation, Error> {
+        let Some(req) = self.prepare(key, options)? else {
+            return Ok(Validation::malformed(Source::Local));
+        };
+        self.answer_from_cache(&req)
+            .ok_or_else(|| Error::new(Kind::NoCache, "no usable cached answer for this key"))
+    }
+
+    /// The cache file that holds the answer for `key` with `options`. Fails
+    /// on a malformed key or an unusable option.
+    pub fn cache_path(&self, key: &str, options: &ValidateOptions) -> Result<PathBuf, Error> {
+        match self.prepare(key, options)? {
+            Some(req) => Ok(req.cache_path),
+            None => Err(keysmith_core::key::check_key(key)
+                .err()
+                .map(Error::from)
+                .unwrap_or_else(|| Error::new(Kind::KeyMalformed, "the key has another prefix"))),
+        }
+    }
+
+    /// The app id this client was built with.
+    pub fn app_id(&self) -> &str {
+        &self.inner.app_id
+    }
+
+    /// The directory of the cache files.
+    pub fn cache_dir(&self) -> &Path {
+        &self.inner.cache_dir
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.now()
+    }
+
+    /// The local checks. `Ok(None)`: the key is malformed (an answer, not
+    /// an error).
+    fn prepare(&self, key: &str, options: &ValidateOptions) -> Result<Option<Prepared>, Error> {
+        let parsed = match &self.inner.key_prefix {
+            Some(prefix) => LicenseKey::parse_with_prefix(key, prefix),
+            None => LicenseKey::parse(key),
+        };
+        let Ok(key) = parsed else {
+            return Ok(None);
+        };
+        let domain = match options.domain.as_deref() {
+            None => None,
+            Some(raw) => Some(normalize_domain(raw).ok_or_else(|| {
+                Error::new(
+                    Kind::InvalidArgument,
+                    format!("domain {raw:?} is not a host name"),
+                )
+            })?),
+        };
+        if let Some(fp) = options.fingerprint.as_deref() {
+            if !is_valid_fingerprint(fp) {
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+                ));
+            }
+        }
+        let cache_path = cache::file_path(
+            &self.inner.cache_dir,
+            &self.inner.app_id,
+            &key,
+            domain.as_deref(),
+            options.fingerprint.as_deref(),
+        );
+        Ok(Some(Prepared {
+            key_sha256: key.sha256_hex(),
+            key,
+            domain,
+            fingerprint: options.fingerprint.clone(),
+            cache_path,
+        }))
+    }
+
+    async fn ask_server(&self, req: &Prepared, nonce: &str) -> Result<Answer, Error> {
+        let url = &self.inner.validate_url;
+        let body = ValidateRequest {
+            key: Some(req.key.as_str().to_owned()),
+            domain: req.domain.clone(),
+            fingerprint: req.fingerprint.clone(),
+            nonce: Some(nonce.to_owned()),
+        };
+        let network = |e: reqwest::Error| {
+            let timeout = e.is_timeout();
+            let what = if timeout { "timed out" } else { "failed" };
+            Error::new(
+                Kind::Network { timeout },
+                format!("the request to {url} {what}"),
+            )
+            .with_source(e)
+        };
+        let response = self
+            .inner
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(network)?;
+        let status = response.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(Error::new(
+                Kind::Network { timeout: false },
+                format!("the server at {url} answered {status}"),
+            ));
+        }
+        let bytes = response.bytes().await.map_err(network)?;
+        let answer: ValidateResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                Kind::Protocol,
+                format!("{url} answered {status} with something that is not a Keysmith answer"),
+            )
+            .with_source(e)
+        })?;
+        match answer.token {
+            Some(token) => {
+                let claims = self.inner.keys.verify(&token)?;
+                rules::check_claims(&claims, &req.expected(), Some(nonce))?;
+                Ok(Answer::Signed {
+                    token,
+                    claims: Box::new(claims),
+                })
+            }
+            None => match answer.code {
+                Code::KeyMalformed => Ok(Answer::KeyMalformed),
+                Code::InvalidDomain | Code::BadRequest => Err(Error::new(
+                    Kind::InvalidArgument,
+                    format!(
+                        "the server refused the request: {}",
+                        answer.message.as_deref().unwrap_or(answer.code.as_str())
+                    ),
+                )),
+                Code::RateLimited => Err(Error::new(
+                    Kind::Network { timeout: false },
+                    format!("the server at {url} is rate limiting this client"),
+                )),
+                code => Err(Error::new(
+                    Kind::Signature,
+                    format!("the server's answer is not trusted: {code} without a signed token"),
+                )),
+            },
+        }
+    }
+
+    /// The offline answer for `req`, or `None` when nothing usable is cached.
+    fn answer_from_cache(&self, req: &Prepared) -> Option<Validation> {
+        let now = self.now();
+        let (entry, claims) = self.inner.load_verified(&req.cache_path, &req.expected())?;
+        let newest = rules::newest_seen(entry.newest_seen, &claims);
+        let answer = rules::offline_answer(
+            claims,
+            entry.newest_seen,
+            now,
+            self.inner.offline_grace_secs,
+        );
+        // Record how far the clock has come, so that setting it back later
+        // shows. Never move the record backwards, and never record a time the
+        // answer calls tampered.
+        if answer.code != Code::ClockTampered && now > newest + NEWEST_SEEN_GRANULARITY_SECS {
+            let _ = cache::store(&req.cache_path, &Entry::new(entry.token, now));
+        }
+        Some(answer)
+    }
+}
+
+impl Inner {
+    fn now(&self) -> i64 {
+        let now = match &self.clock {
+            Some(clock) => clock(),
+            None => SystemTime::now(),
+        };
+        match now.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The cache entry at `path` if its token verifies and answers this
+    /// request; anything else is ignored (and replaced on the next online
+    /// answer).
+    fn load_verified(&self, path: &Path, expected: &Expected<'_>) -> Option<(Entry, Claims)> {
+        let entry = cache::load(path)?;
+        let claims = self.keys.verify(&entry.token).ok()?;
+        rules::check_claims(&claims, expected, None).ok()?;
+        Some((entry, claims))
+    }
+
+    /// Stores a fresh verified answer. Keeps the newest time seen across
+    /// both, and keeps an existing entry whose token was issued later (a
+    /// slower concurrent request must not put back an older answer, e.g.
+    /// hide a revocation).
+    fn remember(&self, path: &Path, expected: &Expected<'_>, token: String, iat: i64, now: i64) {
+        let mut entry = Entry::new(token, now.max(iat));
+        if let Some((old, old_claims)) = self.load_verified(path, expected) {
+            entry.newest_seen = entry
+                .newest_seen
+                .max(rules::newest_seen(old.newest_seen, &old_claims));
+            if old_claims.iat > iat {
+                entry.token = old.token;
+            }
+        }
+        let _ = cache::store(path, &entry);
+    }
+}
+
+/// Errors after which the cache may answer instead: the server did not give
+/// a usable answer. Not bad arguments.
+fn falls_back(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        Kind::Network { .. } | Kind::Protocol | Kind::Signature
+    )
+}
+
+/// A fresh random nonce: 128 bits, hex.
+fn new_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::test_support::public_key;
+
+    fn builder() -> ClientBuilder {
+        Client::builder("http://127.0.0.1:9")
+            .public_key(public_key())
+            .cache_dir("/tmp/ks-unused")
+    }
+
+    #[test]
+    fn client_is_send_sync_and_clone() {
+        fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+        assert_traits::<Client>();
+    }
+
+    #[test]
+    fn builder_refuses_what_cannot_work() {
+        assert!(Client::builder("http://x")
+            .cache_dir("/tmp")
+            .build()
+            .unwrap_err()
+            .is_public_key());
+        assert!(builder()
+            .public_key("AAAA")
+            .build()
+            .unwrap_err()
+            .is_public_key());
+        for url in ["", "ftp://x.com", "x.com", "http://x.com/?a=1"] {
+            let err = Client::builder(url)
+                .public_key(public_key())
+                .cache_dir("/tmp")
+                .build()
+                .unwrap_err();
+            assert!(err.is_builder(), "{url}: {err}");
+        }
+        for app_id in ["", ".hidden", "a/b", &"a".repeat(65)] {
+            assert!(
+                builder().app_id(app_id).build().unwrap_err().is_builder(),
+                "{app_id}"
+            );
+        }
+        assert!(builder().key_prefix("ks").build().unwrap_err().is_builder());
+        assert!(builder()
+            .app_id("acme-editor_2.0")
+            .key_prefix("ACME")
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn the_validate_url_keeps_a_path_prefix() {
+        assert_eq!(
+            validate_url("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080/api/v1/validate"
+        );
+        assert_eq!(
+            validate_url("https://x.com/ks/").unwrap(),
+            "https://x.com/ks/api/v1/validate"
+        );
+    }
+
+    #[test]
+    fn local_checks_come_before_anything_else() {
+        let client = builder().build().unwrap();
+        let key = LicenseKey::generate("KS").unwrap();
+        let opts = ValidateOptions::new();
+        assert!(client.prepare("KS-0000", &opts).unwrap().is_none());
+        assert!(client.prepare(key.as_str(), &opts).unwrap().is_some());
+        let bad_domain = ValidateOptions::new().domain("not a host");
+        assert!(client
+            .prepare(key.as_str(), &bad_domain)
+            .unwrap_err()
+            .is_invalid_argument());
+        let bad_fp = ValidateOptions::new().fingerprint("has space");
+        assert!(client
+            .prepare(key.as_str(), &bad_fp)
+            .unwrap_err()
+            .is_invalid_argument());
+
+        let acme = builder().key_prefix("ACME").build().unwrap();
+        assert!(
+            acme.prepare(key.as_str(), &opts).unwrap().is_none(),
+            "other prefix"
+        );
+        assert!(acme
+            .cache_path(key.as_str(), &opts)
+            .unwrap_err()
+            .is_key_malformed());
+        assert!(client
+            .cache_path("KS-0000", &opts)
+            .unwrap_err()
+            .is_key_malformed());
+    }
+
+    #[test]
+    fn the_cache_path_names_the_normalised_request() {
+        let client = builder().build().unwrap();
+        let key = LicenseKey::generate("KS").unwrap();
+        let lower = client
+            .cache_path(key.as_str(), &ValidateOptions::new().domain("example.com"))
+            .unwrap();
+        let upper = client
+            .cache_path(
+                &key.as_str().to_lowercase(),
+                &ValidateOptions::new().domain("EXAMPLE.com."),
+            )
+            .unwrap();
+        assert_eq!(lower, upper);
+        assert!(lower.starts_with("/tmp/ks-unused"));
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let (a, b) = (new_nonce(), new_nonce());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}
