@@ -1,0 +1,270 @@
+//! The SDK against a real server that goes away: answers from the cache
+//! within the grace, and the rules that stop the cache from being abused.
+
+mod common_sdk;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common_sdk::{shifted_clock, FakeServer, Licensed};
+use ed25519_dalek::SigningKey;
+use keysmith::{Code, Source, ValidateOptions};
+use serde_json::Value;
+
+const DAY: i64 = 86_400;
+
+#[test]
+fn server_stopped_answers_from_the_cache_within_the_grace() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new().domain("example.com");
+    let client = l.client().build().unwrap();
+    let online = client.validate(&l.key, &opts).unwrap();
+    assert_eq!(online.source, Source::Online);
+
+    l.server.kill9();
+    let cached = client.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (cached.valid, cached.code, cached.source),
+        (true, Code::Valid, Source::Cache)
+    );
+    assert_eq!(cached.plan.as_deref(), Some("pro"));
+    assert!(cached.has_feature("sso"));
+    assert_eq!(cached.expires_at, online.expires_at);
+    assert_eq!(cached.claims, online.claims);
+
+    // Six days later, still within the 7-day grace; a new client (a restart
+    // of the app) reads the same cache.
+    let later = l.client().clock(shifted_clock(6 * DAY)).build().unwrap();
+    let answer = later.validate(&l.key, &opts).unwrap();
+    assert_eq!((answer.valid, answer.source), (true, Source::Cache));
+
+    // The cache is per domain: another domain has no cached answer.
+    let err = client
+        .validate(&l.key, &ValidateOptions::new().domain("other.com"))
+        .unwrap_err();
+    assert!(err.is_network(), "{err:#}");
+}
+
+#[test]
+fn past_the_grace_is_offline_grace_expired() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new();
+    l.client().build().unwrap().validate(&l.key, &opts).unwrap();
+    l.server.kill9();
+
+    let just_before = l
+        .client()
+        .clock(shifted_clock(7 * DAY - 120))
+        .build()
+        .unwrap();
+    assert_eq!(
+        just_before.validate(&l.key, &opts).unwrap().code,
+        Code::Valid
+    );
+
+    let eight_days = l.client().clock(shifted_clock(8 * DAY)).build().unwrap();
+    let answer = eight_days.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (answer.valid, answer.code, answer.source),
+        (false, Code::OfflineGraceExpired, Source::Cache)
+    );
+    assert!(!answer.has_feature("sso"));
+}
+
+#[test]
+fn the_app_can_shorten_the_grace_but_not_lengthen_it() {
+    let mut l = Licensed::start_with(3, Default::default());
+    let opts = ValidateOptions::new();
+    l.client().build().unwrap().validate(&l.key, &opts).unwrap();
+    l.server.kill9();
+
+    // In increasing time, since each offline check records the time it saw.
+    let shorter = l
+        .client()
+        .offline_grace(std::time::Duration::from_secs(DAY as u64))
+        .clock(shifted_clock(DAY + 60));
+    assert_eq!(
+        shorter
+            .build()
+            .unwrap()
+            .validate(&l.key, &opts)
+            .unwrap()
+            .code,
+        Code::OfflineGraceExpired
+    );
+    let within = l.client().clock(shifted_clock(2 * DAY));
+    assert_eq!(
+        within
+            .build()
+            .unwrap()
+            .validate(&l.key, &opts)
+            .unwrap()
+            .code,
+        Code::Valid
+    );
+    let longer = l
+        .client()
+        .offline_grace(std::time::Duration::from_secs(30 * DAY as u64))
+        .clock(shifted_clock(4 * DAY));
+    assert_eq!(
+        longer
+            .build()
+            .unwrap()
+            .validate(&l.key, &opts)
+            .unwrap()
+            .code,
+        Code::OfflineGraceExpired
+    );
+}
+
+#[test]
+fn a_clock_set_back_is_clock_tampered() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new();
+    l.client().build().unwrap().validate(&l.key, &opts).unwrap();
+    l.server.kill9();
+
+    // Back before the server issued the answer.
+    let back = l.client().clock(shifted_clock(-2 * DAY)).build().unwrap();
+    let answer = back.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (answer.valid, answer.code, answer.source),
+        (false, Code::ClockTampered, Source::Cache)
+    );
+
+    // An ordinary adjustment of a few minutes is tolerated.
+    let nudged = l.client().clock(shifted_clock(-5 * 60)).build().unwrap();
+    assert_eq!(nudged.validate(&l.key, &opts).unwrap().code, Code::Valid);
+
+    // Offline use moves the newest time seen forward: three days on, then
+    // back to today (still inside the grace) is tampering.
+    let ahead = l.client().clock(shifted_clock(3 * DAY)).build().unwrap();
+    assert_eq!(ahead.validate(&l.key, &opts).unwrap().code, Code::Valid);
+    let today = l.client().build().unwrap();
+    assert_eq!(
+        today.validate(&l.key, &opts).unwrap().code,
+        Code::ClockTampered
+    );
+}
+
+#[test]
+fn a_clock_set_back_does_not_matter_while_the_server_answers() {
+    let l = Licensed::start();
+    let opts = ValidateOptions::new();
+    l.client()
+        .clock(shifted_clock(3 * DAY))
+        .build()
+        .unwrap()
+        .validate(&l.key, &opts)
+        .unwrap();
+    let back = l.client().clock(shifted_clock(-30 * DAY)).build().unwrap();
+    let answer = back.validate(&l.key, &opts).unwrap();
+    assert_eq!((answer.code, answer.source), (Code::Valid, Source::Online));
+}
+
+/// Rewrites the cached token's claims (keeping its signature) with `edit`.
+fn edit_cached_claims(path: &std::path::Path, edit: impl Fn(&mut Value)) {
+    let mut entry: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let token = entry["token"].as_str().unwrap().to_owned();
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    edit(&mut claims);
+    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    entry["token"] = Value::String(format!("{}.{body}.{}", parts[0], parts[2]));
+    std::fs::write(path, serde_json::to_vec(&entry).unwrap()).unwrap();
+}
+
+#[test]
+fn an_edited_cache_file_is_not_trusted_and_is_replaced() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new();
+    let client = l.client().build().unwrap();
+    client.validate(&l.key, &opts).unwrap();
+    let path = client.cache_path(&l.key, &opts).unwrap();
+    let original = std::fs::read(&path).unwrap();
+    l.server.kill9();
+    assert!(
+        client.validate(&l.key, &opts).unwrap().valid,
+        "untouched, it answers"
+    );
+
+    // Longer grace, another plan, valid again after a revocation…
+    let edits: [(&str, fn(&mut Value)); 3] = [
+        ("exp", |c| {
+            c["exp"] = Value::from(c["exp"].as_i64().unwrap() + 365 * DAY)
+        }),
+        ("plan", |c| c["plan"] = Value::from("enterprise")),
+        ("features", |c| {
+            c["features"] = serde_json::json!(["sso", "audit-log", "everything"])
+        }),
+    ];
+    for (what, edit) in edits {
+        std::fs::write(&path, &original).unwrap();
+        edit_cached_claims(&path, edit);
+        let err = client.validate(&l.key, &opts).unwrap_err();
+        assert!(err.is_network(), "{what}: {err:#}");
+    }
+    // A token re-signed by some other key, and plain garbage.
+    let forger = SigningKey::from_bytes(&[9; 32]);
+    let mut claims = keysmith_core::KeySet::from_base64_list(&l.public_key)
+        .unwrap()
+        .verify(
+            serde_json::from_slice::<Value>(&original).unwrap()["token"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    claims.exp += 365 * DAY;
+    let forged = serde_json::json!({"version": 1, "token": keysmith_core::token::sign(&forger, &claims), "newest_seen": 0});
+    for bad in [
+        forged.to_string().into_bytes(),
+        b"{\"version\":1,".to_vec(),
+        Vec::new(),
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        assert!(client.validate(&l.key, &opts).unwrap_err().is_network());
+        assert!(client
+            .validate_offline(&l.key, &opts)
+            .unwrap_err()
+            .is_no_cache());
+    }
+
+    // Back online (new port), the next answer replaces the bad file.
+    l.server.restart();
+    let client = l.client().build().unwrap();
+    assert_eq!(
+        client.validate(&l.key, &opts).unwrap().source,
+        Source::Online
+    );
+    l.server.kill9();
+    let answer = client.validate(&l.key, &opts).unwrap();
+    assert_eq!((answer.valid, answer.source), (true, Source::Cache));
+}
+
+#[test]
+fn a_server_error_or_rate_limit_falls_back_to_the_cache() {
+    let l = Licensed::start();
+    let opts = ValidateOptions::new();
+    l.client().build().unwrap().validate(&l.key, &opts).unwrap();
+    for (status, body) in [
+        (503, "<html>down</html>"),
+        (500, ""),
+        (429, r#"{"valid":false,"code":"RATE_LIMITED"}"#),
+        (200, "not json"),
+    ] {
+        let fake = FakeServer::start(move |_| (status, body.to_owned()));
+        let client = keysmith::blocking::Client::builder(&fake.url)
+            .public_key(&l.public_key)
+            .app_id("e2e-app")
+            .cache_dir(l.cache.path())
+            .build()
+            .unwrap();
+        let answer = client.validate(&l.key, &opts).unwrap();
+        assert_eq!(
+            (answer.valid, answer.source),
+            (true, Source::Cache),
+            "{status}"
+        );
+        assert_eq!(fake.connections(), 1);
+    }
+}
