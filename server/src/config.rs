@@ -69,6 +69,24 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_RATE_LIMIT", default_value_t = 50)]
     pub rate_limit: u32,
 
+    /// Connections served at once; more wait for a free slot.
+    #[arg(long, env = "KEYSMITH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds a client has to send a request's headers (and between keep-alive requests).
+    #[arg(long, env = "KEYSMITH_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+
+    /// Seconds a request may take before it is answered 408.
+    #[arg(long, env = "KEYSMITH_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+
+    /// Failed lookups (unknown or malformed keys) each client IP may make per
+    /// minute on the public routes; past it, the IP is refused (429) until the
+    /// budget refills. 0 turns it off.
+    #[arg(long, env = "KEYSMITH_FAILED_LOOKUP_LIMIT", default_value_t = 30)]
+    pub failed_lookup_limit: u32,
+
     /// Seconds between expiry sweeps (a license's status turns `expired` within this time).
     #[arg(long, env = "KEYSMITH_EXPIRY_INTERVAL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub expiry_interval: u64,

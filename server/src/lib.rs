@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod expiry;
+pub mod http;
 pub mod ids;
 pub mod license;
 pub mod signing;
@@ -121,14 +122,12 @@ pub async fn serve(
             limits.forget_idle();
         }
     });
-    let app = api::router(state, args.max_body_bytes);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("serving")?;
+    let app = api::router(state, args.max_body_bytes, std::time::Duration::from_secs(args.request_timeout));
+    let limits = http::ConnLimits {
+        max_connections: args.max_connections,
+        header_read_timeout: std::time::Duration::from_secs(args.header_timeout),
+    };
+    http::serve(listener, app, limits, shutdown, std::time::Duration::from_secs(30)).await;
     for task in [sweeper, forgetter, deliverer] {
         task.abort();
         let _ = task.await;

@@ -202,7 +202,7 @@ fn forty_concurrent_domains_take_exactly_three_seats() {
 #[test]
 fn every_one_symbol_typo_and_neighbour_swap_of_an_issued_key_is_key_malformed() {
     let server = TestServer::start_with(ServerOptions {
-        args: vec!["--rate-limit".into(), "0".into()],
+        args: ["--rate-limit", "0", "--failed-lookup-limit", "0"].map(String::from).to_vec(),
         ..Default::default()
     });
     server.plan("p", json!({"features": []}));

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
@@ -53,7 +53,7 @@ impl AppState {
             key_prefix: args.key_prefix.as_str().into(),
             country_header: args.country_header.as_deref().map(Into::into),
             client_ip_header: args.client_ip_header.as_deref().map(Into::into),
-            limits: limit::RateLimits::new(args.rate_limit),
+            limits: limit::RateLimits::new(args.rate_limit, args.failed_lookup_limit),
         }
     }
 
@@ -69,8 +69,9 @@ impl AppState {
     }
 }
 
-/// Builds the router with every route, the body limit and request logging.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// Builds the router with every route, the body limit, the request timeout
+/// and request logging.
+pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
     let api = Router::new()
         .route("/licenses", post(licenses::create).get(licenses::list))
         .route(
@@ -110,6 +111,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| async move {
+            match tokio::time::timeout(request_timeout, next.run(req)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::Timeout.into_response(),
+            }
+        }))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -138,6 +145,7 @@ pub enum ApiError {
     Unauthorized,
     PayloadTooLarge,
     RateLimited { retry_after: u64 },
+    Timeout,
     RouteNotFound,
     MethodNotAllowed,
     Store(StoreError),
@@ -189,6 +197,11 @@ impl IntoResponse for ApiError {
                 let headers = [(axum::http::header::RETRY_AFTER, retry_after.to_string())];
                 return (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response();
             }
+            ApiError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "TIMEOUT",
+                "the request took too long; try again".to_owned(),
+            ),
             ApiError::RouteNotFound => (
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",

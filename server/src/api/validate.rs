@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{body_bytes, ApiError, AppState, JsonBody};
 use crate::license::token_exp;
-use crate::store::{Deactivated, ValidationInput, ValidationOutcome};
+use crate::store::{Deactivated, StoreError, ValidationInput, ValidationOutcome};
 
 /// Longest user agent kept in the usage history.
 const MAX_USER_AGENT: usize = 256;
@@ -48,64 +48,48 @@ struct Checked {
     nonce: Option<String>,
 }
 
-/// Parses and checks a request without touching storage; the error is the
-/// complete answer.
-fn check(state: &AppState, body: &[u8]) -> Result<Checked, Response> {
-    let bad = |message: String, nonce: Option<String>| {
-        refuse(StatusCode::BAD_REQUEST, Code::BadRequest, message, nonce)
-    };
-    let req: ValidateRequest =
-        serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}"), None))?;
+/// An answer decided before storage: the request was not acceptable.
+struct Refusal {
+    status: StatusCode,
+    code: Code,
+    message: String,
+    nonce: Option<String>,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refuse(self.status, self.code, self.message, self.nonce)
+    }
+}
+
+/// Parses and checks a request without touching storage.
+fn check(state: &AppState, body: &[u8]) -> Result<Checked, Refusal> {
+    let refusal = |code, message: String, nonce| Refusal { status: StatusCode::BAD_REQUEST, code, message, nonce };
+    let req: ValidateRequest = serde_json::from_slice(body)
+        .map_err(|e| refusal(Code::BadRequest, format!("invalid JSON body: {e}"), None))?;
     let nonce = req.nonce;
     if nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE_LEN) {
-        return Err(bad(
-            format!("nonce is longer than {MAX_NONCE_LEN} bytes"),
-            None,
-        ));
+        return Err(refusal(Code::BadRequest, format!("nonce is longer than {MAX_NONCE_LEN} bytes"), None));
     }
     let Some(raw_key) = req.key else {
-        return Err(bad("key is required".into(), nonce));
+        return Err(refusal(Code::BadRequest, "key is required".into(), nonce));
     };
     let key = match LicenseKey::parse_with_prefix(&raw_key, &state.key_prefix) {
         Ok(key) => key,
-        Err(e) => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                Code::KeyMalformed,
-                e.to_string(),
-                nonce,
-            ))
-        }
+        Err(e) => return Err(refusal(Code::KeyMalformed, e.to_string(), nonce)),
     };
     let domain = match req.domain.as_deref().map(|d| (d, normalize_domain(d))) {
         None => None,
         Some((_, Some(d))) => Some(d),
         Some((raw, None)) => {
-            let message = format!("{raw:?} is not a host name");
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidDomain,
-                message,
-                nonce,
-            ));
+            return Err(refusal(Code::InvalidDomain, format!("{raw:?} is not a host name"), nonce));
         }
     };
-    if req
-        .fingerprint
-        .as_deref()
-        .is_some_and(|f| !is_valid_fingerprint(f))
-    {
-        return Err(bad(
-            "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -".into(),
-            nonce,
-        ));
+    if req.fingerprint.as_deref().is_some_and(|f| !is_valid_fingerprint(f)) {
+        let message = "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -".into();
+        return Err(refusal(Code::BadRequest, message, nonce));
     }
-    Ok(Checked {
-        key,
-        domain,
-        fingerprint: req.fingerprint,
-        nonce,
-    })
+    Ok(Checked { key, domain, fingerprint: req.fingerprint, nonce })
 }
 
 fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Option<String> {
@@ -153,7 +137,12 @@ pub async fn validate(
     };
     let checked = match check(&state, &body) {
         Ok(checked) => checked,
-        Err(answer) => return answer,
+        Err(refusal) => {
+            if refusal.code == Code::KeyMalformed {
+                state.limits.record_failure(ip);
+            }
+            return refusal.into_response();
+        }
     };
     let now = Utc::now();
     let input = ValidationInput {
@@ -172,6 +161,9 @@ pub async fn validate(
         Ok(outcome) => outcome,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if outcome.code == Code::LicenseNotFound {
+        state.limits.record_failure(ip);
+    }
     answer(&state, &checked, outcome, now.timestamp())
 }
 
@@ -237,15 +229,11 @@ pub async fn deactivate(
     headers: HeaderMap,
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> Result<Json<Deactivated>, ApiError> {
-    state
-        .limits
-        .check(state.client_ip(&headers, peer))
-        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    let ip = state.client_ip(&headers, peer);
+    state.limits.check(ip).map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let key = LicenseKey::parse_with_prefix(&body.key, &state.key_prefix).map_err(|e| {
-        ApiError::BadRequest {
-            code: "KEY_MALFORMED",
-            message: e.to_string(),
-        }
+        state.limits.record_failure(ip);
+        ApiError::BadRequest { code: "KEY_MALFORMED", message: e.to_string() }
     })?;
     let domain = body
         .domain
@@ -270,14 +258,9 @@ pub async fn deactivate(
             "send the domain or the fingerprint whose seat to free",
         ));
     }
-    let freed = state
-        .store
-        .deactivate(
-            key.as_str().to_owned(),
-            domain,
-            body.fingerprint,
-            Utc::now(),
-        )
-        .await?;
-    Ok(Json(freed))
+    let freed = state.store.deactivate(key.as_str().to_owned(), domain, body.fingerprint, Utc::now()).await;
+    if matches!(freed, Err(StoreError::NotFound { .. })) {
+        state.limits.record_failure(ip);
+    }
+    Ok(Json(freed?))
 }
