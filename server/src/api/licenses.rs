@@ -10,7 +10,7 @@ use keysmith_core::{LicenseKey, Status};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{nullable, page_request, parse_query, Admin, ApiError, AppState, JsonBody};
+use super::{nullable, page_query, page_request, parse_query, Admin, ApiError, AppState, JsonBody};
 use crate::store::{cursor, LicenseFilter, LicensePatch, NewLicense};
 
 /// The largest `metadata` object, serialised.
@@ -207,24 +207,13 @@ pub async fn revoke(
     Ok(Json(state.store.revoke_license(id, Utc::now()).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
 pub async fn usage(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let q: PageQuery = parse_query(query.as_deref())?;
-    let page = state
-        .store
-        .usage(id, page_request(q.limit, q.cursor.as_deref())?)
-        .await?;
+    let page = state.store.usage(id, page_query(query.as_deref())?).await?;
     Ok(Json(json!({
         "data": page.records,
         "next_cursor": page.next_before.map(cursor::encode),

@@ -97,9 +97,17 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
             get(plans::get).put(plans::put).delete(plans::delete),
         )
         .route("/webhooks", post(webhooks::create).get(webhooks::list))
-        .route("/webhooks/{id}", get(webhooks::get).put(webhooks::update).delete(webhooks::delete))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get)
+                .put(webhooks::update)
+                .delete(webhooks::delete),
+        )
         .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
-        .route("/webhooks/{id}/deliveries/{event_id}/redeliver", post(webhooks::redeliver))
+        .route(
+            "/webhooks/{id}/deliveries/{event_id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/public-key", get(keys::public_key));
     Router::new()
         .nest("/api/v1", api)
@@ -111,12 +119,14 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(move |req: Request, next: Next| async move {
-            match tokio::time::timeout(request_timeout, next.run(req)).await {
-                Ok(response) => response,
-                Err(_) => ApiError::Timeout.into_response(),
-            }
-        }))
+        .layer(middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                match tokio::time::timeout(request_timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::Timeout.into_response(),
+                }
+            },
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -293,6 +303,20 @@ pub fn parse_query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError
 /// The largest page a list returns.
 pub const MAX_LIMIT: u32 = 500;
 const DEFAULT_LIMIT: u32 = 50;
+
+/// The query of a list without filters.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// Parses a page-only query (`limit`, `cursor`).
+pub fn page_query(raw: Option<&str>) -> Result<PageRequest, ApiError> {
+    let q: PageQuery = parse_query(raw)?;
+    page_request(q.limit, q.cursor.as_deref())
+}
 
 /// `limit` and `cursor` of a list request.
 pub fn page_request(limit: Option<u32>, cursor: Option<&str>) -> Result<PageRequest, ApiError> {

@@ -7,7 +7,7 @@ use chrono::Utc;
 use keysmith_core::wire::Page;
 use serde::Deserialize;
 
-use super::{page_request, parse_query, Admin, ApiError, AppState, JsonBody};
+use super::{page_query, Admin, ApiError, AppState, JsonBody};
 use crate::store::{cursor, DeliveryAttempt, EventType, NewWebhook, Webhook, WebhookPatch};
 
 #[derive(Deserialize)]
@@ -27,9 +27,17 @@ pub struct UpdateBody {
 }
 
 fn check_url(url: &str) -> Result<String, ApiError> {
-    let invalid = || ApiError::invalid("INVALID_URL", "url must be an absolute http(s) URL of at most 2048 bytes");
+    let invalid = || {
+        ApiError::invalid(
+            "INVALID_URL",
+            "url must be an absolute http(s) URL of at most 2048 bytes",
+        )
+    };
     let parsed = reqwest::Url::parse(url).map_err(|_| invalid())?;
-    if url.len() > 2048 || !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+    if url.len() > 2048
+        || !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none()
+    {
         return Err(invalid());
     }
     Ok(parsed.to_string())
@@ -37,13 +45,19 @@ fn check_url(url: &str) -> Result<String, ApiError> {
 
 fn check_events(events: &[String]) -> Result<Vec<EventType>, ApiError> {
     if events.is_empty() {
-        return Err(ApiError::invalid("INVALID_EVENTS", "subscribe to at least one event"));
+        return Err(ApiError::invalid(
+            "INVALID_EVENTS",
+            "subscribe to at least one event",
+        ));
     }
     let mut out = Vec::new();
     for name in events {
         let kind = EventType::parse(name).ok_or_else(|| {
             let known: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
-            ApiError::invalid("INVALID_EVENTS", format!("unknown event {name:?}; known: {}", known.join(", ")))
+            ApiError::invalid(
+                "INVALID_EVENTS",
+                format!("unknown event {name:?}; known: {}", known.join(", ")),
+            )
         })?;
         if !out.contains(&kind) {
             out.push(kind);
@@ -63,14 +77,10 @@ pub async fn create(
         enabled: body.enabled.unwrap_or(true),
         secret: crate::ids::webhook_secret(),
     };
-    Ok((StatusCode::CREATED, Json(state.store.create_webhook(new, Utc::now()).await?)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
+    Ok((
+        StatusCode::CREATED,
+        Json(state.store.create_webhook(new, Utc::now()).await?),
+    ))
 }
 
 pub async fn list(
@@ -78,12 +88,21 @@ pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page<Webhook>>, ApiError> {
-    let q: PageQuery = parse_query(query.as_deref())?;
-    let (data, next) = state.store.list_webhooks(page_request(q.limit, q.cursor.as_deref())?).await?;
-    Ok(Json(Page { data, next_cursor: next.map(cursor::encode) }))
+    let (data, next) = state
+        .store
+        .list_webhooks(page_query(query.as_deref())?)
+        .await?;
+    Ok(Json(Page {
+        data,
+        next_cursor: next.map(cursor::encode),
+    }))
 }
 
-pub async fn get(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Webhook>, ApiError> {
+pub async fn get(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Webhook>, ApiError> {
     Ok(Json(state.store.get_webhook(id).await?))
 }
 
@@ -101,7 +120,11 @@ pub async fn update(
     Ok(Json(state.store.update_webhook(id, patch).await?))
 }
 
-pub async fn delete(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.store.delete_webhook(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -112,9 +135,14 @@ pub async fn deliveries(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page<DeliveryAttempt>>, ApiError> {
-    let q: PageQuery = parse_query(query.as_deref())?;
-    let (data, next) = state.store.delivery_attempts(id, page_request(q.limit, q.cursor.as_deref())?).await?;
-    Ok(Json(Page { data, next_cursor: next.map(cursor::encode) }))
+    let (data, next) = state
+        .store
+        .delivery_attempts(id, page_query(query.as_deref())?)
+        .await?;
+    Ok(Json(Page {
+        data,
+        next_cursor: next.map(cursor::encode),
+    }))
 }
 
 pub async fn redeliver(
