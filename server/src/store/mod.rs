@@ -9,6 +9,7 @@ use keysmith_core::wire::{License, LicenseSummary, Plan};
 use keysmith_core::{Code, Status};
 use serde::Serialize;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// What storage can fail with. Driver errors become `Storage` in one place
@@ -347,10 +348,11 @@ pub trait Store: Send + Sync + 'static {
     async fn set_admin_token_hash(&self, hash: String) -> Result<()>;
 }
 
-/// Opens the backend the URL names: `sqlite://PATH` (or a bare path) today.
+/// Opens the backend the URL names: `postgres://…` or `postgresql://…`
+/// (PostgreSQL), else `sqlite://PATH` or a bare path (SQLite).
 pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        anyhow::bail!("PostgreSQL support is not built yet; use SQLite (the default)");
+        return Ok(Arc::new(postgres::PostgresStore::connect(url).await?));
     }
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
     Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(

@@ -1,0 +1,1422 @@
+//! PostgreSQL backend: any number of server processes share one database,
+//! with nothing coordinated in memory.
+//!
+//! Every method is one transaction (or one statement) on a pooled
+//! connection, at PostgreSQL's default READ COMMITTED. What must not race
+//! across processes is decided under a row lock or claimed by a conditional
+//! statement:
+//!
+//! - a license's seats, counters and first activation, and every change to
+//!   it: under its row lock (`SELECT … FOR UPDATE`), taken before anything is
+//!   read, so the count of seats and `activated_at` are exact;
+//! - the expiry sweep: `UPDATE … WHERE seq IN (SELECT … FOR UPDATE SKIP
+//!   LOCKED)`, so each license is expired by one process only;
+//! - webhook deliveries: claimed with `FOR UPDATE SKIP LOCKED` and a lease,
+//!   only the oldest pending delivery per (endpoint, license);
+//! - a plan a license is being created on is held `FOR KEY SHARE`, so it
+//!   cannot be deleted under it.
+//!
+//! Times are Unix seconds (milliseconds for deliveries) in BIGINT columns,
+//! as in SQLite, so the two backends read alike; JSON values are JSONB.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use keysmith_core::wire::{License, LicenseSummary, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
+use keysmith_core::{Code, LicenseKey, Status};
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    from_unix, AttemptResult, Deactivated, DeliveryAttempt, DeliveryJob, DeliveryNext, EventType,
+    LicenseFilter, LicensePage, LicensePatch, NewLicense, NewWebhook, PageRequest, Result, Store,
+    StoreError, UsagePage, UsageRecord, UsageTotals, ValidationInput, ValidationOutcome, Webhook,
+    WebhookPatch,
+};
+use crate::ids;
+use crate::license::{decide, default_expiry, effective_status, transition, Seats};
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        match e.as_db_error() {
+            Some(db) => {
+                StoreError::Storage(format!("postgres {}: {}", db.code().code(), db.message()))
+            }
+            None => StoreError::Storage(format!("postgres: {e}")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> StoreError {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Storage(format!("postgres connection pool: {other}")),
+        }
+    }
+}
+
+/// Versioned migrations; the `schema_version` table lists those applied.
+/// Version N is the same schema as SQLite's version N.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE plans (
+    name TEXT PRIMARY KEY,
+    features JSONB NOT NULL,
+    max_domains BIGINT,
+    max_machines BIGINT,
+    duration_days BIGINT,
+    offline_grace_days BIGINT NOT NULL
+);
+CREATE TABLE licenses (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    plan TEXT NOT NULL REFERENCES plans(name),
+    customer_email TEXT NOT NULL,
+    max_domains BIGINT,
+    max_machines BIGINT,
+    metadata JSONB NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    last_validated_at BIGINT,
+    validation_count BIGINT NOT NULL DEFAULT 0,
+    activated_at BIGINT
+);
+CREATE INDEX licenses_by_status ON licenses(status, seq);
+CREATE INDEX licenses_by_plan ON licenses(plan, seq);
+CREATE INDEX licenses_by_email ON licenses(lower(customer_email), seq);
+CREATE INDEX licenses_due ON licenses(expires_at) WHERE status = 'active' AND expires_at IS NOT NULL;
+CREATE TABLE license_domains (
+    license_seq BIGINT NOT NULL REFERENCES licenses(seq),
+    domain TEXT NOT NULL,
+    added_at BIGINT NOT NULL,
+    PRIMARY KEY (license_seq, domain)
+);
+CREATE TABLE license_machines (
+    license_seq BIGINT NOT NULL REFERENCES licenses(seq),
+    fingerprint TEXT NOT NULL,
+    added_at BIGINT NOT NULL,
+    PRIMARY KEY (license_seq, fingerprint)
+);
+CREATE TABLE usage (
+    seq BIGSERIAL PRIMARY KEY,
+    license_seq BIGINT NOT NULL REFERENCES licenses(seq),
+    at BIGINT NOT NULL,
+    code TEXT NOT NULL,
+    domain TEXT,
+    fingerprint TEXT,
+    ip TEXT,
+    user_agent TEXT,
+    country TEXT
+);
+CREATE INDEX usage_by_license ON usage(license_seq, seq);
+CREATE TABLE events (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    license_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    data JSONB NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE webhooks (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    events JSONB NOT NULL,
+    secret TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE deliveries (
+    seq BIGSERIAL PRIMARY KEY,
+    event_seq BIGINT NOT NULL REFERENCES events(seq),
+    webhook_seq BIGINT NOT NULL REFERENCES webhooks(seq) ON DELETE CASCADE,
+    license_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    first_attempt_ms BIGINT,
+    next_attempt_ms BIGINT NOT NULL,
+    locked_until_ms BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (event_seq, webhook_seq)
+);
+CREATE INDEX deliveries_due ON deliveries(next_attempt_ms) WHERE state = 'pending';
+CREATE INDEX deliveries_in_order ON deliveries(webhook_seq, license_id, seq) WHERE state = 'pending';
+CREATE TABLE delivery_attempts (
+    seq BIGSERIAL PRIMARY KEY,
+    delivery_seq BIGINT NOT NULL REFERENCES deliveries(seq) ON DELETE CASCADE,
+    webhook_seq BIGINT NOT NULL,
+    attempt BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    status_code BIGINT,
+    error TEXT,
+    duration_ms BIGINT NOT NULL
+);
+CREATE INDEX attempts_by_webhook ON delivery_attempts(webhook_seq, seq);
+"#,
+];
+
+/// Connections per server process unless the URL sets `pool_size`.
+const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How many licenses one sweep step expires (as in SQLite).
+const EXPIRE_STEP: i64 = 500;
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+/// Splits Keysmith's own `pool_size=N` parameter off a connection URL; the
+/// rest is libpq syntax, which tokio-postgres parses.
+fn split_pool_size(url: &str) -> anyhow::Result<(String, Option<usize>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut size = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("pool_size=") {
+            Some(n) => {
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| anyhow::anyhow!("pool_size must be a positive number"))?;
+                size = Some(n);
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, size))
+}
+
+impl PostgresStore {
+    /// Connects to the database the URL names (`postgres://user@host:port/db`,
+    /// any libpq URL parameter, plus `pool_size`) and applies the migrations
+    /// it lacks.
+    pub async fn connect(url: &str) -> anyhow::Result<PostgresStore> {
+        let (url, pool_size) = split_pool_size(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url)
+            .map_err(|e| anyhow::anyhow!("the PostgreSQL URL is not valid: {e}"))?;
+        if config.get_application_name().is_none() {
+            config.application_name("keysmith-server");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.unwrap_or(DEFAULT_POOL_SIZE))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {}", StoreError::from(e)))?;
+        migrate(&mut client)
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating the PostgreSQL schema: {e}"))?;
+        Ok(PostgresStore { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Applies the missing migrations in one transaction, under an advisory lock
+/// so that servers starting together take turns; the lock is per schema, so
+/// databases (and test schemas) do not wait on each other.
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('keysmith-migrations'), \
+         hashtext(coalesce(current_schema(), ''))); \
+         CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);",
+    )
+    .await?;
+    let applied: i64 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .await?
+        .try_get(0)?;
+    if applied > MIGRATIONS.len() as i64 {
+        return Err(StoreError::Storage(format!(
+            "the database is at schema version {applied}, newer than this server knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+            &[&(i as i64 + 1), &Utc::now().timestamp()],
+        )
+        .await?;
+        tracing::info!(version = i + 1, "applied a PostgreSQL migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.map(from_unix)
+}
+
+fn opt_u32(v: Option<i64>) -> Result<Option<u32>> {
+    v.map(to_u32).transpose()
+}
+
+fn to_u32(v: i64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Storage(format!("stored number {v} out of range")))
+}
+
+fn status_of(s: &str) -> Result<Status> {
+    Status::parse(s).ok_or_else(|| StoreError::Storage(format!("unknown stored status {s:?}")))
+}
+
+/// A license with its seats, in one statement (one snapshot).
+const LICENSE_SELECT: &str = "SELECT l.seq, l.id, l.key, l.status, l.plan, l.customer_email, \
+     l.max_domains, l.max_machines, l.metadata, l.created_at, l.updated_at, l.expires_at, \
+     l.last_validated_at, l.validation_count, \
+     ARRAY(SELECT s.domain FROM license_domains s WHERE s.license_seq = l.seq ORDER BY s.added_at, s.domain), \
+     ARRAY(SELECT s.fingerprint FROM license_machines s WHERE s.license_seq = l.seq ORDER BY s.added_at, s.fingerprint) \
+     FROM licenses l";
+
+fn license_from_row(row: &Row) -> Result<(i64, License)> {
+    let Json(metadata): Json<serde_json::Map<String, serde_json::Value>> = row.try_get(8)?;
+    Ok((
+        row.try_get(0)?,
+        License {
+            id: row.try_get(1)?,
+            key: row.try_get(2)?,
+            status: status_of(row.try_get(3)?)?,
+            plan: row.try_get(4)?,
+            customer_email: row.try_get(5)?,
+            max_domains: opt_u32(row.try_get(6)?)?,
+            domains: row.try_get(14)?,
+            max_machines: opt_u32(row.try_get(7)?)?,
+            machines: row.try_get(15)?,
+            metadata,
+            created_at: from_unix(row.try_get(9)?),
+            updated_at: from_unix(row.try_get(10)?),
+            expires_at: opt_time(row.try_get(11)?),
+            last_validated_at: opt_time(row.try_get(12)?),
+            validation_count: row.try_get::<_, i64>(13)? as u64,
+        },
+    ))
+}
+
+/// Loads a license by `id`, `key` or `seq` (the column name is ours, never input).
+async fn load_license_by(
+    c: &impl GenericClient,
+    column: &'static str,
+    value: Param<'_>,
+) -> Result<Option<(i64, License)>> {
+    let sql = format!("{LICENSE_SELECT} WHERE l.{column} = $1");
+    let stmt = c.prepare_cached(&sql).await?;
+    c.query_opt(&stmt, &[value])
+        .await?
+        .map(|row| license_from_row(&row))
+        .transpose()
+}
+
+async fn load_license(c: &impl GenericClient, id: &str) -> Result<(i64, License)> {
+    load_license_by(c, "id", &id)
+        .await?
+        .ok_or_else(|| StoreError::license_not_found(id))
+}
+
+async fn load_license_seq(c: &impl GenericClient, seq: i64) -> Result<License> {
+    load_license_by(c, "seq", &seq)
+        .await?
+        .map(|(_, l)| l)
+        .ok_or_else(|| StoreError::Storage(format!("license #{seq} vanished under its lock")))
+}
+
+/// Takes the license's row lock for the rest of the transaction and returns
+/// its `seq`. Every change to a license, its seats and its counters happens
+/// under this lock, so across processes they serialize per license. Read the
+/// license only after it: a statement that waited for a lock sees the locked
+/// row anew but the rest of the database as it was when the statement began.
+async fn lock_license(
+    c: &impl GenericClient,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<i64>> {
+    let sql = format!("SELECT seq FROM licenses WHERE {column} = $1 FOR UPDATE");
+    let stmt = c.prepare_cached(&sql).await?;
+    Ok(c.query_opt(&stmt, &[&value])
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?)
+}
+
+const PLAN_COLUMNS: &str =
+    "name, features, max_domains, max_machines, duration_days, offline_grace_days";
+
+fn plan_from_row(row: &Row) -> Result<Plan> {
+    let Json(features): Json<Vec<String>> = row.try_get(1)?;
+    Ok(Plan {
+        name: row.try_get(0)?,
+        features,
+        max_domains: opt_u32(row.try_get(2)?)?,
+        max_machines: opt_u32(row.try_get(3)?)?,
+        duration_days: opt_u32(row.try_get(4)?)?,
+        offline_grace_days: to_u32(row.try_get(5)?)?,
+    })
+}
+
+async fn load_plan(c: &impl GenericClient, name: &str) -> Result<Option<Plan>> {
+    let stmt = c
+        .prepare_cached(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE name = $1"))
+        .await?;
+    c.query_opt(&stmt, &[&name])
+        .await?
+        .map(|row| plan_from_row(&row))
+        .transpose()
+}
+
+/// The plan a license is being put on, held `FOR KEY SHARE` until commit so
+/// that a concurrent `DELETE /plans/:name` waits and then sees the license.
+async fn plan_must_exist(c: &impl GenericClient, name: &str) -> Result<Plan> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plans WHERE name = $1 FOR KEY SHARE"
+        ))
+        .await?;
+    match c.query_opt(&stmt, &[&name]).await? {
+        Some(row) => plan_from_row(&row),
+        None => Err(StoreError::Invalid {
+            code: "PLAN_NOT_FOUND",
+            message: format!("no plan named {name:?}; create it with PUT /api/v1/plans/{name}"),
+        }),
+    }
+}
+
+/// Writes an event to the outbox and queues it for every enabled endpoint
+/// that subscribes to it, in the caller's transaction (one statement).
+async fn record_event(
+    c: &impl GenericClient,
+    kind: EventType,
+    license: &License,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let data = serde_json::json!({ "license": license });
+    let stmt = c
+        .prepare_cached(
+            "WITH e AS (INSERT INTO events (id, type, license_id, created_at, data) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING seq) \
+             INSERT INTO deliveries (event_seq, webhook_seq, license_id, state, next_attempt_ms) \
+             SELECT e.seq, w.seq, $3, 'pending', $6 FROM e, webhooks w \
+             WHERE w.enabled AND w.events ? $2",
+        )
+        .await?;
+    c.execute(
+        &stmt,
+        &[
+            &ids::event_id(),
+            &kind.as_str(),
+            &license.id,
+            &now.timestamp(),
+            &Json(&data),
+            &now.timestamp_millis(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+const WEBHOOK_COLUMNS: &str = "seq, id, url, events, enabled, created_at";
+
+fn webhook_from_row(row: &Row) -> Result<(i64, Webhook)> {
+    let Json(events): Json<Vec<String>> = row.try_get(3)?;
+    Ok((
+        row.try_get(0)?,
+        Webhook {
+            id: row.try_get(1)?,
+            url: row.try_get(2)?,
+            events,
+            enabled: row.try_get(4)?,
+            created_at: from_unix(row.try_get(5)?),
+            secret: None,
+        },
+    ))
+}
+
+fn webhook_not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        code: "WEBHOOK_NOT_FOUND",
+        message: format!("no webhook {id}"),
+    }
+}
+
+async fn load_webhook(c: &impl GenericClient, id: &str) -> Result<(i64, Webhook)> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"
+        ))
+        .await?;
+    match c.query_opt(&stmt, &[&id]).await? {
+        Some(row) => webhook_from_row(&row),
+        None => Err(webhook_not_found(id)),
+    }
+}
+
+fn event_names(events: &[EventType]) -> Vec<&'static str> {
+    events.iter().map(|e| e.as_str()).collect()
+}
+
+async fn write_license_fields(c: &impl GenericClient, seq: i64, l: &License) -> Result<()> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE licenses SET status = $2, plan = $3, customer_email = $4, max_domains = $5, \
+             max_machines = $6, metadata = $7, updated_at = $8, expires_at = $9 WHERE seq = $1",
+        )
+        .await?;
+    c.execute(
+        &stmt,
+        &[
+            &seq,
+            &l.status.as_str(),
+            &l.plan,
+            &l.customer_email,
+            &l.max_domains.map(i64::from),
+            &l.max_machines.map(i64::from),
+            &Json(&l.metadata),
+            &l.updated_at.timestamp(),
+            &l.expires_at.map(|t| t.timestamp()),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_license(
+    c: &impl GenericClient,
+    new: &NewLicense,
+    now: DateTime<Utc>,
+) -> Result<License> {
+    let plan = plan_must_exist(c, &new.plan).await?;
+    let expires_at = default_expiry(new.expires_at, plan.duration_days, now);
+    let status = effective_status(Status::Active, expires_at, now);
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO licenses (id, key, status, plan, customer_email, max_domains, max_machines, \
+             metadata, created_at, updated_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) \
+             ON CONFLICT DO NOTHING RETURNING seq",
+        )
+        .await?;
+    // Ids and keys are random; a collision is astronomically rare, but
+    // uniqueness is the database's to enforce, so retry on one. ON CONFLICT
+    // DO NOTHING reports it without aborting the transaction.
+    for _ in 0..8 {
+        let id = ids::license_id();
+        let key = LicenseKey::generate(&new.key_prefix).map_err(|e| StoreError::Invalid {
+            code: "BAD_PREFIX",
+            message: e.to_string(),
+        })?;
+        let inserted = c
+            .query_opt(
+                &stmt,
+                &[
+                    &id,
+                    &key.as_str(),
+                    &status.as_str(),
+                    &plan.name,
+                    &new.customer_email,
+                    &new.max_domains.unwrap_or(plan.max_domains).map(i64::from),
+                    &new.max_machines.unwrap_or(plan.max_machines).map(i64::from),
+                    &Json(&new.metadata),
+                    &now.timestamp(),
+                    &expires_at.map(|t| t.timestamp()),
+                ],
+            )
+            .await?;
+        if let Some(row) = inserted {
+            let license = load_license_seq(c, row.try_get(0)?).await?;
+            record_event(c, EventType::Created, &license, now).await?;
+            return Ok(license);
+        }
+    }
+    Err(StoreError::Storage(
+        "could not find a free license id and key".into(),
+    ))
+}
+
+/// What a validation reads once it holds the license's lock: the license,
+/// its plan, and its seats as far as the request's domain and fingerprint
+/// need them. Counting is skipped where the limit is unlimited.
+const VALIDATION_VIEW: &str = "SELECT l.id, l.status, l.plan, l.max_domains, l.max_machines, \
+     l.expires_at, l.activated_at IS NOT NULL, p.features, p.offline_grace_days, \
+     EXISTS (SELECT 1 FROM license_domains s WHERE s.license_seq = l.seq AND s.domain = $2), \
+     CASE WHEN l.max_domains IS NULL THEN 0::bigint \
+          ELSE (SELECT count(*) FROM license_domains s WHERE s.license_seq = l.seq) END, \
+     EXISTS (SELECT 1 FROM license_machines s WHERE s.license_seq = l.seq AND s.fingerprint = $3), \
+     CASE WHEN l.max_machines IS NULL THEN 0::bigint \
+          ELSE (SELECT count(*) FROM license_machines s WHERE s.license_seq = l.seq) END \
+     FROM licenses l JOIN plans p ON p.name = l.plan WHERE l.seq = $1";
+
+async fn validate_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    v: &ValidationInput,
+) -> Result<ValidationOutcome> {
+    let Some(seq) = lock_license(tx, "key", &v.key).await? else {
+        return Ok(ValidationOutcome {
+            code: Code::LicenseNotFound,
+            license: None,
+            offline_grace_days: DEFAULT_OFFLINE_GRACE_DAYS,
+        });
+    };
+    let view = tx.prepare_cached(VALIDATION_VIEW).await?;
+    let row = tx
+        .query_one(&view, &[&seq, &v.domain, &v.fingerprint])
+        .await?;
+    let id: String = row.try_get(0)?;
+    let max_domains = opt_u32(row.try_get(3)?)?;
+    let max_machines = opt_u32(row.try_get(4)?)?;
+    let expires_at = opt_time(row.try_get(5)?);
+    let activated: bool = row.try_get(6)?;
+    let Json(features): Json<Vec<String>> = row.try_get(7)?;
+    let grace = to_u32(row.try_get(8)?)?;
+    let status = effective_status(status_of(row.try_get(1)?)?, expires_at, v.now);
+    let seats_of = |held: usize, taken: usize, max| -> Result<Seats> {
+        Ok(Seats {
+            held: row.try_get(held)?,
+            taken: row.try_get::<_, i64>(taken)? as u64,
+            max,
+        })
+    };
+    let domain_seats = v
+        .domain
+        .as_ref()
+        .map(|_| seats_of(9, 10, max_domains))
+        .transpose()?;
+    let machine_seats = v
+        .fingerprint
+        .as_ref()
+        .map(|_| seats_of(11, 12, max_machines))
+        .transpose()?;
+    let decision = decide(status, domain_seats, machine_seats);
+    let now = v.now.timestamp();
+    let first_valid = decision.code == Code::Valid && !activated;
+
+    // The writes don't depend on each other: send them pipelined.
+    let take_domain = async {
+        if let (true, Some(domain)) = (decision.take_domain_seat, &v.domain) {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO license_domains (license_seq, domain, added_at) VALUES ($1, $2, $3)",
+                )
+                .await?;
+            tx.execute(&stmt, &[&seq, domain, &now]).await?;
+        }
+        Ok::<_, StoreError>(())
+    };
+    let take_machine = async {
+        if let (true, Some(fp)) = (decision.take_machine_seat, &v.fingerprint) {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO license_machines (license_seq, fingerprint, added_at) VALUES ($1, $2, $3)",
+                )
+                .await?;
+            tx.execute(&stmt, &[&seq, fp, &now]).await?;
+        }
+        Ok::<_, StoreError>(())
+    };
+    let record = async {
+        let stmt = tx
+            .prepare_cached(
+                "WITH u AS (INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) \
+                 UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = $2, \
+                 activated_at = CASE WHEN $9 THEN $2 ELSE activated_at END WHERE seq = $1",
+            )
+            .await?;
+        tx.execute(
+            &stmt,
+            &[
+                &seq,
+                &now,
+                &decision.code.as_str(),
+                &v.domain,
+                &v.fingerprint,
+                &v.ip,
+                &v.user_agent,
+                &v.country,
+                &first_valid,
+            ],
+        )
+        .await?;
+        Ok::<_, StoreError>(())
+    };
+    tokio::try_join!(take_domain, take_machine, record)?;
+    if first_valid {
+        let license = load_license_seq(tx, seq).await?;
+        record_event(tx, EventType::Activated, &license, v.now).await?;
+    }
+    Ok(ValidationOutcome {
+        code: decision.code,
+        license: Some(LicenseSummary {
+            id,
+            status,
+            plan: row.try_get(2)?,
+            expires_at,
+            features,
+        }),
+        offline_grace_days: grace,
+    })
+}
+
+async fn update_in(
+    c: &impl GenericClient,
+    id: &str,
+    patch: LicensePatch,
+    now: DateTime<Utc>,
+) -> Result<License> {
+    if lock_license(c, "id", id).await?.is_none() {
+        return Err(StoreError::license_not_found(id));
+    }
+    let (seq, before) = load_license(c, id).await?;
+    let mut after = before.clone();
+    if let Some(plan) = patch.plan {
+        plan_must_exist(c, &plan).await?;
+        after.plan = plan;
+    }
+    if let Some(email) = patch.customer_email {
+        after.customer_email = email;
+    }
+    if let Some(max) = patch.max_domains {
+        after.max_domains = max;
+    }
+    if let Some(max) = patch.max_machines {
+        after.max_machines = max;
+    }
+    if let Some(expires_at) = patch.expires_at {
+        after.expires_at = expires_at;
+    }
+    if let Some(metadata) = patch.metadata {
+        after.metadata = metadata;
+    }
+    let (status, status_event) = transition(before.status, patch.status, after.expires_at, now)?;
+    after.status = status;
+    if after == before {
+        return Ok(before);
+    }
+    after.updated_at = now;
+    write_license_fields(c, seq, &after).await?;
+    record_event(c, status_event.unwrap_or(EventType::Updated), &after, now).await?;
+    Ok(after)
+}
+
+async fn free_seat(
+    c: &impl GenericClient,
+    id: &str,
+    table: &'static str,
+    column: &'static str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<License> {
+    let Some(seq) = lock_license(c, "id", id).await? else {
+        return Err(StoreError::license_not_found(id));
+    };
+    let stmt = c
+        .prepare_cached(&format!(
+            "DELETE FROM {table} WHERE license_seq = $1 AND {column} = $2"
+        ))
+        .await?;
+    if c.execute(&stmt, &[&seq, &value]).await? == 0 {
+        let what = if column == "domain" {
+            "DOMAIN_NOT_FOUND"
+        } else {
+            "MACHINE_NOT_FOUND"
+        };
+        return Err(StoreError::NotFound {
+            code: what,
+            message: format!("license {id} holds no seat for {value:?}"),
+        });
+    }
+    touch_license(c, seq, now).await?;
+    let license = load_license_seq(c, seq).await?;
+    record_event(c, EventType::Updated, &license, now).await?;
+    Ok(license)
+}
+
+async fn touch_license(c: &impl GenericClient, seq: i64, now: DateTime<Utc>) -> Result<()> {
+    let stmt = c
+        .prepare_cached("UPDATE licenses SET updated_at = $2 WHERE seq = $1")
+        .await?;
+    c.execute(&stmt, &[&seq, &now.timestamp()]).await?;
+    Ok(())
+}
+
+/// Rows of a page query fetched with `limit + 1`: the page, and the cursor
+/// (the last item's `seq`) when more follow.
+fn page_of<T>(mut rows: Vec<(i64, T)>, limit: u32) -> (Vec<T>, Option<i64>) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
+    (rows.into_iter().map(|(_, item)| item).collect(), next)
+}
+
+fn page_bounds(page: &PageRequest) -> (i64, i64) {
+    (page.before.unwrap_or(i64::MAX), i64::from(page.limit) + 1)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn put_plan(&self, plan: Plan) -> Result<bool> {
+        let client = self.client().await?;
+        // `xmax = 0` holds for a row this statement inserted, not for one it updated.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO plans (name, features, max_domains, max_machines, duration_days, offline_grace_days) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET features = excluded.features, \
+                 max_domains = excluded.max_domains, max_machines = excluded.max_machines, \
+                 duration_days = excluded.duration_days, offline_grace_days = excluded.offline_grace_days \
+                 RETURNING xmax = 0",
+            )
+            .await?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &plan.name,
+                    &Json(&plan.features),
+                    &plan.max_domains.map(i64::from),
+                    &plan.max_machines.map(i64::from),
+                    &plan.duration_days.map(i64::from),
+                    &i64::from(plan.offline_grace_days),
+                ],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn get_plan(&self, name: String) -> Result<Plan> {
+        let client = self.client().await?;
+        load_plan(&client, &name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                code: "PLAN_NOT_FOUND",
+                message: format!("no plan named {name:?}"),
+            })
+    }
+
+    async fn list_plans(&self) -> Result<Vec<Plan>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {PLAN_COLUMNS} FROM plans ORDER BY name"))
+            .await?;
+        client
+            .query(&stmt, &[])
+            .await?
+            .iter()
+            .map(plan_from_row)
+            .collect()
+    }
+
+    async fn delete_plan(&self, name: String) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Locking the plan first waits for licenses being created on it;
+        // the next statement then sees them.
+        let lock = tx
+            .prepare_cached("SELECT 1 FROM plans WHERE name = $1 FOR UPDATE")
+            .await?;
+        if tx.query_opt(&lock, &[&name]).await?.is_none() {
+            return Err(StoreError::NotFound {
+                code: "PLAN_NOT_FOUND",
+                message: format!("no plan named {name:?}"),
+            });
+        }
+        let in_use = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM licenses WHERE plan = $1)")
+            .await?;
+        if tx.query_one(&in_use, &[&name]).await?.try_get(0)? {
+            return Err(StoreError::Conflict {
+                code: "PLAN_IN_USE",
+                message: format!(
+                    "plan {name:?} still has licenses; move them to another plan first"
+                ),
+            });
+        }
+        let delete = tx
+            .prepare_cached("DELETE FROM plans WHERE name = $1")
+            .await?;
+        tx.execute(&delete, &[&name]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_license(&self, new: NewLicense, now: DateTime<Utc>) -> Result<License> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let license = insert_license(&tx, &new, now).await?;
+        tx.commit().await?;
+        Ok(license)
+    }
+
+    async fn get_license(&self, id: String) -> Result<License> {
+        let client = self.client().await?;
+        load_license(&client, &id).await.map(|(_, l)| l)
+    }
+
+    async fn list_licenses(&self, filter: LicenseFilter, page: PageRequest) -> Result<LicensePage> {
+        let client = self.client().await?;
+        let (before, limit) = page_bounds(&page);
+        let mut sql = format!("{LICENSE_SELECT} WHERE l.seq < $1");
+        let mut args: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("l.status", filter.status.map(|s| s.as_str().to_owned())),
+            ("l.plan", filter.plan),
+            ("lower(l.customer_email)", filter.customer_email),
+            ("l.key", filter.key),
+        ] {
+            if let Some(value) = value {
+                args.push(value);
+                let arg = if column.starts_with("lower(") {
+                    format!("lower(${})", args.len() + 2)
+                } else {
+                    format!("${}", args.len() + 2)
+                };
+                sql.push_str(&format!(" AND {column} = {arg}"));
+            }
+        }
+        sql.push_str(" ORDER BY l.seq DESC LIMIT $2");
+        let mut bound: Vec<Param<'_>> = vec![&before, &limit];
+        bound.extend(args.iter().map(|a| a as Param<'_>));
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client
+            .query(&stmt, &bound)
+            .await?
+            .iter()
+            .map(license_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(rows, page.limit))
+    }
+
+    async fn update_license(
+        &self,
+        id: String,
+        patch: LicensePatch,
+        now: DateTime<Utc>,
+    ) -> Result<License> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let license = update_in(&tx, &id, patch, now).await?;
+        tx.commit().await?;
+        Ok(license)
+    }
+
+    async fn revoke_license(&self, id: String, now: DateTime<Utc>) -> Result<License> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if lock_license(&tx, "id", &id).await?.is_none() {
+            return Err(StoreError::license_not_found(&id));
+        }
+        let (seq, mut license) = load_license(&tx, &id).await?;
+        if license.status == Status::Revoked {
+            return Ok(license);
+        }
+        license.status = Status::Revoked;
+        license.updated_at = now;
+        write_license_fields(&tx, seq, &license).await?;
+        record_event(&tx, EventType::Revoked, &license, now).await?;
+        tx.commit().await?;
+        Ok(license)
+    }
+
+    async fn free_domain(&self, id: String, domain: String, now: DateTime<Utc>) -> Result<License> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let license = free_seat(&tx, &id, "license_domains", "domain", &domain, now).await?;
+        tx.commit().await?;
+        Ok(license)
+    }
+
+    async fn free_machine(
+        &self,
+        id: String,
+        fingerprint: String,
+        now: DateTime<Utc>,
+    ) -> Result<License> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let license = free_seat(
+            &tx,
+            &id,
+            "license_machines",
+            "fingerprint",
+            &fingerprint,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(license)
+    }
+
+    async fn usage(&self, id: String, page: PageRequest) -> Result<UsagePage> {
+        let client = self.client().await?;
+        let seq_of = client
+            .prepare_cached("SELECT seq FROM licenses WHERE id = $1")
+            .await?;
+        let seq: i64 = match client.query_opt(&seq_of, &[&id]).await? {
+            Some(row) => row.try_get(0)?,
+            None => return Err(StoreError::license_not_found(&id)),
+        };
+        let (before, limit) = page_bounds(&page);
+        let records = async {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT seq, at, code, domain, fingerprint, ip, user_agent, country FROM usage \
+                     WHERE license_seq = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                )
+                .await?;
+            let rows = client.query(&stmt, &[&seq, &before, &limit]).await?;
+            rows.iter()
+                .map(|r| {
+                    let code: &str = r.try_get(2)?;
+                    Ok((
+                        r.try_get(0)?,
+                        UsageRecord {
+                            at: from_unix(r.try_get(1)?),
+                            code: Code::parse(code).unwrap_or(Code::BadRequest),
+                            domain: r.try_get(3)?,
+                            fingerprint: r.try_get(4)?,
+                            ip: r.try_get(5)?,
+                            user_agent: r.try_get(6)?,
+                            country: r.try_get(7)?,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<(i64, UsageRecord)>>>()
+        };
+        let by_code = async {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT code, count(*) FROM usage WHERE license_seq = $1 GROUP BY code",
+                )
+                .await?;
+            Ok::<_, StoreError>(client.query(&stmt, &[&seq]).await?)
+        };
+        let by_domain = async {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT domain, count(*) FROM usage WHERE license_seq = $1 AND domain IS NOT NULL GROUP BY domain",
+                )
+                .await?;
+            Ok::<_, StoreError>(client.query(&stmt, &[&seq]).await?)
+        };
+        let (records, by_code, by_domain) = tokio::try_join!(records, by_code, by_domain)?;
+        let mut totals = UsageTotals::default();
+        for row in by_code {
+            let (code, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            totals.validations += n as u64;
+            if code == Code::Valid.as_str() {
+                totals.valid += n as u64;
+            }
+            totals.by_code.insert(code, n as u64);
+        }
+        for row in by_domain {
+            let (domain, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            totals.domains.insert(domain, n as u64);
+        }
+        let (records, next_before) = page_of(records, page.limit);
+        Ok(UsagePage {
+            records,
+            next_before,
+            totals,
+        })
+    }
+
+    async fn validate(&self, input: ValidationInput) -> Result<ValidationOutcome> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let outcome = validate_in(&tx, &input).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn deactivate(
+        &self,
+        key: String,
+        domain: Option<String>,
+        fingerprint: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Deactivated> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(seq) = lock_license(&tx, "key", &key).await? else {
+            return Err(StoreError::NotFound {
+                code: "LICENSE_NOT_FOUND",
+                message: "no license has this key".into(),
+            });
+        };
+        let mut out = Deactivated {
+            domain_freed: false,
+            machine_freed: false,
+        };
+        if let Some(domain) = &domain {
+            let stmt = tx
+                .prepare_cached(
+                    "DELETE FROM license_domains WHERE license_seq = $1 AND domain = $2",
+                )
+                .await?;
+            out.domain_freed = tx.execute(&stmt, &[&seq, domain]).await? > 0;
+        }
+        if let Some(fp) = &fingerprint {
+            let stmt = tx
+                .prepare_cached(
+                    "DELETE FROM license_machines WHERE license_seq = $1 AND fingerprint = $2",
+                )
+                .await?;
+            out.machine_freed = tx.execute(&stmt, &[&seq, fp]).await? > 0;
+        }
+        if out.domain_freed || out.machine_freed {
+            touch_license(&tx, seq, now).await?;
+            let license = load_license_seq(&tx, seq).await?;
+            record_event(&tx, EventType::Updated, &license, now).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // SKIP LOCKED: a license another process is expiring (or an admin is
+        // changing) is left to it; the status check runs again on the row it
+        // locks, so no license is expired twice.
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE licenses SET status = 'expired', updated_at = $1 WHERE seq IN ( \
+                 SELECT seq FROM licenses WHERE status = 'active' AND expires_at IS NOT NULL \
+                 AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING seq",
+            )
+            .await?;
+        let rows = tx.query(&stmt, &[&now.timestamp(), &EXPIRE_STEP]).await?;
+        for row in &rows {
+            let license = load_license_seq(&tx, row.try_get(0)?).await?;
+            record_event(&tx, EventType::Expired, &license, now).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    async fn create_webhook(&self, new: NewWebhook, now: DateTime<Utc>) -> Result<Webhook> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "INSERT INTO webhooks (id, url, events, secret, enabled, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {WEBHOOK_COLUMNS}"
+            ))
+            .await?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &ids::webhook_id(),
+                    &new.url,
+                    &Json(event_names(&new.events)),
+                    &new.secret,
+                    &new.enabled,
+                    &now.timestamp(),
+                ],
+            )
+            .await?;
+        let (_, mut webhook) = webhook_from_row(&row)?;
+        webhook.secret = Some(new.secret);
+        Ok(webhook)
+    }
+
+    async fn list_webhooks(&self, page: PageRequest) -> Result<(Vec<Webhook>, Option<i64>)> {
+        let client = self.client().await?;
+        let (before, limit) = page_bounds(&page);
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+            ))
+            .await?;
+        let rows = client
+            .query(&stmt, &[&before, &limit])
+            .await?
+            .iter()
+            .map(webhook_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(rows, page.limit))
+    }
+
+    async fn get_webhook(&self, id: String) -> Result<Webhook> {
+        let client = self.client().await?;
+        load_webhook(&client, &id).await.map(|(_, w)| w)
+    }
+
+    async fn update_webhook(&self, id: String, patch: WebhookPatch) -> Result<Webhook> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE webhooks SET url = coalesce($2, url), events = coalesce($3, events), \
+                 enabled = coalesce($4, enabled) WHERE id = $1 RETURNING {WEBHOOK_COLUMNS}"
+            ))
+            .await?;
+        let events = patch.events.as_deref().map(|e| Json(event_names(e)));
+        match client
+            .query_opt(&stmt, &[&id, &patch.url, &events, &patch.enabled])
+            .await?
+        {
+            Some(row) => webhook_from_row(&row).map(|(_, w)| w),
+            None => Err(webhook_not_found(&id)),
+        }
+    }
+
+    async fn delete_webhook(&self, id: String) -> Result<()> {
+        let client = self.client().await?;
+        // Its deliveries and their attempts go with it (ON DELETE CASCADE).
+        let stmt = client
+            .prepare_cached("DELETE FROM webhooks WHERE id = $1")
+            .await?;
+        if client.execute(&stmt, &[&id]).await? == 0 {
+            return Err(webhook_not_found(&id));
+        }
+        Ok(())
+    }
+
+    async fn delivery_attempts(
+        &self,
+        id: String,
+        page: PageRequest,
+    ) -> Result<(Vec<DeliveryAttempt>, Option<i64>)> {
+        let client = self.client().await?;
+        let (seq, _) = load_webhook(&client, &id).await?;
+        let (before, limit) = page_bounds(&page);
+        let stmt = client
+            .prepare_cached(
+                "SELECT a.seq, e.id, e.type, a.attempt, a.at, a.status_code, a.error, a.duration_ms, d.state \
+                 FROM delivery_attempts a JOIN deliveries d ON d.seq = a.delivery_seq \
+                 JOIN events e ON e.seq = d.event_seq \
+                 WHERE a.webhook_seq = $1 AND a.seq < $2 ORDER BY a.seq DESC LIMIT $3",
+            )
+            .await?;
+        let rows = client
+            .query(&stmt, &[&seq, &before, &limit])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    DeliveryAttempt {
+                        event_id: r.try_get(1)?,
+                        kind: r.try_get(2)?,
+                        attempt: to_u32(r.try_get(3)?)?,
+                        at: from_unix(r.try_get::<_, i64>(4)? / 1000),
+                        status_code: r
+                            .try_get::<_, Option<i64>>(5)?
+                            .and_then(|s| u16::try_from(s).ok()),
+                        error: r.try_get(6)?,
+                        duration_ms: r.try_get::<_, i64>(7)? as u64,
+                        state: r.try_get(8)?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(rows, page.limit))
+    }
+
+    async fn redeliver(&self, id: String, event_id: String, now: DateTime<Utc>) -> Result<()> {
+        let client = self.client().await?;
+        let (seq, _) = load_webhook(&client, &id).await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'pending', first_attempt_ms = NULL, next_attempt_ms = $3, \
+                 locked_until_ms = 0 WHERE webhook_seq = $1 AND state <> 'pending' \
+                 AND event_seq = (SELECT seq FROM events WHERE id = $2)",
+            )
+            .await?;
+        let changed = client
+            .execute(&stmt, &[&seq, &event_id, &now.timestamp_millis()])
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::NotFound {
+                code: "DELIVERY_NOT_FOUND",
+                message: format!("webhook {id} has no finished delivery of event {event_id}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<DeliveryJob>> {
+        let client = self.client().await?;
+        let now_ms = now.timestamp_millis();
+        // One statement: pick the due deliveries that head their (endpoint,
+        // license) queue, skip those another process is claiming right now,
+        // and lease them. A claim that waited re-checks the lease on the row
+        // it locked, so no delivery is handed out twice while leased; a later
+        // one of the same license is not due while an earlier one is pending.
+        let stmt = client
+            .prepare_cached(
+                "WITH due AS ( \
+                   SELECT d.seq FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq \
+                   WHERE d.state = 'pending' AND d.next_attempt_ms <= $1 AND d.locked_until_ms <= $1 \
+                   AND w.enabled AND NOT EXISTS (SELECT 1 FROM deliveries p \
+                       WHERE p.webhook_seq = d.webhook_seq AND p.license_id = d.license_id \
+                       AND p.state = 'pending' AND p.seq < d.seq) \
+                   ORDER BY d.next_attempt_ms, d.seq LIMIT $2 \
+                   FOR UPDATE OF d SKIP LOCKED) \
+                 UPDATE deliveries d SET locked_until_ms = $3 FROM due, webhooks w, events e \
+                 WHERE d.seq = due.seq AND w.seq = d.webhook_seq AND e.seq = d.event_seq \
+                 RETURNING d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data::text, \
+                 d.attempts, d.first_attempt_ms",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &now_ms,
+                    &i64::from(limit),
+                    &(now_ms + lease.num_milliseconds()),
+                ],
+            )
+            .await?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| {
+                Ok(DeliveryJob {
+                    delivery: r.try_get(0)?,
+                    url: r.try_get(1)?,
+                    secret: r.try_get(2)?,
+                    event_id: r.try_get(3)?,
+                    kind: r.try_get(4)?,
+                    created_at: from_unix(r.try_get(5)?),
+                    data: r.try_get(6)?,
+                    attempt: to_u32(r.try_get(7)?)? + 1,
+                    first_attempt_at: r
+                        .try_get::<_, Option<i64>>(8)?
+                        .and_then(DateTime::from_timestamp_millis),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        jobs.sort_by_key(|j| j.delivery);
+        Ok(jobs)
+    }
+
+    async fn finish_delivery(&self, job: DeliveryJob, result: AttemptResult) -> Result<()> {
+        let client = self.client().await?;
+        let at_ms = result.at.timestamp_millis();
+        let (state, next_ms) = match result.next {
+            DeliveryNext::Delivered => ("delivered", at_ms),
+            DeliveryNext::Failed => ("failed", at_ms),
+            DeliveryNext::RetryAt(t) => ("pending", t.timestamp_millis()),
+        };
+        // One statement; a delivery whose endpoint was deleted meanwhile is
+        // gone, and then nothing is written.
+        let stmt = client
+            .prepare_cached(
+                "WITH d AS (UPDATE deliveries SET state = $2, attempts = $3, \
+                 first_attempt_ms = coalesce(first_attempt_ms, $4), next_attempt_ms = $5, \
+                 locked_until_ms = 0 WHERE seq = $1 RETURNING seq, webhook_seq) \
+                 INSERT INTO delivery_attempts (delivery_seq, webhook_seq, attempt, at, status_code, error, duration_ms) \
+                 SELECT d.seq, d.webhook_seq, $3, $4, $6, $7, $8 FROM d",
+            )
+            .await?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &job.delivery,
+                    &state,
+                    &i64::from(job.attempt),
+                    &at_ms,
+                    &next_ms,
+                    &result.status_code.map(i64::from),
+                    &result.error,
+                    &(result.duration_ms as i64),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn admin_token_hash(&self) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT v FROM meta WHERE k = 'admin_token_sha256'")
+            .await?;
+        Ok(client
+            .query_opt(&stmt, &[])
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?)
+    }
+
+    async fn set_admin_token_hash(&self, hash: String) -> Result<()> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO meta (k, v) VALUES ('admin_token_sha256', $1) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            )
+            .await?;
+        client.execute(&stmt, &[&hash]).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_size_is_taken_off_the_url() {
+        let split = |u: &str| split_pool_size(u).unwrap();
+        assert_eq!(split("postgres://h/db"), ("postgres://h/db".into(), None));
+        assert_eq!(
+            split("postgres://h/db?pool_size=4"),
+            ("postgres://h/db".into(), Some(4))
+        );
+        assert_eq!(
+            split("postgres://h/db?sslmode=disable&pool_size=4&application_name=x"),
+            (
+                "postgres://h/db?sslmode=disable&application_name=x".into(),
+                Some(4)
+            )
+        );
+        assert!(split_pool_size("postgres://h/db?pool_size=0").is_err());
+        assert!(split_pool_size("postgres://h/db?pool_size=many").is_err());
+    }
+}
