@@ -1,5 +1,11 @@
 //! Shared helpers for end-to-end tests: a real `keysmith-server` process on
-//! `127.0.0.1:0` with its own data dir, and a small blocking HTTP client.
+//! `127.0.0.1:0` with its own data dir, on SQLite or on PostgreSQL (a fresh
+//! schema of its own), and a small blocking HTTP client.
+//!
+//! Server tests run on both backends through [`on_both_backends!`]; the
+//! PostgreSQL runs need `KEYSMITH_TEST_DATABASE_URL` (e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and are skipped, saying
+//! so, without it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,6 +37,174 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The environment variable naming the PostgreSQL server tests may use.
+pub const DATABASE_ENV: &str = "KEYSMITH_TEST_DATABASE_URL";
+
+/// The storage a test server runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// `<data-dir>/keysmith.db`, the default.
+    #[default]
+    Sqlite,
+    /// A fresh schema on the PostgreSQL that `KEYSMITH_TEST_DATABASE_URL` names.
+    Postgres,
+}
+
+impl Backend {
+    /// Whether tests can run on this backend here; says so when they can't.
+    pub fn available(self) -> bool {
+        match self {
+            Backend::Sqlite => true,
+            Backend::Postgres => {
+                let set = std::env::var_os(DATABASE_ENV).is_some();
+                if !set {
+                    eprintln!("skipped: {DATABASE_ENV} not set");
+                }
+                set
+            }
+        }
+    }
+}
+
+/// Turns test functions `fn name(backend: Backend)` into two tests each,
+/// `sqlite::name` and `postgres::name`. The PostgreSQL one returns at once,
+/// printing `skipped: KEYSMITH_TEST_DATABASE_URL not set`, when that is unset.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Backend::Sqlite)
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if $crate::Backend::Postgres.available() {
+                        super::$name($crate::Backend::Postgres)
+                    }
+                }
+            )+
+        }
+    };
+}
+
+/// A PostgreSQL schema of its own on the server `KEYSMITH_TEST_DATABASE_URL`
+/// names, so tests run in parallel; dropped, with everything in it, when
+/// this is. Several servers given the same [`PgDatabase::url`] share it.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    /// A connection URL whose `search_path` is this schema.
+    url: String,
+}
+
+impl PgDatabase {
+    /// A fresh, empty schema. Panics when `KEYSMITH_TEST_DATABASE_URL` is unset.
+    pub fn create() -> PgDatabase {
+        let admin_url =
+            std::env::var(DATABASE_ENV).unwrap_or_else(|_| panic!("{DATABASE_ENV} is not set"));
+        let name = format!("ks_e2e_{:016x}", rand_u64());
+        pg_execute(&admin_url, &format!("CREATE SCHEMA {name}"));
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        PgDatabase {
+            url: format!("{admin_url}{sep}options=-csearch_path%3D{name}"),
+            admin_url,
+            name,
+        }
+    }
+
+    /// The URL to give servers (`--database`): this schema, and a pool small
+    /// enough for many test servers on one PostgreSQL.
+    pub fn url(&self) -> String {
+        format!("{}&pool_size=8", self.url)
+    }
+
+    /// The first column of each row a query returns, as text.
+    pub fn query_texts(&self, sql: &str, params: &[&str]) -> Vec<String> {
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+        on_own_runtime(async move {
+            let client = pg_client(&url).await;
+            let args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p as _).collect();
+            client
+                .query(&sql, &args)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|row| row.get::<_, String>(0))
+                .collect()
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        );
+        let url = self.admin_url.clone();
+        on_own_runtime(async move {
+            if let Err(e) = pg_client(&url).await.batch_execute(&sql).await {
+                eprintln!("could not drop a test schema: {e}");
+            }
+        });
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Runs a future on a thread and runtime of its own, so that blocking
+/// helpers work from plain tests, async tests and `Drop` alike.
+fn on_own_runtime<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    })
+    .join()
+    .expect("database helper thread")
+}
+
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {DATABASE_ENV}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+fn pg_execute(url: &str, sql: &str) {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    on_own_runtime(async move {
+        pg_client(&url)
+            .await
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}
+
 /// A running server process. Killed (SIGKILL) when dropped.
 pub struct TestServer {
     pub url: String,
@@ -38,7 +212,12 @@ pub struct TestServer {
     child: Option<Child>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    backend: Backend,
+    /// `--database`, when not SQLite in the data dir.
+    database: Option<String>,
     _dir: Option<tempfile::TempDir>,
+    /// The schema this server was given, when it owns one.
+    pg: Option<PgDatabase>,
     http: Client,
 }
 
@@ -49,12 +228,24 @@ pub struct ServerOptions {
     pub envs: Vec<(String, String)>,
     /// Reuse this data dir instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// The storage; PostgreSQL gets a fresh schema unless `database` is set.
+    pub backend: Backend,
+    /// Run on this PostgreSQL URL (e.g. a shared [`PgDatabase::url`]).
+    pub database: Option<String>,
 }
 
 impl TestServer {
     /// A fresh server with an empty data dir.
     pub fn start() -> TestServer {
         TestServer::start_with(ServerOptions::default())
+    }
+
+    /// A fresh server on `backend`, with an empty data dir and database.
+    pub fn start_on(backend: Backend) -> TestServer {
+        TestServer::start_with(ServerOptions {
+            backend,
+            ..Default::default()
+        })
     }
 
     pub fn start_with(options: ServerOptions) -> TestServer {
@@ -66,13 +257,25 @@ impl TestServer {
                 (Some(dir), path)
             }
         };
+        let (backend, pg, database) = match (options.database, options.backend) {
+            (Some(url), _) => (Backend::Postgres, None, Some(url)),
+            (None, Backend::Postgres) => {
+                let pg = PgDatabase::create();
+                let url = pg.url();
+                (Backend::Postgres, Some(pg), Some(url))
+            }
+            (None, Backend::Sqlite) => (Backend::Sqlite, None, None),
+        };
         let mut server = TestServer {
             url: String::new(),
             data_dir,
             child: None,
             args: options.args,
             envs: options.envs,
+            backend,
+            database,
             _dir: dir,
+            pg,
             http: Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -80,6 +283,38 @@ impl TestServer {
         };
         server.spawn();
         server
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The `--database` URL the server runs on (`None`: SQLite in its data dir).
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
+    /// The types of the events recorded for a license, oldest first, read
+    /// from the database itself (either backend).
+    pub fn event_types(&self, license_id: &str) -> Vec<String> {
+        const SQL: &str = "SELECT type FROM events WHERE license_id = $1 ORDER BY seq";
+        match &self.pg {
+            Some(pg) => pg.query_texts(SQL, &[license_id]),
+            None if self.backend == Backend::Postgres => {
+                panic!("event_types needs a server that owns its PostgreSQL schema")
+            }
+            None => {
+                let db = rusqlite::Connection::open(self.data_path("keysmith.db"))
+                    .expect("open keysmith.db");
+                let mut stmt = db.prepare(&SQL.replace("$1", "?1")).expect("prepare");
+                let types = stmt
+                    .query_map([license_id], |r| r.get(0))
+                    .expect("query")
+                    .map(|r| r.expect("row"))
+                    .collect();
+                types
+            }
+        }
     }
 
     fn spawn(&mut self) {
@@ -93,6 +328,7 @@ impl TestServer {
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
+            .args(self.database.iter().flat_map(|url| ["--database", url]))
             .args(&self.args)
             .env("KEYSMITH_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("KEYSMITH_DATABASE")
@@ -164,7 +400,7 @@ impl TestServer {
         }
     }
 
-    /// Starts the server again on the same data dir (a new port).
+    /// Starts the server again on the same data dir and database (a new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
         self.spawn();
@@ -304,7 +540,11 @@ pub mod receiver {
                     std::thread::spawn(move || serve(stream, r, s));
                 }
             });
-            Receiver { url, received, status }
+            Receiver {
+                url,
+                received,
+                status,
+            }
         }
 
         /// A URL that accepts connections and never answers.
@@ -330,18 +570,30 @@ pub mod receiver {
 
         /// Requests answered 2xx so far.
         pub fn delivered(&self) -> Vec<Received> {
-            self.received().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
+            self.received()
+                .into_iter()
+                .filter(|r| (200..300).contains(&r.status))
+                .collect()
         }
 
         /// Waits until `pred` holds for what was received; panics after `timeout`.
-        pub fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        pub fn wait_until(
+            &self,
+            timeout: Duration,
+            what: &str,
+            pred: impl Fn(&[Received]) -> bool,
+        ) -> Vec<Received> {
             let deadline = Instant::now() + timeout;
             loop {
                 let got = self.received();
                 if pred(&got) {
                     return got;
                 }
-                assert!(Instant::now() < deadline, "timed out waiting for {what}; got {} requests", got.len());
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}; got {} requests",
+                    got.len()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -369,13 +621,20 @@ pub mod receiver {
                     headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
                 }
             }
-            let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let mut body = vec![0; len];
             if reader.read_exact(&mut body).is_err() {
                 return;
             }
             let code = status.load(Ordering::SeqCst);
-            received.lock().unwrap().push(Received { headers, body: String::from_utf8_lossy(&body).into_owned(), status: code });
+            received.lock().unwrap().push(Received {
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                status: code,
+            });
             let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
             if writer.write_all(reply.as_bytes()).is_err() {
                 return;

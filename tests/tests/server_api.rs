@@ -1,8 +1,21 @@
 //! The management API end to end: plans, licenses, lists, updates, status
 //! changes, usage, seats, deactivation and the error shape.
 
-use keysmith_tests::{TestServer, ADMIN_TOKEN};
+use keysmith_tests::{Backend, TestServer, ADMIN_TOKEN};
 use serde_json::{json, Value};
+
+keysmith_tests::on_both_backends!(
+    health_and_public_keys,
+    management_routes_need_the_admin_token,
+    plans_are_created_replaced_listed_and_deleted,
+    licenses_take_plan_defaults_and_explicit_values,
+    bad_license_input_is_refused_and_changes_nothing,
+    updates_change_only_what_is_sent_and_status_moves_by_the_rules,
+    lists_filter_and_page_through_every_item_once,
+    usage_history_is_newest_first_paginated_with_totals,
+    seats_are_freed_by_admins_and_by_apps,
+    the_expiry_sweep_marks_licenses_expired_within_its_interval,
+);
 
 fn id(license: &Value) -> String {
     license["id"].as_str().unwrap().to_owned()
@@ -11,31 +24,41 @@ fn id(license: &Value) -> String {
 fn assert_error(answer: &(u16, Value), status: u16, code: &str) {
     assert_eq!(answer.0, status, "{}", answer.1);
     assert_eq!(answer.1["error"]["code"], code, "{}", answer.1);
-    assert!(answer.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(answer.1["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
 }
 
-#[test]
-fn health_and_public_keys() {
-    let server = TestServer::start();
+fn health_and_public_keys(backend: Backend) {
+    let server = TestServer::start_on(backend);
     assert_eq!(server.request("GET", "/healthz", None, None).0, 200);
     let (status, pk) = server.request("GET", "/api/v1/public-key", None, None);
     assert_eq!(status, 200);
-    assert_eq!((pk["algorithm"].as_str(), pk["curve"].as_str()), (Some("EdDSA"), Some("Ed25519")));
+    assert_eq!(
+        (pk["algorithm"].as_str(), pk["curve"].as_str()),
+        (Some("EdDSA"), Some("Ed25519"))
+    );
     assert_eq!(pk["key_id"].as_str().unwrap().len(), 16);
     let (status, jwks) = server.request("GET", "/.well-known/jwks.json", None, None);
     assert_eq!(status, 200);
     let jwk = &jwks["keys"][0];
-    assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
     assert_eq!(jwk["kid"], pk["key_id"]);
     use base64::Engine;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
-    let raw = base64::engine::general_purpose::STANDARD.decode(pk["public_key"].as_str().unwrap()).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(pk["public_key"].as_str().unwrap())
+        .unwrap();
     assert_eq!(x, raw);
 }
 
-#[test]
-fn management_routes_need_the_admin_token() {
-    let server = TestServer::start();
+fn management_routes_need_the_admin_token(backend: Backend) {
+    let server = TestServer::start_on(backend);
     for (method, path) in [
         ("GET", "/api/v1/licenses"),
         ("POST", "/api/v1/licenses"),
@@ -50,15 +73,27 @@ fn management_routes_need_the_admin_token() {
         ("GET", "/api/v1/plans/p"),
         ("DELETE", "/api/v1/plans/p"),
     ] {
-        assert_error(&server.request(method, path, None, Some(&json!({}))), 401, "UNAUTHORIZED");
-        assert_error(&server.request(method, path, Some("wrong-token"), Some(&json!({}))), 401, "UNAUTHORIZED");
+        assert_error(
+            &server.request(method, path, None, Some(&json!({}))),
+            401,
+            "UNAUTHORIZED",
+        );
+        assert_error(
+            &server.request(method, path, Some("wrong-token"), Some(&json!({}))),
+            401,
+            "UNAUTHORIZED",
+        );
     }
-    assert_eq!(server.request("GET", "/api/v1/plans", Some(ADMIN_TOKEN), None).0, 200);
+    assert_eq!(
+        server
+            .request("GET", "/api/v1/plans", Some(ADMIN_TOKEN), None)
+            .0,
+        200
+    );
 }
 
-#[test]
-fn plans_are_created_replaced_listed_and_deleted() {
-    let server = TestServer::start();
+fn plans_are_created_replaced_listed_and_deleted(backend: Backend) {
+    let server = TestServer::start_on(backend);
     let (status, plan) = server.admin(
         "PUT",
         "/plans/pro",
@@ -70,42 +105,96 @@ fn plans_are_created_replaced_listed_and_deleted() {
         json!({"name": "pro", "features": ["sso", "audit-log"], "max_domains": 3, "max_machines": null,
                "duration_days": 365, "offline_grace_days": 7})
     );
-    let (status, plan) = server.admin("PUT", "/plans/pro", Some(json!({"features": ["sso"], "offline_grace_days": 2})));
+    let (status, plan) = server.admin(
+        "PUT",
+        "/plans/pro",
+        Some(json!({"features": ["sso"], "offline_grace_days": 2})),
+    );
     assert_eq!(status, 200);
     assert_eq!(plan["max_domains"], Value::Null, "PUT replaces the plan");
     assert_eq!(server.admin("GET", "/plans/pro", None).1, plan);
     server.plan("basic", json!({"features": []}));
     let (_, list) = server.admin("GET", "/plans", None);
-    let names: Vec<&str> = list["data"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["basic", "pro"]);
     assert_eq!(list["next_cursor"], Value::Null);
 
-    assert_error(&server.admin("PUT", "/plans/x", Some(json!({"max_domains": 1}))), 400, "BAD_REQUEST");
-    assert_error(&server.admin("PUT", "/plans/x", Some(json!({"features": [], "max_domains": -1}))), 400, "BAD_REQUEST");
-    assert_error(&server.admin("PUT", "/plans/x", Some(json!({"features": [""]}))), 422, "INVALID_FEATURES");
-    assert_error(&server.admin("PUT", "/plans/bad%20name", Some(json!({"features": []}))), 400, "BAD_REQUEST");
-    assert_error(&server.admin("GET", "/plans/nope", None), 404, "PLAN_NOT_FOUND");
+    assert_error(
+        &server.admin("PUT", "/plans/x", Some(json!({"max_domains": 1}))),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.admin(
+            "PUT",
+            "/plans/x",
+            Some(json!({"features": [], "max_domains": -1})),
+        ),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.admin("PUT", "/plans/x", Some(json!({"features": [""]}))),
+        422,
+        "INVALID_FEATURES",
+    );
+    assert_error(
+        &server.admin("PUT", "/plans/bad%20name", Some(json!({"features": []}))),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.admin("GET", "/plans/nope", None),
+        404,
+        "PLAN_NOT_FOUND",
+    );
 
     server.license("pro", json!({}));
-    assert_error(&server.admin("DELETE", "/plans/pro", None), 409, "PLAN_IN_USE");
+    assert_error(
+        &server.admin("DELETE", "/plans/pro", None),
+        409,
+        "PLAN_IN_USE",
+    );
     assert_eq!(server.admin("DELETE", "/plans/basic", None).0, 204);
-    assert_error(&server.admin("DELETE", "/plans/basic", None), 404, "PLAN_NOT_FOUND");
+    assert_error(
+        &server.admin("DELETE", "/plans/basic", None),
+        404,
+        "PLAN_NOT_FOUND",
+    );
 }
 
-#[test]
-fn licenses_take_plan_defaults_and_explicit_values() {
-    let server = TestServer::start();
-    server.plan("pro", json!({"features": ["sso"], "max_domains": 3, "max_machines": 2, "duration_days": 30}));
+fn licenses_take_plan_defaults_and_explicit_values(backend: Backend) {
+    let server = TestServer::start_on(backend);
+    server.plan(
+        "pro",
+        json!({"features": ["sso"], "max_domains": 3, "max_machines": 2, "duration_days": 30}),
+    );
     let license = server.license("pro", json!({"metadata": {"order_id": "1042"}}));
     assert!(id(&license).starts_with("lic_"));
     assert!(keysmith_core::LicenseKey::parse(license["key"].as_str().unwrap()).is_ok());
     assert_eq!(license["status"], "active");
-    assert_eq!((license["max_domains"].as_u64(), license["max_machines"].as_u64()), (Some(3), Some(2)));
+    assert_eq!(
+        (
+            license["max_domains"].as_u64(),
+            license["max_machines"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
     assert_eq!(license["metadata"], json!({"order_id": "1042"}));
-    assert_eq!((license["domains"].clone(), license["machines"].clone()), (json!([]), json!([])));
+    assert_eq!(
+        (license["domains"].clone(), license["machines"].clone()),
+        (json!([]), json!([]))
+    );
     assert_eq!(license["validation_count"], 0);
-    let created = chrono::DateTime::parse_from_rfc3339(license["created_at"].as_str().unwrap()).unwrap();
-    let expires = chrono::DateTime::parse_from_rfc3339(license["expires_at"].as_str().unwrap()).unwrap();
+    let created =
+        chrono::DateTime::parse_from_rfc3339(license["created_at"].as_str().unwrap()).unwrap();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(license["expires_at"].as_str().unwrap()).unwrap();
     assert_eq!((expires - created).num_days(), 30);
 
     let explicit = server.license(
@@ -116,27 +205,63 @@ fn licenses_take_plan_defaults_and_explicit_values() {
     assert_eq!(explicit["max_machines"], 9);
     assert_eq!(explicit["expires_at"], Value::Null, "null is perpetual");
     assert_ne!(explicit["key"], license["key"]);
-    assert_eq!(server.admin("GET", &format!("/licenses/{}", id(&explicit)), None).1, explicit);
+    assert_eq!(
+        server
+            .admin("GET", &format!("/licenses/{}", id(&explicit)), None)
+            .1,
+        explicit
+    );
 }
 
-#[test]
-fn bad_license_input_is_refused_and_changes_nothing() {
-    let server = TestServer::start();
+fn bad_license_input_is_refused_and_changes_nothing(backend: Backend) {
+    let server = TestServer::start_on(backend);
     server.plan("pro", json!({"features": []}));
     let license = server.license("pro", json!({}));
     let path = format!("/licenses/{}", id(&license));
     let create = |body: Value| server.admin("POST", "/licenses", Some(body));
-    assert_error(&create(json!({"plan": "nope", "customer_email": "a@b.co"})), 422, "PLAN_NOT_FOUND");
-    assert_error(&create(json!({"plan": "pro", "customer_email": "not-an-email"})), 422, "INVALID_EMAIL");
+    assert_error(
+        &create(json!({"plan": "nope", "customer_email": "a@b.co"})),
+        422,
+        "PLAN_NOT_FOUND",
+    );
+    assert_error(
+        &create(json!({"plan": "pro", "customer_email": "not-an-email"})),
+        422,
+        "INVALID_EMAIL",
+    );
     assert_error(&create(json!({"plan": "pro"})), 400, "BAD_REQUEST");
-    assert_error(&create(json!({"plan": "pro", "customer_email": "a@b.co", "max_domains": "3"})), 400, "BAD_REQUEST");
-    assert_error(&create(json!({"plan": "pro", "customer_email": "a@b.co", "expires_at": "tomorrow"})), 400, "BAD_REQUEST");
-    assert_error(&create(json!({"plan": "pro", "customer_email": "a@b.co", "metadata": [1]})), 400, "BAD_REQUEST");
-    assert_error(&create(json!({"plan": "pro", "customer_email": "a@b.co", "key": "KS-X"})), 400, "BAD_REQUEST");
+    assert_error(
+        &create(json!({"plan": "pro", "customer_email": "a@b.co", "max_domains": "3"})),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &create(json!({"plan": "pro", "customer_email": "a@b.co", "expires_at": "tomorrow"})),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &create(json!({"plan": "pro", "customer_email": "a@b.co", "metadata": [1]})),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &create(json!({"plan": "pro", "customer_email": "a@b.co", "key": "KS-X"})),
+        400,
+        "BAD_REQUEST",
+    );
     let huge = json!({"plan": "pro", "customer_email": "a@b.co", "metadata": {"blob": "x".repeat(20_000)}});
     assert_error(&create(huge), 422, "METADATA_TOO_LARGE");
-    assert_error(&server.raw("POST", "/api/v1/licenses", b"{\"plan\":".to_vec()), 400, "BAD_REQUEST");
-    assert_error(&server.raw("POST", "/api/v1/licenses", vec![b' '; 200_000]), 413, "PAYLOAD_TOO_LARGE");
+    assert_error(
+        &server.raw("POST", "/api/v1/licenses", b"{\"plan\":".to_vec()),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.raw("POST", "/api/v1/licenses", vec![b' '; 200_000]),
+        413,
+        "PAYLOAD_TOO_LARGE",
+    );
 
     for body in [
         json!({"customer_email": "nope"}),
@@ -150,78 +275,165 @@ fn bad_license_input_is_refused_and_changes_nothing() {
         let answer = server.admin("PUT", &path, Some(body.clone()));
         assert!(matches!(answer.0, 400 | 422), "{body} → {answer:?}");
     }
-    assert_error(&server.raw("PUT", &format!("/api/v1{path}"), b"[".to_vec()), 400, "BAD_REQUEST");
-    assert_eq!(server.admin("GET", &path, None).1, license, "nothing changed");
+    assert_error(
+        &server.raw("PUT", &format!("/api/v1{path}"), b"[".to_vec()),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_eq!(
+        server.admin("GET", &path, None).1,
+        license,
+        "nothing changed"
+    );
     let (_, list) = server.admin("GET", "/licenses", None);
-    assert_eq!(list["data"].as_array().unwrap().len(), 1, "no license was created");
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "no license was created"
+    );
 
-    assert_error(&server.admin("GET", "/licenses/lic_NOPE", None), 404, "LICENSE_NOT_FOUND");
-    assert_error(&server.admin("PUT", "/licenses/lic_NOPE", Some(json!({}))), 404, "LICENSE_NOT_FOUND");
-    assert_error(&server.admin("DELETE", "/licenses/lic_NOPE", None), 404, "LICENSE_NOT_FOUND");
-    assert_error(&server.admin("GET", "/licenses/lic_NOPE/usage", None), 404, "LICENSE_NOT_FOUND");
-    assert_error(&server.request("GET", "/api/v1/nowhere", None, None), 404, "NOT_FOUND");
-    assert_error(&server.request("PATCH", "/api/v1/licenses", Some(ADMIN_TOKEN), None), 405, "METHOD_NOT_ALLOWED");
+    assert_error(
+        &server.admin("GET", "/licenses/lic_NOPE", None),
+        404,
+        "LICENSE_NOT_FOUND",
+    );
+    assert_error(
+        &server.admin("PUT", "/licenses/lic_NOPE", Some(json!({}))),
+        404,
+        "LICENSE_NOT_FOUND",
+    );
+    assert_error(
+        &server.admin("DELETE", "/licenses/lic_NOPE", None),
+        404,
+        "LICENSE_NOT_FOUND",
+    );
+    assert_error(
+        &server.admin("GET", "/licenses/lic_NOPE/usage", None),
+        404,
+        "LICENSE_NOT_FOUND",
+    );
+    assert_error(
+        &server.request("GET", "/api/v1/nowhere", None, None),
+        404,
+        "NOT_FOUND",
+    );
+    assert_error(
+        &server.request("PATCH", "/api/v1/licenses", Some(ADMIN_TOKEN), None),
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
 }
 
-#[test]
-fn updates_change_only_what_is_sent_and_status_moves_by_the_rules() {
-    let server = TestServer::start();
+fn updates_change_only_what_is_sent_and_status_moves_by_the_rules(backend: Backend) {
+    let server = TestServer::start_on(backend);
     server.plan("pro", json!({"features": ["a"]}));
     server.plan("team", json!({"features": ["a", "b"]}));
     let license = server.license("pro", json!({"max_domains": 2, "metadata": {"k": 1}}));
     let path = format!("/licenses/{}", id(&license));
     let key = license["key"].as_str().unwrap().to_owned();
 
-    let (status, updated) = server.admin("PUT", &path, Some(json!({"plan": "team", "max_domains": null})));
+    let (status, updated) = server.admin(
+        "PUT",
+        &path,
+        Some(json!({"plan": "team", "max_domains": null})),
+    );
     assert_eq!(status, 200);
-    assert_eq!((updated["plan"].as_str(), updated["max_domains"].clone()), (Some("team"), Value::Null));
+    assert_eq!(
+        (updated["plan"].as_str(), updated["max_domains"].clone()),
+        (Some("team"), Value::Null)
+    );
     assert_eq!(updated["metadata"], json!({"k": 1}), "fields not sent stay");
     assert_eq!(updated["customer_email"], license["customer_email"]);
     let (_, updated) = server.admin("PUT", &path, Some(json!({"metadata": {"new": true}})));
-    assert_eq!(updated["metadata"], json!({"new": true}), "metadata is replaced");
-    assert_eq!(server.validate(json!({"key": key})).1["license"]["features"], json!(["a", "b"]));
+    assert_eq!(
+        updated["metadata"],
+        json!({"new": true}),
+        "metadata is replaced"
+    );
+    assert_eq!(
+        server.validate(json!({"key": key})).1["license"]["features"],
+        json!(["a", "b"])
+    );
 
     let (_, suspended) = server.admin("PUT", &path, Some(json!({"status": "suspended"})));
     assert_eq!(suspended["status"], "suspended");
-    assert_eq!(server.validate(json!({"key": key})).1["code"], "LICENSE_SUSPENDED");
+    assert_eq!(
+        server.validate(json!({"key": key})).1["code"],
+        "LICENSE_SUSPENDED"
+    );
     let (_, active) = server.admin("PUT", &path, Some(json!({"status": "active"})));
     assert_eq!(active["status"], "active");
     assert_eq!(server.validate(json!({"key": key})).1["code"], "VALID");
 
     // Expiry in the past: validates as expired at once; moving it into the
     // future makes the license active again.
-    let (_, expired) = server.admin("PUT", &path, Some(json!({"expires_at": "2021-01-01T00:00:00Z"})));
+    let (_, expired) = server.admin(
+        "PUT",
+        &path,
+        Some(json!({"expires_at": "2021-01-01T00:00:00Z"})),
+    );
     assert_eq!(expired["status"], "expired");
-    assert_eq!(server.validate(json!({"key": key})).1["code"], "LICENSE_EXPIRED");
-    assert_error(&server.admin("PUT", &path, Some(json!({"status": "active"}))), 409, "LICENSE_EXPIRED");
-    let (_, renewed) = server.admin("PUT", &path, Some(json!({"expires_at": "2099-01-01T00:00:00+02:00"})));
-    assert_eq!((renewed["status"].as_str(), renewed["expires_at"].as_str()), (Some("active"), Some("2098-12-31T22:00:00Z")));
+    assert_eq!(
+        server.validate(json!({"key": key})).1["code"],
+        "LICENSE_EXPIRED"
+    );
+    assert_error(
+        &server.admin("PUT", &path, Some(json!({"status": "active"}))),
+        409,
+        "LICENSE_EXPIRED",
+    );
+    let (_, renewed) = server.admin(
+        "PUT",
+        &path,
+        Some(json!({"expires_at": "2099-01-01T00:00:00+02:00"})),
+    );
+    assert_eq!(
+        (renewed["status"].as_str(), renewed["expires_at"].as_str()),
+        (Some("active"), Some("2098-12-31T22:00:00Z"))
+    );
     assert_eq!(server.validate(json!({"key": key})).1["code"], "VALID");
 
     // Revocation is final and idempotent.
     let (status, revoked) = server.admin("DELETE", &path, None);
     assert_eq!((status, revoked["status"].as_str()), (200, Some("revoked")));
     assert_eq!(server.admin("DELETE", &path, None).1["status"], "revoked");
-    assert_error(&server.admin("PUT", &path, Some(json!({"status": "active"}))), 409, "LICENSE_REVOKED");
-    assert_error(&server.admin("PUT", &path, Some(json!({"status": "suspended"}))), 409, "LICENSE_REVOKED");
+    assert_error(
+        &server.admin("PUT", &path, Some(json!({"status": "active"}))),
+        409,
+        "LICENSE_REVOKED",
+    );
+    assert_error(
+        &server.admin("PUT", &path, Some(json!({"status": "suspended"}))),
+        409,
+        "LICENSE_REVOKED",
+    );
     let (_, still) = server.admin("PUT", &path, Some(json!({"expires_at": null})));
     assert_eq!(still["status"], "revoked", "no update un-revokes");
-    assert_eq!(server.validate(json!({"key": key})).1["code"], "LICENSE_REVOKED");
+    assert_eq!(
+        server.validate(json!({"key": key})).1["code"],
+        "LICENSE_REVOKED"
+    );
     assert_eq!(server.admin("GET", &path, None).1["status"], "revoked");
 }
 
-#[test]
-fn lists_filter_and_page_through_every_item_once() {
-    let server = TestServer::start();
+fn lists_filter_and_page_through_every_item_once(backend: Backend) {
+    let server = TestServer::start_on(backend);
     server.plan("a", json!({"features": []}));
     server.plan("b", json!({"features": []}));
     let mut ids = Vec::new();
     for i in 0..23 {
         let plan = if i % 3 == 0 { "b" } else { "a" };
-        let license = server.license(plan, json!({"customer_email": format!("user{}@example.com", i % 2)}));
+        let license = server.license(
+            plan,
+            json!({"customer_email": format!("user{}@example.com", i % 2)}),
+        );
         ids.push(id(&license));
     }
-    server.admin("PUT", &format!("/licenses/{}", ids[4]), Some(json!({"status": "suspended"})));
+    server.admin(
+        "PUT",
+        &format!("/licenses/{}", ids[4]),
+        Some(json!({"status": "suspended"})),
+    );
 
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -249,26 +461,63 @@ fn lists_filter_and_page_through_every_item_once() {
     expected.reverse();
     assert_eq!(seen, expected, "newest first, each once");
 
-    let count = |q: &str| server.admin("GET", &format!("/licenses?{q}"), None).1["data"].as_array().unwrap().len();
+    let count = |q: &str| {
+        server.admin("GET", &format!("/licenses?{q}"), None).1["data"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
     assert_eq!(count("plan=b&limit=500"), 8);
     assert_eq!(count("status=suspended"), 1);
     assert_eq!(count("customer_email=USER1@example.com&limit=500"), 11);
-    assert_eq!(count("plan=a&customer_email=user0@example.com&limit=500"), 8);
-    let key = server.admin("GET", &format!("/licenses/{}", ids[7]), None).1["key"].as_str().unwrap().to_lowercase();
+    assert_eq!(
+        count("plan=a&customer_email=user0@example.com&limit=500"),
+        8
+    );
+    let key = server
+        .admin("GET", &format!("/licenses/{}", ids[7]), None)
+        .1["key"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
     let (_, by_key) = server.admin("GET", &format!("/licenses?key={key}"), None);
     assert_eq!(by_key["data"][0]["id"], ids[7].as_str());
 
-    assert_error(&server.admin("GET", "/licenses?limit=501", None), 400, "BAD_REQUEST");
-    assert_error(&server.admin("GET", "/licenses?limit=0", None), 400, "BAD_REQUEST");
-    assert_error(&server.admin("GET", "/licenses?limit=ten", None), 400, "BAD_REQUEST");
-    assert_error(&server.admin("GET", "/licenses?cursor=garbage", None), 400, "BAD_CURSOR");
-    assert_error(&server.admin("GET", "/licenses?status=gone", None), 400, "BAD_REQUEST");
-    assert_error(&server.admin("GET", "/licenses?key=KS-1234", None), 400, "KEY_MALFORMED");
+    assert_error(
+        &server.admin("GET", "/licenses?limit=501", None),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.admin("GET", "/licenses?limit=0", None),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.admin("GET", "/licenses?limit=ten", None),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.admin("GET", "/licenses?cursor=garbage", None),
+        400,
+        "BAD_CURSOR",
+    );
+    assert_error(
+        &server.admin("GET", "/licenses?status=gone", None),
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &server.admin("GET", "/licenses?key=KS-1234", None),
+        400,
+        "KEY_MALFORMED",
+    );
 }
 
-#[test]
-fn usage_history_is_newest_first_paginated_with_totals() {
+fn usage_history_is_newest_first_paginated_with_totals(backend: Backend) {
     let server = TestServer::start_with(keysmith_tests::ServerOptions {
+        backend,
         args: vec!["--country-header".into(), "CF-IPCountry".into()],
         ..Default::default()
     });
@@ -276,7 +525,13 @@ fn usage_history_is_newest_first_paginated_with_totals() {
     let license = server.license("p", json!({}));
     let key = license["key"].as_str().unwrap();
     let http = reqwest::blocking::Client::new();
-    for domain in ["a.example", "b.example", "c.example", "a.example", "a.example"] {
+    for domain in [
+        "a.example",
+        "b.example",
+        "c.example",
+        "a.example",
+        "a.example",
+    ] {
         http.post(format!("{}/api/v1/validate", server.url))
             .header("user-agent", "MyApp/1.2")
             .header("CF-IPCountry", "DE")
@@ -289,68 +544,164 @@ fn usage_history_is_newest_first_paginated_with_totals() {
     assert_eq!(status, 200, "{first}");
     let rec = &first["data"][0];
     assert_eq!(rec["code"], "VALID");
-    assert_eq!((rec["domain"].as_str(), rec["fingerprint"].as_str()), (Some("a.example"), Some("fp-1")));
-    assert_eq!((rec["ip"].as_str(), rec["user_agent"].as_str(), rec["country"].as_str()), (Some("127.0.0.1"), Some("MyApp/1.2"), Some("DE")));
+    assert_eq!(
+        (rec["domain"].as_str(), rec["fingerprint"].as_str()),
+        (Some("a.example"), Some("fp-1"))
+    );
+    assert_eq!(
+        (
+            rec["ip"].as_str(),
+            rec["user_agent"].as_str(),
+            rec["country"].as_str()
+        ),
+        (Some("127.0.0.1"), Some("MyApp/1.2"), Some("DE"))
+    );
     assert!(rec["at"].is_string());
     assert_eq!(
         first["totals"],
         json!({"validations": 5, "valid": 4, "by_code": {"VALID": 4, "DOMAIN_LIMIT_REACHED": 1},
                "domains": {"a.example": 3, "b.example": 1, "c.example": 1}})
     );
-    let mut codes: Vec<String> = first["data"].as_array().unwrap().iter().map(|r| r["domain"].as_str().unwrap().to_owned()).collect();
+    let mut codes: Vec<String> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["domain"].as_str().unwrap().to_owned())
+        .collect();
     let mut cursor = first["next_cursor"].as_str().map(str::to_owned);
     while let Some(c) = cursor {
         let (_, page) = server.admin("GET", &format!("{path}?limit=2&cursor={c}"), None);
-        codes.extend(page["data"].as_array().unwrap().iter().map(|r| r["domain"].as_str().unwrap().to_owned()));
+        codes.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["domain"].as_str().unwrap().to_owned()),
+        );
         cursor = page["next_cursor"].as_str().map(str::to_owned);
     }
-    assert_eq!(codes, ["a.example", "a.example", "c.example", "b.example", "a.example"]);
+    assert_eq!(
+        codes,
+        [
+            "a.example",
+            "a.example",
+            "c.example",
+            "b.example",
+            "a.example"
+        ]
+    );
 }
 
-#[test]
-fn seats_are_freed_by_admins_and_by_apps() {
-    let server = TestServer::start();
-    server.plan("p", json!({"features": [], "max_domains": 1, "max_machines": 1}));
+fn seats_are_freed_by_admins_and_by_apps(backend: Backend) {
+    let server = TestServer::start_on(backend);
+    server.plan(
+        "p",
+        json!({"features": [], "max_domains": 1, "max_machines": 1}),
+    );
     let license = server.license("p", json!({}));
     let key = license["key"].as_str().unwrap();
     let lid = id(&license);
-    assert_eq!(server.validate(json!({"key": key, "domain": "one.example", "fingerprint": "m1"})).1["code"], "VALID");
-    assert_eq!(server.validate(json!({"key": key, "domain": "two.example"})).1["code"], "DOMAIN_LIMIT_REACHED");
+    assert_eq!(
+        server
+            .validate(json!({"key": key, "domain": "one.example", "fingerprint": "m1"}))
+            .1["code"],
+        "VALID"
+    );
+    assert_eq!(
+        server
+            .validate(json!({"key": key, "domain": "two.example"}))
+            .1["code"],
+        "DOMAIN_LIMIT_REACHED"
+    );
 
-    let (status, freed) = server.admin("DELETE", &format!("/licenses/{lid}/domains/ONE.example"), None);
+    let (status, freed) = server.admin(
+        "DELETE",
+        &format!("/licenses/{lid}/domains/ONE.example"),
+        None,
+    );
     assert_eq!((status, freed["domains"].clone()), (200, json!([])));
-    assert_error(&server.admin("DELETE", &format!("/licenses/{lid}/domains/one.example"), None), 404, "DOMAIN_NOT_FOUND");
-    assert_error(&server.admin("DELETE", &format!("/licenses/{lid}/domains/bad%20host"), None), 400, "INVALID_DOMAIN");
-    assert_eq!(server.validate(json!({"key": key, "domain": "two.example"})).1["code"], "VALID");
+    assert_error(
+        &server.admin(
+            "DELETE",
+            &format!("/licenses/{lid}/domains/one.example"),
+            None,
+        ),
+        404,
+        "DOMAIN_NOT_FOUND",
+    );
+    assert_error(
+        &server.admin(
+            "DELETE",
+            &format!("/licenses/{lid}/domains/bad%20host"),
+            None,
+        ),
+        400,
+        "INVALID_DOMAIN",
+    );
+    assert_eq!(
+        server
+            .validate(json!({"key": key, "domain": "two.example"}))
+            .1["code"],
+        "VALID"
+    );
 
     let (status, freed) = server.admin("DELETE", &format!("/licenses/{lid}/machines/m1"), None);
     assert_eq!((status, freed["machines"].clone()), (200, json!([])));
-    assert_error(&server.admin("DELETE", &format!("/licenses/{lid}/machines/m1"), None), 404, "MACHINE_NOT_FOUND");
+    assert_error(
+        &server.admin("DELETE", &format!("/licenses/{lid}/machines/m1"), None),
+        404,
+        "MACHINE_NOT_FOUND",
+    );
 
     // The app frees its own seat.
-    assert_eq!(server.validate(json!({"key": key, "fingerprint": "m2"})).1["code"], "VALID");
+    assert_eq!(
+        server.validate(json!({"key": key, "fingerprint": "m2"})).1["code"],
+        "VALID"
+    );
     let deactivate = |body: Value| server.request("POST", "/api/v1/deactivate", None, Some(&body));
-    let (status, answer) = deactivate(json!({"key": key.to_lowercase(), "domain": "two.example", "fingerprint": "m2"}));
-    assert_eq!((status, answer), (200, json!({"domain_freed": true, "machine_freed": true})));
-    assert_eq!(deactivate(json!({"key": key, "domain": "two.example"})).1, json!({"domain_freed": false, "machine_freed": false}));
+    let (status, answer) = deactivate(
+        json!({"key": key.to_lowercase(), "domain": "two.example", "fingerprint": "m2"}),
+    );
+    assert_eq!(
+        (status, answer),
+        (200, json!({"domain_freed": true, "machine_freed": true}))
+    );
+    assert_eq!(
+        deactivate(json!({"key": key, "domain": "two.example"})).1,
+        json!({"domain_freed": false, "machine_freed": false})
+    );
     assert_error(&deactivate(json!({"key": "KS-0000"})), 400, "KEY_MALFORMED");
     assert_error(&deactivate(json!({"key": key})), 400, "BAD_REQUEST");
-    assert_error(&deactivate(json!({"key": key, "domain": "a b"})), 400, "INVALID_DOMAIN");
+    assert_error(
+        &deactivate(json!({"key": key, "domain": "a b"})),
+        400,
+        "INVALID_DOMAIN",
+    );
     let unknown = keysmith_core::LicenseKey::generate("KS").unwrap();
-    assert_error(&deactivate(json!({"key": unknown.as_str(), "domain": "a.example"})), 404, "LICENSE_NOT_FOUND");
+    assert_error(
+        &deactivate(json!({"key": unknown.as_str(), "domain": "a.example"})),
+        404,
+        "LICENSE_NOT_FOUND",
+    );
     let (_, after) = server.admin("GET", &format!("/licenses/{lid}"), None);
-    assert_eq!((after["domains"].clone(), after["machines"].clone()), (json!([]), json!([])));
+    assert_eq!(
+        (after["domains"].clone(), after["machines"].clone()),
+        (json!([]), json!([]))
+    );
 }
 
-#[test]
-fn the_expiry_sweep_marks_licenses_expired_within_its_interval() {
+fn the_expiry_sweep_marks_licenses_expired_within_its_interval(backend: Backend) {
     let server = TestServer::start_with(keysmith_tests::ServerOptions {
+        backend,
         args: vec!["--expiry-interval".into(), "1".into()],
         ..Default::default()
     });
     server.plan("p", json!({"features": []}));
     let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let license = server.license("p", json!({"expires_at": keysmith_core::time::format_rfc3339(soon)}));
+    let license = server.license(
+        "p",
+        json!({"expires_at": keysmith_core::time::format_rfc3339(soon)}),
+    );
     let path = format!("/licenses/{}", id(&license));
     assert_eq!(license["status"], "active");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -359,13 +710,23 @@ fn the_expiry_sweep_marks_licenses_expired_within_its_interval() {
         if now["status"] == "expired" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "still {} after 15 s", now["status"]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} after 15 s",
+            now["status"]
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(server.validate(json!({"key": license["key"]})).1["code"], "LICENSE_EXPIRED");
-    let db = rusqlite::Connection::open(server.data_path("keysmith.db")).unwrap();
-    let expired_events: i64 = db
-        .query_row("SELECT COUNT(*) FROM events WHERE type = 'license.expired' AND license_id = ?1", [id(&license)], |r| r.get(0))
-        .unwrap();
+    assert_eq!(
+        server.validate(json!({"key": license["key"]})).1["code"],
+        "LICENSE_EXPIRED"
+    );
+    // Every sweep after the first finds nothing more to do.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let expired_events = server
+        .event_types(&id(&license))
+        .into_iter()
+        .filter(|t| t == "license.expired")
+        .count();
     assert_eq!(expired_events, 1);
 }

@@ -6,8 +6,15 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use keysmith_core::LicenseKey;
-use keysmith_tests::{ServerOptions, TestServer};
+use keysmith_tests::{Backend, ServerOptions, TestServer};
 use serde_json::{json, Value};
+
+keysmith_tests::on_both_backends!(
+    a_key_guesser_is_cut_off_while_other_clients_keep_their_answers,
+    without_a_trusted_proxy_header_forwarded_for_is_ignored,
+    slow_clients_are_dropped_and_do_not_starve_others,
+    hostile_bodies_get_clear_errors_never_500,
+);
 
 fn validate_as(server: &TestServer, ip: &str, key: &str) -> (u16, Value, Option<String>) {
     let resp = reqwest::blocking::Client::new()
@@ -17,16 +24,26 @@ fn validate_as(server: &TestServer, ip: &str, key: &str) -> (u16, Value, Option<
         .send()
         .unwrap();
     let status = resp.status().as_u16();
-    let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
     (status, resp.json().unwrap(), retry)
 }
 
-#[test]
-fn a_key_guesser_is_cut_off_while_other_clients_keep_their_answers() {
+fn a_key_guesser_is_cut_off_while_other_clients_keep_their_answers(backend: Backend) {
     let server = TestServer::start_with(ServerOptions {
-        args: ["--failed-lookup-limit", "10", "--client-ip-header", "X-Forwarded-For", "--rate-limit", "1000"]
-            .map(String::from)
-            .to_vec(),
+        backend,
+        args: [
+            "--failed-lookup-limit",
+            "10",
+            "--client-ip-header",
+            "X-Forwarded-For",
+            "--rate-limit",
+            "1000",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Default::default()
     });
     server.plan("p", json!({"features": []}));
@@ -36,7 +53,11 @@ fn a_key_guesser_is_cut_off_while_other_clients_keep_their_answers() {
     let mut cut_off_after = None;
     for attempt in 1..=40 {
         let guess = LicenseKey::generate("KS").unwrap();
-        let guess = if attempt % 2 == 0 { guess.as_str().to_owned() } else { guess.as_str().replace('-', "").to_lowercase() + "0" };
+        let guess = if attempt % 2 == 0 {
+            guess.as_str().to_owned()
+        } else {
+            guess.as_str().replace('-', "").to_lowercase() + "0"
+        };
         let (status, answer, retry) = validate_as(&server, "203.0.113.7", &guess);
         if status == 429 {
             assert_eq!(answer["code"], "RATE_LIMITED");
@@ -44,10 +65,19 @@ fn a_key_guesser_is_cut_off_while_other_clients_keep_their_answers() {
             cut_off_after = Some(attempt);
             break;
         }
-        assert!(matches!(answer["code"].as_str(), Some("LICENSE_NOT_FOUND" | "KEY_MALFORMED")), "{answer}");
+        assert!(
+            matches!(
+                answer["code"].as_str(),
+                Some("LICENSE_NOT_FOUND" | "KEY_MALFORMED")
+            ),
+            "{answer}"
+        );
     }
     let cut_off_after = cut_off_after.expect("the guesser is refused");
-    assert!(cut_off_after <= 12, "refused after {cut_off_after} guesses with a budget of 10");
+    assert!(
+        cut_off_after <= 12,
+        "refused after {cut_off_after} guesses with a budget of 10"
+    );
     // Refused everything, even a real key, until the budget refills.
     assert_eq!(validate_as(&server, "203.0.113.7", good_key).0, 429);
     // A well-behaved client on another address is untouched.
@@ -56,27 +86,42 @@ fn a_key_guesser_is_cut_off_while_other_clients_keep_their_answers() {
         assert_eq!((status, answer["code"].as_str()), (200, Some("VALID")));
     }
     // Usage records the proxy-supplied client address.
-    let (_, usage) = server.admin("GET", &format!("/licenses/{}/usage?limit=1", license["id"].as_str().unwrap()), None);
+    let (_, usage) = server.admin(
+        "GET",
+        &format!(
+            "/licenses/{}/usage?limit=1",
+            license["id"].as_str().unwrap()
+        ),
+        None,
+    );
     assert_eq!(usage["data"][0]["ip"], "198.51.100.20");
 }
 
-#[test]
-fn without_a_trusted_proxy_header_forwarded_for_is_ignored() {
+fn without_a_trusted_proxy_header_forwarded_for_is_ignored(backend: Backend) {
     let server = TestServer::start_with(ServerOptions {
+        backend,
         args: ["--failed-lookup-limit", "3"].map(String::from).to_vec(),
         ..Default::default()
     });
     for i in 0..6 {
         // A spoofed header per request does not buy a fresh budget.
-        validate_as(&server, &format!("192.0.2.{i}"), LicenseKey::generate("KS").unwrap().as_str());
+        validate_as(
+            &server,
+            &format!("192.0.2.{i}"),
+            LicenseKey::generate("KS").unwrap().as_str(),
+        );
     }
-    let (status, _, _) = validate_as(&server, "192.0.2.200", LicenseKey::generate("KS").unwrap().as_str());
+    let (status, _, _) = validate_as(
+        &server,
+        "192.0.2.200",
+        LicenseKey::generate("KS").unwrap().as_str(),
+    );
     assert_eq!(status, 429);
 }
 
-#[test]
-fn slow_clients_are_dropped_and_do_not_starve_others() {
+fn slow_clients_are_dropped_and_do_not_starve_others(backend: Backend) {
     let server = TestServer::start_with(ServerOptions {
+        backend,
         args: ["--header-timeout", "1"].map(String::from).to_vec(),
         ..Default::default()
     });
@@ -85,7 +130,8 @@ fn slow_clients_are_dropped_and_do_not_starve_others() {
     let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).unwrap();
-            s.write_all(b"POST /api/v1/validate HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            s.write_all(b"POST /api/v1/validate HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
             s
         })
         .collect();
@@ -93,7 +139,10 @@ fn slow_clients_are_dropped_and_do_not_starve_others() {
     for _ in 0..10 {
         assert_eq!(server.request("GET", "/healthz", None, None).0, 200);
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "healthy clients are served while slow ones stall");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "healthy clients are served while slow ones stall"
+    );
     std::thread::sleep(Duration::from_millis(1800));
     for s in slow.iter_mut() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -109,9 +158,8 @@ fn slow_clients_are_dropped_and_do_not_starve_others() {
     }
 }
 
-#[test]
-fn hostile_bodies_get_clear_errors_never_500() {
-    let server = TestServer::start();
+fn hostile_bodies_get_clear_errors_never_500(backend: Backend) {
+    let server = TestServer::start_on(backend);
     server.plan("p", json!({"features": []}));
     let cases: Vec<Vec<u8>> = vec![
         b"".to_vec(),
@@ -127,11 +175,20 @@ fn hostile_bodies_get_clear_errors_never_500() {
         format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
     ];
     for body in cases {
-        for path in ["/api/v1/validate", "/api/v1/deactivate", "/api/v1/licenses", "/api/v1/plans/p"] {
+        for path in [
+            "/api/v1/validate",
+            "/api/v1/deactivate",
+            "/api/v1/licenses",
+            "/api/v1/plans/p",
+        ] {
             let method = if path.ends_with("/p") { "PUT" } else { "POST" };
             let (status, answer) = server.raw(method, path, body.clone());
             assert!((400..500).contains(&status), "{path} {status} {answer}");
-            let code = if path.ends_with("validate") { &answer["code"] } else { &answer["error"]["code"] };
+            let code = if path.ends_with("validate") {
+                &answer["code"]
+            } else {
+                &answer["error"]["code"]
+            };
             assert!(code.is_string(), "{path}: error shape: {answer}");
         }
     }

@@ -5,18 +5,33 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use keysmith_tests::{ServerOptions, TestServer, ADMIN_TOKEN};
+use keysmith_tests::{Backend, PgDatabase, ServerOptions, TestServer, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
-#[test]
-fn first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after() {
-    let mut server = TestServer::start();
+keysmith_tests::on_both_backends!(
+    first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after,
+    a_shared_signing_key_path_gives_servers_one_public_key,
+    without_an_env_token_one_is_generated_printed_once_and_kept_hashed,
+    sigterm_finishes_in_flight_requests_and_exits_zero,
+    kill_9_keeps_every_acknowledged_write,
+    logs_never_hold_a_key_or_a_token,
+);
+
+fn first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after(backend: Backend) {
+    let mut server = TestServer::start_on(backend);
     let key_path = server.data_path("signing.key");
-    assert!(server.data_path("keysmith.db").exists());
+    // On PostgreSQL the data dir holds the signing key and nothing else.
+    assert_eq!(
+        server.data_path("keysmith.db").exists(),
+        backend == Backend::Sqlite
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let public = server.public_key();
     assert_eq!(server.terminate(), Some(0), "SIGTERM exits 0");
@@ -24,11 +39,11 @@ fn first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after() {
     assert_eq!(server.public_key(), public, "the same key is reused");
 }
 
-#[test]
-fn a_shared_signing_key_path_gives_servers_one_public_key() {
+fn a_shared_signing_key_path_gives_servers_one_public_key(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared.key");
     let opts = ServerOptions {
+        backend,
         envs: vec![("KEYSMITH_SIGNING_KEY".into(), shared.display().to_string())],
         ..Default::default()
     };
@@ -57,14 +72,19 @@ fn a_signing_key_readable_by_others_is_refused() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
-#[test]
-fn without_an_env_token_one_is_generated_printed_once_and_kept_hashed() {
+fn without_an_env_token_one_is_generated_printed_once_and_kept_hashed(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let pg = (backend == Backend::Postgres).then(PgDatabase::create);
+    let database: Vec<String> = pg
+        .iter()
+        .flat_map(|pg| ["--database".to_owned(), pg.url()])
+        .collect();
     let run = || {
         let mut child = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
+            .args(&database)
             .env_remove("KEYSMITH_ADMIN_TOKEN")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -75,7 +95,9 @@ fn without_an_env_token_one_is_generated_printed_once_and_kept_hashed() {
         let mut token = None;
         let url = loop {
             let line = lines.next().unwrap().unwrap();
-            if let Some(t) = line.strip_prefix("Generated admin token (shown once; only its hash is stored): ") {
+            if let Some(t) =
+                line.strip_prefix("Generated admin token (shown once; only its hash is stored): ")
+            {
                 token = Some(t.to_owned());
             }
             if let Some(url) = line.strip_prefix("keysmith-server listening on ") {
@@ -87,27 +109,52 @@ fn without_an_env_token_one_is_generated_printed_once_and_kept_hashed() {
     let (mut first, url, token) = run();
     let token = token.expect("the first start prints a token");
     let http = reqwest::blocking::Client::new();
-    let ok = |url: &str, t: &str| http.get(format!("{url}/api/v1/plans")).bearer_auth(t).send().unwrap().status().as_u16();
+    let ok = |url: &str, t: &str| {
+        http.get(format!("{url}/api/v1/plans"))
+            .bearer_auth(t)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
     assert_eq!(ok(&url, &token), 200);
     assert_eq!(ok(&url, "ksa_wrong"), 401);
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let db = std::fs::read(data.join("keysmith.db")).unwrap();
-    let wal = std::fs::read(data.join("keysmith.db-wal")).unwrap_or_default();
-    let needle = token.as_bytes();
-    assert!(!db.windows(needle.len()).any(|w| w == needle) && !wal.windows(needle.len()).any(|w| w == needle), "token stored in clear");
+    match &pg {
+        None => {
+            let db = std::fs::read(data.join("keysmith.db")).unwrap();
+            let wal = std::fs::read(data.join("keysmith.db-wal")).unwrap_or_default();
+            let needle = token.as_bytes();
+            assert!(
+                !db.windows(needle.len()).any(|w| w == needle)
+                    && !wal.windows(needle.len()).any(|w| w == needle),
+                "token stored in clear"
+            );
+        }
+        Some(pg) => {
+            let holding = pg.query_texts("SELECT k FROM meta WHERE strpos(v, $1) > 0", &[&token]);
+            assert!(holding.is_empty(), "token stored in clear");
+            let hashes = pg.query_texts("SELECT v FROM meta WHERE k = 'admin_token_sha256'", &[]);
+            assert!(hashes.len() == 1 && hashes[0].len() == 64, "{hashes:?}");
+        }
+    }
 
     let (mut second, url, again) = run();
     assert_eq!(again, None, "printed only once");
-    assert_eq!(ok(&url, &token), 200, "the same token works after a restart");
+    assert_eq!(
+        ok(&url, &token),
+        200,
+        "the same token works after a restart"
+    );
     second.kill().unwrap();
     second.wait().unwrap();
 }
 
-#[test]
-fn sigterm_finishes_in_flight_requests_and_exits_zero() {
+fn sigterm_finishes_in_flight_requests_and_exits_zero(backend: Backend) {
     let mut server = TestServer::start_with(ServerOptions {
+        backend,
         args: vec!["--rate-limit".into(), "0".into()],
         ..Default::default()
     });
@@ -119,13 +166,21 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let answered = Arc::new(Mutex::new(0u64));
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (url, key, stop, answered) = (url.clone(), key.clone(), stop.clone(), answered.clone());
+            let (url, key, stop, answered) =
+                (url.clone(), key.clone(), stop.clone(), answered.clone());
             std::thread::spawn(move || {
                 let http = reqwest::blocking::Client::new();
                 while !stop.load(Ordering::Relaxed) {
-                    match http.post(format!("{url}/api/v1/validate")).json(&json!({"key": key})).send() {
+                    match http
+                        .post(format!("{url}/api/v1/validate"))
+                        .json(&json!({"key": key}))
+                        .send()
+                    {
                         Ok(r) if r.status() == 200 => {
-                            if r.json::<Value>().map(|v| v["code"] == "VALID").unwrap_or(false) {
+                            if r.json::<Value>()
+                                .map(|v| v["code"] == "VALID")
+                                .unwrap_or(false)
+                            {
                                 *answered.lock().unwrap() += 1;
                             }
                         }
@@ -144,13 +199,21 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let answered = *answered.lock().unwrap();
     assert!(answered > 0);
     server.restart();
-    let (_, after) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
-    assert_eq!(after["validation_count"].as_u64().unwrap(), answered, "every answered validation was recorded");
+    let (_, after) = server.admin(
+        "GET",
+        &format!("/licenses/{}", license["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(
+        after["validation_count"].as_u64().unwrap(),
+        answered,
+        "every answered validation was recorded"
+    );
 }
 
-#[test]
-fn kill_9_keeps_every_acknowledged_write() {
+fn kill_9_keeps_every_acknowledged_write(backend: Backend) {
     let mut server = TestServer::start_with(ServerOptions {
+        backend,
         args: vec!["--rate-limit".into(), "0".into()],
         ..Default::default()
     });
@@ -187,7 +250,10 @@ fn kill_9_keeps_every_acknowledged_write() {
             let http = reqwest::blocking::Client::new();
             for i in 0.. {
                 let domain = format!("w{w}-{i}.example");
-                let resp = http.post(format!("{url}/api/v1/validate")).json(&json!({"key": key, "domain": domain})).send();
+                let resp = http
+                    .post(format!("{url}/api/v1/validate"))
+                    .json(&json!({"key": key, "domain": domain}))
+                    .send();
                 match resp.ok().and_then(|r| r.json::<Value>().ok()) {
                     Some(v) if v["code"] == "VALID" => seats.lock().unwrap().push(domain),
                     _ => break,
@@ -202,29 +268,57 @@ fn kill_9_keeps_every_acknowledged_write() {
     }
     let created = created.lock().unwrap().clone();
     let seats = seats.lock().unwrap().clone();
-    assert!(created.len() > 10 && seats.len() > 10, "load ran: {} creates, {} seats", created.len(), seats.len());
+    assert!(
+        created.len() > 10 && seats.len() > 10,
+        "load ran: {} creates, {} seats",
+        created.len(),
+        seats.len()
+    );
 
     server.restart();
     for license in &created {
-        let (status, stored) = server.admin("GET", &format!("/licenses/{}", license["id"].as_str().unwrap()), None);
+        let (status, stored) = server.admin(
+            "GET",
+            &format!("/licenses/{}", license["id"].as_str().unwrap()),
+            None,
+        );
         assert_eq!(status, 200, "acknowledged license {} lost", license["id"]);
         assert_eq!(stored["key"], license["key"]);
     }
-    let (_, seed_now) = server.admin("GET", &format!("/licenses/{}", seed["id"].as_str().unwrap()), None);
-    let held: Vec<&str> = seed_now["domains"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    let (_, seed_now) = server.admin(
+        "GET",
+        &format!("/licenses/{}", seed["id"].as_str().unwrap()),
+        None,
+    );
+    let held: Vec<&str> = seed_now["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
     for domain in &seats {
-        assert!(held.contains(&domain.as_str()), "acknowledged seat {domain} lost");
+        assert!(
+            held.contains(&domain.as_str()),
+            "acknowledged seat {domain} lost"
+        );
     }
-    let (_, usage) = server.admin("GET", &format!("/licenses/{}/usage?limit=1", seed["id"].as_str().unwrap()), None);
+    let (_, usage) = server.admin(
+        "GET",
+        &format!("/licenses/{}/usage?limit=1", seed["id"].as_str().unwrap()),
+        None,
+    );
     let recorded = usage["totals"]["validations"].as_u64().unwrap();
-    assert!(recorded >= seats.len() as u64, "{recorded} usage records for {} answers", seats.len());
+    assert!(
+        recorded >= seats.len() as u64,
+        "{recorded} usage records for {} answers",
+        seats.len()
+    );
     assert_eq!(seed_now["validation_count"].as_u64().unwrap(), recorded);
     let _ = http;
 }
 
-#[test]
-fn logs_never_hold_a_key_or_a_token() {
-    let server = TestServer::start();
+fn logs_never_hold_a_key_or_a_token(backend: Backend) {
+    let server = TestServer::start_on(backend);
     server.plan("p", json!({"features": []}));
     let license = server.license("p", json!({}));
     let key = license["key"].as_str().unwrap();
@@ -232,9 +326,17 @@ fn logs_never_hold_a_key_or_a_token() {
     server.admin("GET", &format!("/licenses?key={key}"), None);
     server.request("GET", "/api/v1/licenses", Some("wrong-token-xyz"), None);
     let log = server.log();
-    assert!(log.contains("/api/v1/validate"), "requests are logged: {log}");
+    assert!(
+        log.contains("/api/v1/validate"),
+        "requests are logged: {log}"
+    );
     let body = &key[3..];
-    for secret in [body, answer["token"].as_str().unwrap(), ADMIN_TOKEN, "wrong-token-xyz"] {
+    for secret in [
+        body,
+        answer["token"].as_str().unwrap(),
+        ADMIN_TOKEN,
+        "wrong-token-xyz",
+    ] {
         assert!(!log.contains(secret), "log holds a secret");
     }
 }

@@ -5,10 +5,19 @@
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use keysmith_tests::receiver::{Receiver, Received};
-use keysmith_tests::{ServerOptions, TestServer};
+use keysmith_tests::receiver::{Received, Receiver};
+use keysmith_tests::{Backend, ServerOptions, TestServer};
 use serde_json::{json, Value};
 use sha2::Sha256;
+
+keysmith_tests::on_both_backends!(
+    every_event_type_arrives_in_order_signed_once,
+    a_failing_receiver_gets_the_event_again_and_attempts_are_listed,
+    after_giving_up_an_event_is_failed_and_can_be_redelivered,
+    undelivered_events_go_out_after_a_restart,
+    a_dead_endpoint_does_not_slow_validation,
+    webhook_endpoints_are_managed_and_the_secret_is_shown_once,
+);
 
 const ALL_EVENTS: [&str; 7] = [
     "license.created",
@@ -21,29 +30,48 @@ const ALL_EVENTS: [&str; 7] = [
 ];
 
 /// A server whose retries come fast: first retry after 100–200 ms.
-fn fast_retry_server(extra: &[&str]) -> TestServer {
-    let mut args: Vec<String> = ["--webhook-retry-base-ms", "200", "--webhook-retry-max-ms", "400", "--webhook-timeout", "2"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+fn fast_retry_server(backend: Backend, extra: &[&str]) -> TestServer {
+    let mut args: Vec<String> = [
+        "--webhook-retry-base-ms",
+        "200",
+        "--webhook-retry-max-ms",
+        "400",
+        "--webhook-timeout",
+        "2",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    TestServer::start_with(ServerOptions { args, ..Default::default() })
+    TestServer::start_with(ServerOptions {
+        backend,
+        args,
+        ..Default::default()
+    })
 }
 
 fn register(server: &TestServer, url: &str, events: &[&str]) -> Value {
-    let (status, hook) = server.admin("POST", "/webhooks", Some(json!({"url": url, "events": events})));
+    let (status, hook) = server.admin(
+        "POST",
+        "/webhooks",
+        Some(json!({"url": url, "events": events})),
+    );
     assert_eq!(status, 201, "{hook}");
     hook
 }
 
 /// Checks the `Keysmith-Signature` header the way a receiver would.
 fn verify(secret: &str, r: &Received) -> Value {
-    let header = r.headers.get("keysmith-signature").expect("signature header");
+    let header = r
+        .headers
+        .get("keysmith-signature")
+        .expect("signature header");
     let (t, v1) = header.split_once(",v1=").expect("t=…,v1=…");
     let t = t.strip_prefix("t=").expect("t=");
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.{}", r.body).as_bytes());
-    mac.verify_slice(&hex::decode(v1).expect("hex")).expect("signature verifies");
+    mac.verify_slice(&hex::decode(v1).expect("hex"))
+        .expect("signature verifies");
     let age = chrono::Utc::now().timestamp() - t.parse::<i64>().unwrap();
     assert!((0..60).contains(&age), "fresh timestamp");
     serde_json::from_str(&r.body).expect("JSON body")
@@ -51,8 +79,12 @@ fn verify(secret: &str, r: &Received) -> Value {
 
 /// The Rust snippet of docs/webhooks.md, verbatim.
 fn docs_verify(secret: &str, header: &str, body: &[u8], now: i64) -> bool {
-    let Some((t, sig)) = header.strip_prefix("t=").and_then(|h| h.split_once(",v1=")) else { return false };
-    let (Ok(ts), Ok(sig)) = (t.parse::<i64>(), hex::decode(sig)) else { return false };
+    let Some((t, sig)) = header.strip_prefix("t=").and_then(|h| h.split_once(",v1=")) else {
+        return false;
+    };
+    let (Ok(ts), Ok(sig)) = (t.parse::<i64>(), hex::decode(sig)) else {
+        return false;
+    };
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(t.as_bytes());
     mac.update(b".");
@@ -60,10 +92,9 @@ fn docs_verify(secret: &str, header: &str, body: &[u8], now: i64) -> bool {
     (now - ts).abs() <= 300 && mac.verify_slice(&sig).is_ok() // constant-time compare
 }
 
-#[test]
-fn every_event_type_arrives_in_order_signed_once() {
+fn every_event_type_arrives_in_order_signed_once(backend: Backend) {
     let receiver = Receiver::start();
-    let server = fast_retry_server(&[]);
+    let server = fast_retry_server(backend, &[]);
     let hook = register(&server, &receiver.url, &ALL_EVENTS);
     let secret = hook["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"));
@@ -73,22 +104,41 @@ fn every_event_type_arrives_in_order_signed_once() {
     let license = server.license("p", json!({}));
     let path = format!("/licenses/{}", license["id"].as_str().unwrap());
     for _ in 0..3 {
-        assert_eq!(server.validate(json!({"key": license["key"]})).1["code"], "VALID");
+        assert_eq!(
+            server.validate(json!({"key": license["key"]})).1["code"],
+            "VALID"
+        );
     }
     server.admin("PUT", &path, Some(json!({"plan": "q"})));
     server.admin("PUT", &path, Some(json!({"status": "suspended"})));
     server.admin("PUT", &path, Some(json!({"status": "active"})));
-    server.admin("PUT", &path, Some(json!({"expires_at": "2020-01-01T00:00:00Z"})));
+    server.admin(
+        "PUT",
+        &path,
+        Some(json!({"expires_at": "2020-01-01T00:00:00Z"})),
+    );
     server.admin("DELETE", &path, None);
 
     let got = receiver.wait_until(Duration::from_secs(20), "7 events", |r| r.len() >= 7);
     std::thread::sleep(Duration::from_millis(500));
-    let got = if receiver.received().len() > got.len() { receiver.received() } else { got };
+    let got = if receiver.received().len() > got.len() {
+        receiver.received()
+    } else {
+        got
+    };
     let events: Vec<Value> = got.iter().map(|r| verify(&secret, r)).collect();
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
-        ["license.created", "license.activated", "license.updated", "license.suspended", "license.reinstated", "license.expired", "license.revoked"],
+        [
+            "license.created",
+            "license.activated",
+            "license.updated",
+            "license.suspended",
+            "license.reinstated",
+            "license.expired",
+            "license.revoked"
+        ],
         "each once, in order"
     );
     let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
@@ -99,13 +149,24 @@ fn every_event_type_arrives_in_order_signed_once() {
     assert_eq!(events[0]["data"]["license"]["id"], license["id"]);
     assert_eq!(events[6]["data"]["license"]["status"], "revoked");
     assert_eq!(events[3]["data"]["license"]["status"], "suspended");
-    assert_eq!(got[0].headers.get("keysmith-event-id").map(String::as_str), Some(events[0]["id"].as_str().unwrap()));
+    assert_eq!(
+        got[0].headers.get("keysmith-event-id").map(String::as_str),
+        Some(events[0]["id"].as_str().unwrap())
+    );
 
     let now = chrono::Utc::now().timestamp();
     let header = &got[0].headers["keysmith-signature"];
     assert!(docs_verify(&secret, header, got[0].body.as_bytes(), now));
-    assert!(!docs_verify("whsec_other", header, got[0].body.as_bytes(), now));
-    assert!(!docs_verify(&secret, header, got[0].body.as_bytes(), now + 3600), "stale");
+    assert!(!docs_verify(
+        "whsec_other",
+        header,
+        got[0].body.as_bytes(),
+        now
+    ));
+    assert!(
+        !docs_verify(&secret, header, got[0].body.as_bytes(), now + 3600),
+        "stale"
+    );
 
     // A forged body does not verify.
     let mut forged = got[0].clone();
@@ -113,40 +174,69 @@ fn every_event_type_arrives_in_order_signed_once() {
     assert!(std::panic::catch_unwind(|| verify(&secret, &forged)).is_err());
 }
 
-#[test]
-fn a_failing_receiver_gets_the_event_again_and_attempts_are_listed() {
+fn a_failing_receiver_gets_the_event_again_and_attempts_are_listed(backend: Backend) {
     let receiver = Receiver::start();
     receiver.set_status(500);
-    let server = fast_retry_server(&[]);
-    let hook = register(&server, &receiver.url, &["license.created", "license.updated"]);
+    let server = fast_retry_server(backend, &[]);
+    let hook = register(
+        &server,
+        &receiver.url,
+        &["license.created", "license.updated"],
+    );
     let id = hook["id"].as_str().unwrap();
     server.plan("p", json!({"features": []}));
     let license = server.license("p", json!({}));
-    server.admin("PUT", &format!("/licenses/{}", license["id"].as_str().unwrap()), Some(json!({"metadata": {"a": 1}})));
+    server.admin(
+        "PUT",
+        &format!("/licenses/{}", license["id"].as_str().unwrap()),
+        Some(json!({"metadata": {"a": 1}})),
+    );
 
-    receiver.wait_until(Duration::from_secs(20), "three failed attempts", |r| r.len() >= 3);
+    receiver.wait_until(Duration::from_secs(20), "three failed attempts", |r| {
+        r.len() >= 3
+    });
     receiver.set_status(204);
     let got = receiver.wait_until(Duration::from_secs(20), "both delivered", |r| {
         r.iter().filter(|x| x.status == 204).count() >= 2
     });
     // Per license, in order: the update never overtakes the failing create.
-    let bodies: Vec<Value> = got.iter().map(|r| serde_json::from_str(&r.body).unwrap()).collect();
-    let first_update = bodies.iter().position(|b| b["type"] == "license.updated").unwrap();
-    assert!(got[..first_update].iter().any(|r| r.status == 204), "created was delivered before updated was sent");
-    assert!(bodies[..first_update].iter().all(|b| b["type"] == "license.created"));
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let first_update = bodies
+        .iter()
+        .position(|b| b["type"] == "license.updated")
+        .unwrap();
+    assert!(
+        got[..first_update].iter().any(|r| r.status == 204),
+        "created was delivered before updated was sent"
+    );
+    assert!(bodies[..first_update]
+        .iter()
+        .all(|b| b["type"] == "license.created"));
 
     std::thread::sleep(Duration::from_millis(300));
-    let (status, deliveries) = server.admin("GET", &format!("/webhooks/{id}/deliveries?limit=500"), None);
+    let (status, deliveries) =
+        server.admin("GET", &format!("/webhooks/{id}/deliveries?limit=500"), None);
     assert_eq!(status, 200);
     let attempts = deliveries["data"].as_array().unwrap();
-    let failed: Vec<&Value> = attempts.iter().filter(|a| a["status_code"] == 500).collect();
+    let failed: Vec<&Value> = attempts
+        .iter()
+        .filter(|a| a["status_code"] == 500)
+        .collect();
     assert!(failed.len() >= 3, "{deliveries}");
     let a = failed[0];
     assert_eq!(a["type"], "license.created");
     assert!(a["event_id"].as_str().unwrap().starts_with("evt_"));
-    assert!(a["attempt"].as_u64().unwrap() >= 1 && a["at"].is_string() && a["duration_ms"].is_u64());
+    assert!(
+        a["attempt"].as_u64().unwrap() >= 1 && a["at"].is_string() && a["duration_ms"].is_u64()
+    );
     assert!(a["error"].is_null());
-    let ok: Vec<&Value> = attempts.iter().filter(|a| a["status_code"] == 204).collect();
+    let ok: Vec<&Value> = attempts
+        .iter()
+        .filter(|a| a["status_code"] == 204)
+        .collect();
     assert_eq!(ok.len(), 2);
     assert!(ok.iter().all(|a| a["state"] == "delivered"));
     let created_attempts: Vec<u64> = attempts
@@ -154,14 +244,17 @@ fn a_failing_receiver_gets_the_event_again_and_attempts_are_listed() {
         .filter(|a| a["type"] == "license.created")
         .map(|a| a["attempt"].as_u64().unwrap())
         .collect();
-    assert_eq!(created_attempts[0] as usize, created_attempts.len(), "attempts count up, newest first");
+    assert_eq!(
+        created_attempts[0] as usize,
+        created_attempts.len(),
+        "attempts count up, newest first"
+    );
 }
 
-#[test]
-fn after_giving_up_an_event_is_failed_and_can_be_redelivered() {
+fn after_giving_up_an_event_is_failed_and_can_be_redelivered(backend: Backend) {
     let receiver = Receiver::start();
     receiver.set_status(503);
-    let server = fast_retry_server(&["--webhook-give-up", "1"]);
+    let server = fast_retry_server(backend, &["--webhook-give-up", "1"]);
     let hook = register(&server, &receiver.url, &["license.created"]);
     let id = hook["id"].as_str().unwrap();
     server.plan("p", json!({"features": []}));
@@ -180,34 +273,61 @@ fn after_giving_up_an_event_is_failed_and_can_be_redelivered() {
     assert_eq!(receiver.received().len(), tries, "no attempts after failed");
 
     receiver.set_status(200);
-    let (status, _) = server.admin("POST", &format!("/webhooks/{id}/deliveries/{event_id}/redeliver"), None);
+    let (status, _) = server.admin(
+        "POST",
+        &format!("/webhooks/{id}/deliveries/{event_id}/redeliver"),
+        None,
+    );
     assert_eq!(status, 202);
-    receiver.wait_until(Duration::from_secs(10), "redelivery", |r| r.iter().any(|x| x.status == 200));
-    let (status, body) = server.admin("POST", &format!("/webhooks/{id}/deliveries/evt_NOPE/redeliver"), None);
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("DELIVERY_NOT_FOUND")));
+    receiver.wait_until(Duration::from_secs(10), "redelivery", |r| {
+        r.iter().any(|x| x.status == 200)
+    });
+    let (status, body) = server.admin(
+        "POST",
+        &format!("/webhooks/{id}/deliveries/evt_NOPE/redeliver"),
+        None,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("DELIVERY_NOT_FOUND"))
+    );
 }
 
-#[test]
-fn undelivered_events_go_out_after_a_restart() {
+fn undelivered_events_go_out_after_a_restart(backend: Backend) {
     let receiver = Receiver::start();
     receiver.set_status(503);
-    let mut server = fast_retry_server(&[]);
+    let mut server = fast_retry_server(backend, &[]);
     let hook = register(&server, &receiver.url, &["license.created"]);
     server.plan("p", json!({"features": []}));
-    let licenses: Vec<String> =
-        (0..5).map(|_| server.license("p", json!({}))["id"].as_str().unwrap().to_owned()).collect();
-    receiver.wait_until(Duration::from_secs(10), "a first attempt", |r| !r.is_empty());
+    let licenses: Vec<String> = (0..5)
+        .map(|_| {
+            server.license("p", json!({}))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    receiver.wait_until(Duration::from_secs(10), "a first attempt", |r| {
+        !r.is_empty()
+    });
     server.kill9();
     receiver.set_status(200);
     server.restart();
-    let got = receiver.wait_until(Duration::from_secs(20), "5 deliveries", |r| {
+    // A delivery that was in flight when the process died stays leased to
+    // it for the attempt timeout (2 s here) + 30 s; then it goes out again.
+    let got = receiver.wait_until(Duration::from_secs(2 + 30 + 15), "5 deliveries", |r| {
         r.iter().filter(|x| x.status == 200).count() >= 5
     });
     let secret = hook["secret"].as_str().unwrap();
     let mut delivered: Vec<String> = got
         .iter()
         .filter(|r| r.status == 200)
-        .map(|r| verify(secret, r)["data"]["license"]["id"].as_str().unwrap().to_owned())
+        .map(|r| {
+            verify(secret, r)["data"]["license"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     delivered.sort();
     delivered.dedup();
@@ -216,15 +336,18 @@ fn undelivered_events_go_out_after_a_restart() {
     assert_eq!(delivered, expected);
 }
 
-#[test]
-fn a_dead_endpoint_does_not_slow_validation() {
+fn a_dead_endpoint_does_not_slow_validation(backend: Backend) {
     fn median_validation_ms(server: &TestServer, keys: &[String]) -> f64 {
         let http = reqwest::blocking::Client::new();
         let mut times: Vec<f64> = keys
             .iter()
             .map(|key| {
                 let start = Instant::now();
-                let resp = http.post(format!("{}/api/v1/validate", server.url)).json(&json!({"key": key})).send().unwrap();
+                let resp = http
+                    .post(format!("{}/api/v1/validate", server.url))
+                    .json(&json!({"key": key}))
+                    .send()
+                    .unwrap();
                 assert_eq!(resp.status(), 200);
                 start.elapsed().as_secs_f64() * 1000.0
             })
@@ -234,11 +357,19 @@ fn a_dead_endpoint_does_not_slow_validation() {
     }
     let setup = |server: &TestServer| -> Vec<String> {
         server.plan("p", json!({"features": []}));
-        (0..40).map(|_| server.license("p", json!({}))["key"].as_str().unwrap().to_owned()).collect()
+        (0..40)
+            .map(|_| {
+                server.license("p", json!({}))["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
     };
-    let quiet = TestServer::start();
+    let quiet = TestServer::start_on(backend);
     let quiet_keys = setup(&quiet);
     let busy = TestServer::start_with(ServerOptions {
+        backend,
         args: vec!["--webhook-timeout".into(), "30".into()],
         ..Default::default()
     });
@@ -259,48 +390,97 @@ fn a_dead_endpoint_does_not_slow_validation() {
     );
 }
 
-#[test]
-fn webhook_endpoints_are_managed_and_the_secret_is_shown_once() {
+fn webhook_endpoints_are_managed_and_the_secret_is_shown_once(backend: Backend) {
     let receiver = Receiver::start();
-    let server = fast_retry_server(&[]);
-    let hook = register(&server, &receiver.url, &["license.created", "license.created"]);
+    let server = fast_retry_server(backend, &[]);
+    let hook = register(
+        &server,
+        &receiver.url,
+        &["license.created", "license.created"],
+    );
     let id = hook["id"].as_str().unwrap();
     assert!(id.starts_with("wh_"));
     assert_eq!(hook["events"], json!(["license.created"]));
     assert_eq!(hook["enabled"], true);
     let (_, got) = server.admin("GET", &format!("/webhooks/{id}"), None);
-    assert!(got.get("secret").is_none(), "secret shown only at creation: {got}");
+    assert!(
+        got.get("secret").is_none(),
+        "secret shown only at creation: {got}"
+    );
     let (_, list) = server.admin("GET", "/webhooks", None);
     assert_eq!(list["data"][0]["id"], id);
     assert!(list["data"][0].get("secret").is_none());
 
     for (body, code) in [
-        (json!({"url": "ftp://example.com", "events": ["license.created"]}), "INVALID_URL"),
-        (json!({"url": "not a url", "events": ["license.created"]}), "INVALID_URL"),
-        (json!({"url": "http://example.com", "events": []}), "INVALID_EVENTS"),
-        (json!({"url": "http://example.com", "events": ["license.exploded"]}), "INVALID_EVENTS"),
+        (
+            json!({"url": "ftp://example.com", "events": ["license.created"]}),
+            "INVALID_URL",
+        ),
+        (
+            json!({"url": "not a url", "events": ["license.created"]}),
+            "INVALID_URL",
+        ),
+        (
+            json!({"url": "http://example.com", "events": []}),
+            "INVALID_EVENTS",
+        ),
+        (
+            json!({"url": "http://example.com", "events": ["license.exploded"]}),
+            "INVALID_EVENTS",
+        ),
     ] {
         let (status, err) = server.admin("POST", "/webhooks", Some(body));
         assert_eq!((status, err["error"]["code"].as_str()), (422, Some(code)));
     }
-    assert_eq!(server.admin("POST", "/webhooks", Some(json!({"url": "http://x.example"}))).0, 400);
+    assert_eq!(
+        server
+            .admin(
+                "POST",
+                "/webhooks",
+                Some(json!({"url": "http://x.example"}))
+            )
+            .0,
+        400
+    );
 
     // Disabled: events wait; enabled again: they go out.
-    let (_, off) = server.admin("PUT", &format!("/webhooks/{id}"), Some(json!({"enabled": false})));
+    let (_, off) = server.admin(
+        "PUT",
+        &format!("/webhooks/{id}"),
+        Some(json!({"enabled": false})),
+    );
     assert_eq!(off["enabled"], false);
     server.plan("p", json!({"features": []}));
     server.license("p", json!({}));
     std::thread::sleep(Duration::from_millis(600));
-    assert!(receiver.received().is_empty(), "a disabled endpoint gets nothing");
-    server.admin("PUT", &format!("/webhooks/{id}"), Some(json!({"enabled": true})));
+    assert!(
+        receiver.received().is_empty(),
+        "a disabled endpoint gets nothing"
+    );
+    server.admin(
+        "PUT",
+        &format!("/webhooks/{id}"),
+        Some(json!({"enabled": true})),
+    );
     std::thread::sleep(Duration::from_millis(300));
     // Events raised while disabled are not queued for it.
     let before = receiver.received().len();
     server.license("p", json!({}));
     receiver.wait_until(Duration::from_secs(10), "a delivery", |r| r.len() > before);
 
-    assert_eq!(server.admin("DELETE", &format!("/webhooks/{id}"), None).0, 204);
+    assert_eq!(
+        server.admin("DELETE", &format!("/webhooks/{id}"), None).0,
+        204
+    );
     let (status, err) = server.admin("GET", &format!("/webhooks/{id}"), None);
-    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("WEBHOOK_NOT_FOUND")));
-    assert_eq!(server.admin("GET", &format!("/webhooks/{id}/deliveries"), None).0, 404);
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("WEBHOOK_NOT_FOUND"))
+    );
+    assert_eq!(
+        server
+            .admin("GET", &format!("/webhooks/{id}/deliveries"), None)
+            .0,
+        404
+    );
 }

@@ -1,0 +1,293 @@
+//! Scale-out (SPEC §10): several `keysmith-server` processes on one
+//! PostgreSQL and one signing key answer as one server — seat limits,
+//! counters, first activation, webhook delivery and the expiry sweep stay
+//! correct across them, with nothing coordinated in memory.
+//!
+//! PostgreSQL only: skipped, saying so, unless `KEYSMITH_TEST_DATABASE_URL` is set.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use keysmith_core::token::KeySet;
+use keysmith_tests::receiver::Receiver;
+use keysmith_tests::{Backend, PgDatabase, ServerOptions, TestServer};
+use serde_json::{json, Value};
+
+const ALL_EVENTS: [&str; 7] = [
+    "license.created",
+    "license.activated",
+    "license.updated",
+    "license.suspended",
+    "license.reinstated",
+    "license.expired",
+    "license.revoked",
+];
+
+fn options(db: &PgDatabase, signing_key: &std::path::Path) -> ServerOptions {
+    ServerOptions {
+        database: Some(db.url()),
+        args: [
+            "--signing-key",
+            &signing_key.display().to_string(),
+            "--rate-limit",
+            "0",
+            "--expiry-interval",
+            "1",
+            "--webhook-retry-base-ms",
+            "200",
+            "--webhook-retry-max-ms",
+            "400",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A signing key file as the server writes it: base64 of a 32-byte seed, mode 0600.
+fn write_signing_key(path: &std::path::Path) {
+    use base64::Engine;
+    let seed: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    std::fs::write(
+        path,
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(seed)
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn three_servers_on_one_database_act_as_one() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    write_signing_key(&key_path);
+    let receiver = Receiver::start();
+    let servers: Vec<TestServer> = (0..3)
+        .map(|_| TestServer::start_with(options(&db, &key_path)))
+        .collect();
+    let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+
+    // One public key: tokens from any process verify with it.
+    let public = a.public_key();
+    assert!(servers.iter().all(|s| s.public_key() == public));
+    let keys = KeySet::from_base64_list(&public).unwrap();
+
+    // Whatever one server writes, the others see.
+    let (status, hook) = a.admin(
+        "POST",
+        "/webhooks",
+        Some(json!({"url": receiver.url, "events": ALL_EVENTS})),
+    );
+    assert_eq!(status, 201, "{hook}");
+    b.plan("five", json!({"features": ["sso"], "max_domains": 5}));
+    let license = c.license("five", json!({}));
+    let key = license["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        a.admin("GET", &format!("/licenses/{}", id(&license)), None)
+            .1,
+        license
+    );
+
+    // 60 validations of distinct domains at once, spread over the servers.
+    let servers = Arc::new(servers);
+    let barrier = Arc::new(Barrier::new(60));
+    let handles: Vec<_> = (0..60)
+        .map(|i| {
+            let (servers, key, barrier) = (servers.clone(), key.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let domain = format!("d{i}.example");
+                barrier.wait();
+                let (status, answer) =
+                    servers[i % 3].validate(json!({"key": key, "domain": domain}));
+                (status, domain, answer)
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String, Value)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+    assert!(
+        answers.iter().all(|(status, _, _)| *status == 200),
+        "every request answered"
+    );
+    let codes: Vec<&str> = answers
+        .iter()
+        .map(|(_, _, v)| v["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == "VALID").count(),
+        5,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == "DOMAIN_LIMIT_REACHED")
+            .count(),
+        55
+    );
+    for (_, domain, answer) in &answers {
+        let claims = keys
+            .verify(answer["token"].as_str().unwrap())
+            .expect("token verifies");
+        assert_eq!(claims.domain.as_deref(), Some(domain.as_str()));
+        assert_eq!(claims.code.as_str(), answer["code"].as_str().unwrap());
+    }
+    let (_, after) = b.admin("GET", &format!("/licenses/{}", id(&license)), None);
+    assert_eq!(after["domains"].as_array().unwrap().len(), 5, "{after}");
+    assert_eq!(
+        after["validation_count"], 60,
+        "one count per answered request"
+    );
+    let (_, usage) = c.admin(
+        "GET",
+        &format!("/licenses/{}/usage?limit=1", id(&license)),
+        None,
+    );
+    assert_eq!(usage["totals"]["validations"], 60);
+    assert_eq!(usage["totals"]["valid"], 5);
+
+    // Many events from all servers at once: created everywhere, then status
+    // changes through different servers.
+    let created: Vec<Value> = std::thread::scope(|scope| {
+        let makers: Vec<_> = (0..3)
+            .map(|s| {
+                let server = &servers[s];
+                scope.spawn(move || {
+                    (0..8)
+                        .map(|_| server.license("five", json!({})))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        makers.into_iter().flat_map(|m| m.join().unwrap()).collect()
+    });
+    for (i, l) in created.iter().enumerate().take(6) {
+        let path = format!("/licenses/{}", id(l));
+        servers[i % 3].admin("PUT", &path, Some(json!({"status": "suspended"})));
+        servers[(i + 1) % 3].admin("PUT", &path, Some(json!({"status": "active"})));
+        servers[(i + 2) % 3].admin("PUT", &path, Some(json!({"metadata": {"step": i}})));
+    }
+
+    // The expiry sweep runs in every process; the license expires once.
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let expiring = a.license(
+        "five",
+        json!({"expires_at": keysmith_core::time::format_rfc3339(soon)}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b
+        .admin("GET", &format!("/licenses/{}", id(&expiring)), None)
+        .1["status"]
+        != "expired"
+    {
+        assert!(Instant::now() < deadline, "never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let expired = db.query_texts(
+        "SELECT id FROM events WHERE type = 'license.expired' AND license_id = $1",
+        &[&id(&expiring)],
+    );
+    assert_eq!(expired.len(), 1, "license.expired fired once");
+
+    // Each event delivered exactly once, in order per license.
+    let recorded = db.query_texts("SELECT id FROM events ORDER BY seq", &[]);
+    let want: HashSet<String> = recorded.iter().cloned().collect();
+    assert_eq!(want.len(), 2 + 24 + 6 * 3 + 2, "events recorded");
+    receiver.wait_until(Duration::from_secs(30), "every event delivered", |got| {
+        let ids: HashSet<String> = got
+            .iter()
+            .map(|r| r.headers["keysmith-event-id"].clone())
+            .collect();
+        ids.is_superset(&want)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let got = receiver.delivered();
+    let mut seen = HashSet::new();
+    for r in &got {
+        assert!(
+            seen.insert(r.headers["keysmith-event-id"].clone()),
+            "delivered twice: {}",
+            r.body
+        );
+    }
+    assert_eq!(seen, want);
+
+    let mut delivered_per_license: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &got {
+        let event: Value = serde_json::from_str(&r.body).unwrap();
+        delivered_per_license
+            .entry(event["data"]["license"]["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["type"].as_str().unwrap().to_owned());
+    }
+    for (license_id, delivered) in &delivered_per_license {
+        let stored = db.query_texts(
+            "SELECT type FROM events WHERE license_id = $1 ORDER BY seq",
+            &[license_id],
+        );
+        assert_eq!(delivered, &stored, "in order for {license_id}");
+    }
+    assert_eq!(
+        delivered_per_license[&id(&license)],
+        ["license.created", "license.activated"]
+    );
+    assert_eq!(
+        delivered_per_license[&id(&created[0])],
+        [
+            "license.created",
+            "license.suspended",
+            "license.reinstated",
+            "license.updated"
+        ]
+    );
+    assert_eq!(
+        delivered_per_license[&id(&expiring)],
+        ["license.created", "license.expired"]
+    );
+}
+
+#[test]
+fn servers_starting_together_migrate_once() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    write_signing_key(&key_path);
+    let servers: Vec<TestServer> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| TestServer::start_with(options(&db, &key_path))))
+            .collect();
+        starting.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let versions = db.query_texts(
+        "SELECT version::text FROM schema_version ORDER BY version",
+        &[],
+    );
+    assert_eq!(versions, ["1", "2"]);
+    servers[0].plan("p", json!({"features": []}));
+    let license = servers[1].license("p", json!({}));
+    assert_eq!(
+        servers[2].validate(json!({"key": license["key"]})).1["code"],
+        "VALID"
+    );
+}
