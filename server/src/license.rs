@@ -115,7 +115,7 @@ pub fn transition(
             }
         }
     };
-    let event = (next != current).then(|| match next {
+    let event = (next != current).then_some(match next {
         Status::Active => EventType::Reinstated,
         Status::Suspended => EventType::Suspended,
         Status::Expired => EventType::Expired,
@@ -176,10 +176,7 @@ mod tests {
 
     #[test]
     fn seats_are_taken_below_the_limit_only() {
-        assert_eq!(
-            decide(Status::Active, seats(false, 2, Some(3)), None).take_domain_seat,
-            true
-        );
+        assert!(decide(Status::Active, seats(false, 2, Some(3)), None).take_domain_seat);
         assert_eq!(
             decide(Status::Active, seats(false, 3, Some(3)), None).code,
             Code::DomainLimitReached
