@@ -158,8 +158,24 @@ impl From<sdk::Error> for Failure {
         } else {
             ks_result::KS_INTERNAL_ERROR
         };
-        Failure::new(result, format!("{e:#}"))
+        Failure::new(result, message_with_causes(&e))
     }
+}
+
+/// The error and its causes, each cause once: the SDK's messages often
+/// quote their cause already.
+fn message_with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
 }
 
 /// Turns the outcome of an export's body into its result, recording the

@@ -23,8 +23,12 @@ fn check(key: &[u8]) -> Result<sdk::LicenseKey, Failure> {
             "not a license key: it is not UTF-8 text",
         )
     })?;
-    sdk::check_key(key)
-        .map_err(|e| Failure::new(ks_result::KS_KEY_MALFORMED, format!("not a license key: {e}")))
+    sdk::check_key(key).map_err(|e| {
+        Failure::new(
+            ks_result::KS_KEY_MALFORMED,
+            format!("not a license key: {e}"),
+        )
+    })
 }
 
 /// Checks a license key locally, as a person types it — no client, no
@@ -167,12 +171,18 @@ mod tests {
         }
         // SAFETY: buffers valid for the lengths given, and NULL.
         unsafe {
-            assert_eq!(ks_key_check_len(KEY.as_ptr().cast(), KEY.len()), ks_result::KS_OK);
+            assert_eq!(
+                ks_key_check_len(KEY.as_ptr().cast(), KEY.len()),
+                ks_result::KS_OK
+            );
             assert_eq!(
                 ks_key_check_len(KEY.as_ptr().cast(), KEY.len() - 1),
                 ks_result::KS_KEY_MALFORMED
             );
-            assert_eq!(ks_key_check_len(std::ptr::null(), 5), ks_result::KS_NULL_PARAMETER);
+            assert_eq!(
+                ks_key_check_len(std::ptr::null(), 5),
+                ks_result::KS_NULL_PARAMETER
+            );
         }
     }
 
@@ -189,7 +199,10 @@ mod tests {
             let r = ks_key_canonicalize(sloppy.as_ptr(), buf.as_mut_ptr(), buf.len(), &mut len);
             assert_eq!(r, ks_result::KS_OK);
             assert_eq!(len, KEY.len());
-            assert_eq!(std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().unwrap(), KEY);
+            assert_eq!(
+                std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().unwrap(),
+                KEY
+            );
             let r = ks_key_canonicalize(
                 sloppy.as_ptr(),
                 buf.as_mut_ptr(),
@@ -209,9 +222,19 @@ mod tests {
         let mut buf = [0 as c_char; KS_FINGERPRINT_LEN + 1];
         // SAFETY: buffers valid for the lengths given, and NULLs.
         unsafe {
-            let r = ks_machine_fingerprint(std::ptr::null(), buf.as_mut_ptr(), buf.len(), std::ptr::null_mut());
+            let r = ks_machine_fingerprint(
+                std::ptr::null(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                std::ptr::null_mut(),
+            );
             assert_eq!(r, ks_result::KS_NULL_PARAMETER);
-            let r = ks_machine_fingerprint(c"app".as_ptr(), std::ptr::null_mut(), 65, std::ptr::null_mut());
+            let r = ks_machine_fingerprint(
+                c"app".as_ptr(),
+                std::ptr::null_mut(),
+                65,
+                std::ptr::null_mut(),
+            );
             assert_eq!(r, ks_result::KS_NULL_PARAMETER);
             let mut len = 0;
             match ks_machine_fingerprint(c"app".as_ptr(), buf.as_mut_ptr(), buf.len(), &mut len) {

@@ -13,12 +13,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 // In the order the header lists them.
+mod args;
+mod client;
 mod error;
 mod key;
-mod client;
-mod validation;
-mod args;
 mod panic;
+mod validation;
 
 use std::ffi::c_char;
 
@@ -36,8 +36,8 @@ pub use key::{
 pub use validation::{
     ks_validation, ks_validation_code, ks_validation_expires_at, ks_validation_feature,
     ks_validation_features_len, ks_validation_free, ks_validation_has_feature,
-    ks_validation_message, ks_validation_offline_until, ks_validation_plan,
-    ks_validation_source, ks_validation_valid,
+    ks_validation_message, ks_validation_offline_until, ks_validation_plan, ks_validation_source,
+    ks_validation_valid,
 };
 
 use panic::{ffi_panic_boundary, static_c_str};

@@ -31,11 +31,7 @@ impl ks_validation {
             source: c_string_lossy(answer.source.as_str()),
             message: c_string_lossy(answer.message()),
             plan: answer.plan.as_deref().map(c_string_lossy),
-            features: answer
-                .features
-                .iter()
-                .map(|f| c_string_lossy(f))
-                .collect(),
+            features: answer.features.iter().map(|f| c_string_lossy(f)).collect(),
             answer,
         }
     }
