@@ -45,9 +45,22 @@ impl From<tokio_postgres::Error> for StoreError {
             Some(db) => {
                 StoreError::Storage(format!("postgres {}: {}", db.code().code(), db.message()))
             }
-            None => StoreError::Storage(format!("postgres: {e}")),
+            None => StoreError::Storage(format!("postgres: {}", with_causes(&e))),
         }
     }
+}
+
+/// An error and its sources, `a: b: c` (the driver's own message is terse,
+/// e.g. "error connecting to server", with the reason in its source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -211,7 +224,7 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> anyhow::Result<PostgresStore> {
         let (url, pool_size) = split_pool_size(url)?;
         let mut config = tokio_postgres::Config::from_str(&url)
-            .map_err(|e| anyhow::anyhow!("the PostgreSQL URL is not valid: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the PostgreSQL URL is not valid: {}", with_causes(&e)))?;
         if config.get_application_name().is_none() {
             config.application_name("keysmith-server");
         }
