@@ -1,6 +1,6 @@
 //! `/api/v1/licenses`: create, read, list, update, revoke, usage, seats.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -10,7 +10,9 @@ use keysmith_core::{LicenseKey, Status};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{nullable, page_query, page_request, parse_query, Admin, ApiError, AppState, JsonBody};
+use super::{
+    nullable, page_query, page_request, parse_query, Admin, ApiError, AppState, JsonBody, Path,
+};
 use crate::store::{cursor, LicenseFilter, LicensePatch, NewLicense};
 
 /// The largest `metadata` object, serialised.

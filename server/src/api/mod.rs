@@ -23,6 +23,7 @@ use crate::store::{cursor, PageRequest, Store, StoreError};
 mod keys;
 mod licenses;
 pub mod limit;
+mod openapi;
 mod plans;
 mod validate;
 mod webhooks;
@@ -108,7 +109,8 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
             "/webhooks/{id}/deliveries/{event_id}/redeliver",
             post(webhooks::redeliver),
         )
-        .route("/public-key", get(keys::public_key));
+        .route("/public-key", get(keys::public_key))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", api)
         .route("/.well-known/jwks.json", get(keys::jwks))
@@ -266,6 +268,21 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::Unauthorized)
         }
+    }
+}
+
+/// Path parameters whose every failure (e.g. invalid UTF-8 once
+/// percent-decoded) is answered in the API's error shape, not axum's text.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Path<T>, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
     }
 }
 

@@ -1,12 +1,12 @@
 //! `/api/v1/plans`: features, default limits, duration and offline grace.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use keysmith_core::wire::{Page, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
 use serde::Deserialize;
 
-use super::{Admin, ApiError, AppState, JsonBody};
+use super::{Admin, ApiError, AppState, JsonBody, Path};
 
 const MAX_FEATURES: usize = 256;
 

@@ -1,13 +1,13 @@
 //! `/api/v1/webhooks`: endpoints, their delivery attempts, redelivery.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use keysmith_core::wire::Page;
 use serde::Deserialize;
 
-use super::{page_query, Admin, ApiError, AppState, JsonBody};
+use super::{page_query, Admin, ApiError, AppState, JsonBody, Path};
 use crate::store::{cursor, DeliveryAttempt, EventType, NewWebhook, Webhook, WebhookPatch};
 
 #[derive(Deserialize)]
