@@ -28,7 +28,9 @@ fi
 BIN=${KEYSMITH_SERVER_BIN:-}
 if [ -z "$BIN" ]; then
     cargo build --quiet -p keysmith-server
-    BIN=$PWD/target/debug/keysmith-server
+    target=${CARGO_TARGET_DIR:-target}
+    case $target in /*) ;; *) target=$PWD/$target ;; esac
+    BIN=$target/debug/keysmith-server
 fi
 
 work=$(mktemp -d)
