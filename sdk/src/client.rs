@@ -379,14 +379,15 @@ impl Client {
                 let until = rules::offline_until(&claims, self.inner.offline_grace_secs);
                 let now = self.now();
                 let inner = self.inner.clone();
-                let iat = claims.iat;
                 // Cache writes fsync: keep them off the async workers. A
                 // failed write costs only the offline fallback, never this
                 // answer.
-                let _ = tokio::task::spawn_blocking(move || {
-                    inner.remember(&req.cache_path, &req.expected(), token, iat, now)
+                let claims = tokio::task::spawn_blocking(move || {
+                    inner.remember(&req.cache_path, &req.expected(), token, &claims, now);
+                    claims
                 })
-                .await;
+                .await
+                .expect("the cache write does not panic");
                 let code = claims.code;
                 Ok(Validation::from_claims(
                     *claims,
@@ -584,7 +585,11 @@ impl Client {
         // shows. Never move the record backwards, and never record a time the
         // answer calls tampered.
         if answer.code != Code::ClockTampered && now > newest + NEWEST_SEEN_GRANULARITY_SECS {
-            let _ = cache::store(&req.cache_path, &Entry::new(entry.token, now));
+            // Only over the same token: an online answer written meanwhile
+            // (a revocation, say) must not be replaced by this older one.
+            if cache::load(&req.cache_path).is_some_and(|current| current.token == entry.token) {
+                let _ = cache::store(&req.cache_path, &Entry::new(entry.token, now));
+            }
         }
         Some(answer)
     }
@@ -615,14 +620,24 @@ impl Inner {
     /// Stores a fresh verified answer. Keeps the newest time seen across
     /// both, and keeps an existing entry whose token was issued later (a
     /// slower concurrent request must not put back an older answer, e.g.
-    /// hide a revocation).
-    fn remember(&self, path: &Path, expected: &Expected<'_>, token: String, iat: i64, now: i64) {
-        let mut entry = Entry::new(token, now.max(iat));
+    /// hide a revocation). Skips the write (two fsyncs) when the cached
+    /// answer says the same and is less than a minute old.
+    fn remember(
+        &self,
+        path: &Path,
+        expected: &Expected<'_>,
+        token: String,
+        claims: &Claims,
+        now: i64,
+    ) {
+        let mut entry = Entry::new(token, now.max(claims.iat));
         if let Some((old, old_claims)) = self.load_verified(path, expected) {
-            entry.newest_seen = entry
-                .newest_seen
-                .max(rules::newest_seen(old.newest_seen, &old_claims));
-            if old_claims.iat > iat {
+            let old_newest = rules::newest_seen(old.newest_seen, &old_claims);
+            if rules::is_fresh_copy(&old_claims, old_newest, claims, now) {
+                return;
+            }
+            entry.newest_seen = entry.newest_seen.max(old_newest);
+            if old_claims.iat > claims.iat {
                 entry.token = old.token;
             }
         }

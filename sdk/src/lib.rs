@@ -65,7 +65,11 @@
 //! 3. Every verified answer — valid *or invalid* — replaces the cached one
 //!    for this key, domain and fingerprint at once, so a revocation is never
 //!    hidden by the cache. (A concurrent, slower request carrying an older
-//!    token does not put it back: the entry with the later `iat` wins.)
+//!    token does not put it back: the entry with the later `iat` wins.) The
+//!    one write skipped: when the cached answer says exactly the same —
+//!    validity, code, status, plan, features, expiry, grace — and is under a
+//!    minute old, so an app validating in a loop does not fsync each time;
+//!    its offline window then starts up to a minute earlier.
 //!
 //! Offline — the request failed to connect, timed out, or got a 5xx or 429,
 //! or the answer did not verify — the cached token answers, if it verifies

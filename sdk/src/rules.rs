@@ -102,6 +102,28 @@ pub(crate) fn offline_answer(
     Validation::from_claims(claims, code, Source::Cache, until)
 }
 
+/// How long an unchanged answer in the cache stays good enough that a new
+/// online answer saying the same need not be written.
+pub(crate) const REFRESH_SECS: i64 = 60;
+
+/// Whether the cached answer `old` (whose newest time seen is `old_newest`)
+/// already says what `new` says, and is recent enough that rewriting it
+/// would only move its offline window by under [`REFRESH_SECS`]. Any change
+/// of outcome — validity, code, status, plan, features, expiry, grace — is
+/// never a fresh copy: a revocation is written at once.
+pub(crate) fn is_fresh_copy(old: &Claims, old_newest: i64, new: &Claims, now: i64) -> bool {
+    old.valid == new.valid
+        && old.code == new.code
+        && old.status == new.status
+        && old.sub == new.sub
+        && old.plan == new.plan
+        && old.features == new.features
+        && old.license_expires_at == new.license_expires_at
+        && old.exp.saturating_sub(old.iat) == new.exp.saturating_sub(new.iat)
+        && (0..REFRESH_SECS).contains(&new.iat.saturating_sub(old.iat))
+        && (0..REFRESH_SECS).contains(&now.saturating_sub(old_newest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +264,45 @@ mod tests {
             offline_answer(claims(), 0, IAT - DAY, None).code,
             Code::ClockTampered
         );
+    }
+
+    #[test]
+    fn only_a_recent_identical_answer_is_a_fresh_copy() {
+        let old = claims();
+        let later = |secs: i64| {
+            let mut c = claims();
+            c.iat += secs;
+            c.exp += secs;
+            c.nonce = Some("n-2".into());
+            c
+        };
+        assert!(is_fresh_copy(&old, IAT, &later(30), IAT + 30));
+        assert!(
+            !is_fresh_copy(&old, IAT, &later(REFRESH_SECS), IAT + REFRESH_SECS),
+            "stale"
+        );
+        assert!(
+            !is_fresh_copy(&old, IAT - 120, &later(30), IAT + 30),
+            "not seen lately"
+        );
+        assert!(!is_fresh_copy(&old, IAT, &later(-30), IAT), "older token");
+        let changes: [fn(&mut Claims); 7] = [
+            |c| {
+                c.valid = false;
+                c.code = Code::LicenseRevoked;
+            },
+            |c| c.status = Some(Status::Suspended),
+            |c| c.plan = Some("enterprise".into()),
+            |c| c.features.push("audit-log".into()),
+            |c| c.license_expires_at = Some("2030-01-01T00:00:00Z".into()),
+            |c| c.exp -= DAY,
+            |c| c.sub = Some("lic_2".into()),
+        ];
+        for change in changes {
+            let mut new = later(1);
+            change(&mut new);
+            assert!(!is_fresh_copy(&old, IAT, &new, IAT + 1), "{new:?}");
+        }
     }
 
     #[test]

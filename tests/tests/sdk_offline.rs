@@ -189,7 +189,8 @@ fn an_edited_cache_file_is_not_trusted_and_is_replaced() {
     );
 
     // Longer grace, another plan, valid again after a revocation…
-    let edits: [(&str, fn(&mut Value)); 3] = [
+    type Edit = fn(&mut Value);
+    let edits: [(&str, Edit); 3] = [
         ("exp", |c| {
             c["exp"] = Value::from(c["exp"].as_i64().unwrap() + 365 * DAY)
         }),
