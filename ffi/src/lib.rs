@@ -12,13 +12,18 @@
 //! failures set a thread-local message for `ks_last_error()`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-// In the order the header lists them.
-mod args;
-mod client;
+// cbindgen lists the exports in this order (blank lines keep rustfmt from
+// sorting the modules): results and errors, keys, clients, validations.
 mod error;
+
 mod key;
-mod panic;
+
+mod client;
+
 mod validation;
+
+mod args;
+mod panic;
 
 use std::ffi::c_char;
 
