@@ -1,0 +1,501 @@
+//! The load generator: N keep-alive connections, each a task that sends its
+//! next request as soon as the previous answer is read (closed loop, like wrk),
+//! for a warm-up and then a measured window. Every answer is checked against
+//! what its request should get; anything else is counted as an error.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use hyper::{Method, StatusCode};
+use indicatif::{ProgressBar, ProgressStyle};
+use keysmith_core::LicenseKey;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::client::Connection;
+use crate::dataset::{domain, domain_count};
+use crate::server::{memory_of, Memory};
+
+/// Crockford base32, the key alphabet (SPEC §4).
+const KEY_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// How many distinct unknown keys the mix cycles through.
+const UNKNOWN_KEYS: usize = 4096;
+
+/// What a request is meant to exercise, and so what it must get back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A seeded key with one of its seated domains: 200 `VALID`.
+    Valid,
+    /// A well-formed key no license has: 404 `LICENSE_NOT_FOUND`.
+    Unknown,
+    /// A seeded key with one symbol changed: 400 `KEY_MALFORMED`.
+    Typo,
+    /// `GET /healthz`, to measure the generator and hyper without the app.
+    Healthz,
+}
+
+impl Kind {
+    fn expected(self) -> (StatusCode, &'static str) {
+        match self {
+            Kind::Valid => (StatusCode::OK, "VALID"),
+            Kind::Unknown => (StatusCode::NOT_FOUND, "LICENSE_NOT_FOUND"),
+            Kind::Typo => (StatusCode::BAD_REQUEST, "KEY_MALFORMED"),
+            Kind::Healthz => (StatusCode::OK, ""),
+        }
+    }
+
+    /// Decided answers carry a signed token (SPEC §3).
+    fn must_be_signed(self) -> bool {
+        matches!(self, Kind::Valid | Kind::Unknown)
+    }
+}
+
+/// What the connections send.
+pub enum Target {
+    /// `POST /api/v1/validate`: 90% valid, 5% unknown, 5% typos.
+    Validate(Workload),
+    /// `GET /healthz`.
+    Healthz,
+}
+
+/// The keys of a seeded data set and the unknown keys to mix in.
+pub struct Workload {
+    keys: Arc<Vec<String>>,
+    unknown: Vec<String>,
+}
+
+impl Workload {
+    pub fn new(keys: Arc<Vec<String>>) -> anyhow::Result<Workload> {
+        let prefix = keys
+            .first()
+            .and_then(|k| k.split('-').next())
+            .unwrap_or("KS")
+            .to_owned();
+        let unknown = (0..UNKNOWN_KEYS)
+            .map(|_| LicenseKey::generate(&prefix).map(|k| k.as_str().to_owned()))
+            .collect::<Result<_, _>>()?;
+        Ok(Workload { keys, unknown })
+    }
+
+    fn next(&self, rng: &mut StdRng) -> (Kind, Bytes) {
+        let nonce: u64 = rng.gen();
+        let roll = rng.gen_range(0..100);
+        let index = rng.gen_range(0..self.keys.len());
+        let (kind, key, domain) = if roll < 90 {
+            let j = rng.gen_range(0..domain_count(index));
+            (Kind::Valid, self.keys[index].clone(), domain(index, j))
+        } else if roll < 95 {
+            let key = self.unknown[rng.gen_range(0..self.unknown.len())].clone();
+            (Kind::Unknown, key, "app0.unknown.example.com".to_owned())
+        } else {
+            let key = with_typo(&self.keys[index], rng);
+            (Kind::Typo, key, domain(index, 0))
+        };
+        let body = format!(r#"{{"key":"{key}","domain":"{domain}","nonce":"{nonce:016x}"}}"#);
+        (kind, Bytes::from(body))
+    }
+}
+
+/// `key` with one of its 24 symbols replaced by another: a single typo, which
+/// the key check always detects.
+fn with_typo(key: &str, rng: &mut StdRng) -> String {
+    let mut bytes = key.as_bytes().to_vec();
+    let body_start = key.find('-').map_or(0, |i| i + 1);
+    let positions: Vec<usize> = (body_start..bytes.len())
+        .filter(|&i| bytes[i] != b'-')
+        .collect();
+    let at = positions[rng.gen_range(0..positions.len())];
+    let original = bytes[at];
+    let replacement = loop {
+        let symbol = KEY_ALPHABET[rng.gen_range(0..KEY_ALPHABET.len())];
+        if symbol != original {
+            break symbol;
+        }
+    };
+    bytes[at] = replacement;
+    String::from_utf8(bytes).expect("ASCII")
+}
+
+/// How long to load the server and how hard.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub connections: usize,
+    /// Generator threads, each with its own runtime.
+    pub threads: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// How many answers of one kind came back with one status and code.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub kind: Kind,
+    pub status: u16,
+    pub code: String,
+    pub count: u64,
+    pub expected: bool,
+}
+
+/// What a load run observed, in the measured window unless said otherwise.
+pub struct LoadResult {
+    pub seconds: f64,
+    /// Latency of each answered request, nanoseconds.
+    pub latency: Histogram<u64>,
+    pub outcomes: Vec<Outcome>,
+    /// Over the whole run, warm-up included.
+    pub unexpected: u64,
+    pub connection_errors: u64,
+    /// A few unexpected answers or errors, to show.
+    pub examples: Vec<String>,
+    /// Largest VmRSS sampled during the run.
+    pub peak_memory: Memory,
+    /// CPU time the server and the generator used in the window.
+    pub cpu: CpuTimes,
+}
+
+/// CPU time (user + system, all threads) of the server and of this process.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuTimes {
+    pub server_seconds: f64,
+    pub generator_seconds: f64,
+}
+
+impl CpuTimes {
+    fn read(server_pid: u32) -> CpuTimes {
+        CpuTimes {
+            server_seconds: cpu_seconds(&server_pid.to_string()).unwrap_or(0.0),
+            generator_seconds: cpu_seconds("self").unwrap_or(0.0),
+        }
+    }
+
+    fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            server_seconds: self.server_seconds - earlier.server_seconds,
+            generator_seconds: self.generator_seconds - earlier.generator_seconds,
+        }
+    }
+}
+
+/// utime + stime of a process from /proc/PID/stat (fields 14 and 15), in
+/// seconds. Linux reports them in USER_HZ ticks, which is 100 on every
+/// architecture Rust targets.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; count from after it.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / USER_HZ)
+}
+
+impl LoadResult {
+    pub fn requests(&self) -> u64 {
+        self.latency.len()
+    }
+}
+
+/// Per-connection tallies, merged at the end.
+struct Tally {
+    latency: Histogram<u64>,
+    outcomes: Vec<Outcome>,
+    unexpected: u64,
+    connection_errors: u64,
+    examples: Vec<String>,
+}
+
+const MAX_EXAMPLES: usize = 5;
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid bounds"),
+            outcomes: Vec::new(),
+            unexpected: 0,
+            connection_errors: 0,
+            examples: Vec::new(),
+        }
+    }
+
+    fn example(&mut self, text: String) {
+        if self.examples.len() < MAX_EXAMPLES {
+            self.examples.push(text);
+        }
+    }
+
+    fn answer(&mut self, kind: Kind, status: StatusCode, body: &[u8], measured: Option<Duration>) {
+        let code = code_of(body);
+        let (want_status, want_code) = kind.expected();
+        let expected = status == want_status
+            && code == want_code.as_bytes()
+            && (!kind.must_be_signed() || find(body, br#""token":"ey"#).is_some());
+        if !expected {
+            self.unexpected += 1;
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+            self.example(format!("{kind:?} request got {status}: {text}"));
+        }
+        let Some(latency) = measured else { return };
+        self.latency
+            .saturating_record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+        let status = status.as_u16();
+        match self
+            .outcomes
+            .iter_mut()
+            .find(|o| o.kind == kind && o.status == status && o.code.as_bytes() == code)
+        {
+            Some(outcome) => outcome.count += 1,
+            None => self.outcomes.push(Outcome {
+                kind,
+                status,
+                code: String::from_utf8_lossy(code).into_owned(),
+                count: 1,
+                expected,
+            }),
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency.add(&other.latency).expect("same bounds");
+        for o in other.outcomes {
+            match self
+                .outcomes
+                .iter_mut()
+                .find(|m| m.kind == o.kind && m.status == o.status && m.code == o.code)
+            {
+                Some(mine) => mine.count += o.count,
+                None => self.outcomes.push(o),
+            }
+        }
+        self.unexpected += other.unexpected;
+        self.connection_errors += other.connection_errors;
+        for e in other.examples {
+            self.example(e);
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of the first `"code"` field of a JSON answer, without parsing
+/// it: the generator shares the CPU with the server and must stay cheap.
+fn code_of(body: &[u8]) -> &[u8] {
+    const FIELD: &[u8] = br#""code":""#;
+    let Some(at) = find(body, FIELD) else {
+        return b"";
+    };
+    let rest = &body[at + FIELD.len()..];
+    &rest[..rest.iter().position(|&b| b == b'"').unwrap_or(rest.len())]
+}
+
+/// Loads the server at `addr` and returns what was measured.
+pub async fn run(
+    addr: SocketAddr,
+    target: Arc<Target>,
+    options: LoadOptions,
+    server_pid: u32,
+    label: &str,
+) -> anyhow::Result<LoadResult> {
+    let begin = Instant::now();
+    let window_start = begin + options.warmup;
+    let window_end = window_start + options.duration;
+    let answered = Arc::new(AtomicU64::new(0));
+
+    // Each generator thread runs its share of the connections on its own
+    // single-threaded runtime: no work stealing, no cross-thread wake-ups.
+    let threads = options.threads.clamp(1, options.connections.max(1));
+    let mut generators = Vec::with_capacity(threads);
+    for thread in 0..threads {
+        let connections: Vec<usize> = (thread..options.connections).step_by(threads).collect();
+        let (target, answered) = (target.clone(), answered.clone());
+        let generator = std::thread::Builder::new()
+            .name(format!("load-{thread}"))
+            .spawn(move || -> anyhow::Result<Tally> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for connection in connections {
+                        tasks.spawn(drive(
+                            addr,
+                            target.clone(),
+                            window_start..window_end,
+                            answered.clone(),
+                            connection as u64,
+                        ));
+                    }
+                    let mut tally = Tally::new();
+                    while let Some(done) = tasks.join_next().await {
+                        tally.merge(done?);
+                    }
+                    Ok(tally)
+                })
+            })?;
+        generators.push(generator);
+    }
+
+    let bar = ProgressBar::new((options.warmup + options.duration).as_secs());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} s {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_owned());
+    let mut peak = memory_of(server_pid).unwrap_or_default();
+    let mut last = (Instant::now(), 0u64);
+    let mut cpu_at_start = None;
+    loop {
+        let now = Instant::now();
+        if now >= window_end {
+            break;
+        }
+        // Wake at the window's start exactly, to read the CPU clocks there.
+        let tick = now + Duration::from_millis(250);
+        let wake = match cpu_at_start {
+            None if window_start < tick => window_start,
+            _ => tick.min(window_end),
+        };
+        tokio::time::sleep_until(wake.into()).await;
+        let now = Instant::now();
+        if cpu_at_start.is_none() && now >= window_start {
+            cpu_at_start = Some(CpuTimes::read(server_pid));
+        }
+        if let Some(m) = memory_of(server_pid) {
+            peak.rss_kib = peak.rss_kib.max(m.rss_kib);
+            peak.hwm_kib = peak.hwm_kib.max(m.hwm_kib);
+        }
+        let count = answered.load(Ordering::Relaxed);
+        let rate = (count - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+        last = (now, count);
+        let phase = if now < window_start {
+            "warm-up"
+        } else {
+            "measuring"
+        };
+        bar.set_position(now.duration_since(begin).as_secs());
+        bar.set_message(format!(
+            "{phase}: {rate:>8.0} req/s, server RSS {} MiB",
+            peak.rss_kib / 1024
+        ));
+    }
+    let cpu = CpuTimes::read(server_pid).since(cpu_at_start.unwrap_or_default());
+    bar.finish_and_clear();
+
+    let mut total = Tally::new();
+    for generator in generators {
+        let tally = tokio::task::spawn_blocking(move || generator.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("a load generator thread panicked"))??;
+        total.merge(tally);
+    }
+    total.outcomes.sort_by_key(|o| (o.kind, o.status));
+    Ok(LoadResult {
+        seconds: options.duration.as_secs_f64(),
+        latency: total.latency,
+        outcomes: total.outcomes,
+        unexpected: total.unexpected,
+        connection_errors: total.connection_errors,
+        examples: total.examples,
+        peak_memory: peak,
+        cpu,
+    })
+}
+
+/// One connection's closed loop. A request counts when it was sent and
+/// answered inside the window; a broken connection is reopened and counted.
+async fn drive(
+    addr: SocketAddr,
+    target: Arc<Target>,
+    window: std::ops::Range<Instant>,
+    answered: Arc<AtomicU64>,
+    seed: u64,
+) -> Tally {
+    let mut tally = Tally::new();
+    let mut rng = StdRng::seed_from_u64(rand::random::<u64>() ^ seed);
+    let mut connection: Option<Connection> = None;
+    while Instant::now() < window.end {
+        let conn = match &mut connection {
+            Some(conn) => conn,
+            None => match Connection::open(addr, None).await {
+                Ok(conn) => connection.insert(conn),
+                Err(e) => {
+                    tally.connection_errors += 1;
+                    tally.example(format!("connect: {e:#}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let (kind, method, path, body) = match target.as_ref() {
+            Target::Validate(workload) => {
+                let (kind, body) = workload.next(&mut rng);
+                (kind, Method::POST, "/api/v1/validate", body)
+            }
+            Target::Healthz => (Kind::Healthz, Method::GET, "/healthz", Bytes::new()),
+        };
+        let sent = Instant::now();
+        match conn.send(method, path, body).await {
+            Ok((status, answer)) => {
+                let done = Instant::now();
+                answered.fetch_add(1, Ordering::Relaxed);
+                let measured = (sent >= window.start && done <= window.end).then(|| done - sent);
+                tally.answer(kind, status, &answer, measured);
+            }
+            Err(e) => {
+                tally.connection_errors += 1;
+                tally.example(format!("{kind:?} request failed: {e:#}"));
+                connection = None;
+            }
+        }
+    }
+    tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_is_always_malformed() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let key = LicenseKey::generate("KS").unwrap();
+            let typo = with_typo(key.as_str(), &mut rng);
+            assert_ne!(typo, key.as_str());
+            assert!(LicenseKey::parse(&typo).is_err(), "{typo} passed the check");
+        }
+    }
+
+    #[test]
+    fn code_is_read_without_parsing() {
+        assert_eq!(code_of(br#"{"valid":true,"code":"VALID","x":1}"#), b"VALID");
+        assert_eq!(code_of(br#"{"status":"ok"}"#), b"");
+    }
+
+    #[test]
+    fn the_mix_is_ninety_five_five() {
+        let keys: Vec<String> = (0..100)
+            .map(|_| LicenseKey::generate("KS").unwrap().as_str().to_owned())
+            .collect();
+        let workload = Workload::new(Arc::new(keys)).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut counts = [0u32; 3];
+        for _ in 0..10_000 {
+            let (kind, body) = workload.next(&mut rng);
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(request["key"].is_string() && request["domain"].is_string());
+            counts[kind as usize] += 1;
+        }
+        assert!((8800..9200).contains(&counts[0]), "{counts:?}");
+        assert!((400..600).contains(&counts[1]), "{counts:?}");
+        assert!((400..600).contains(&counts[2]), "{counts:?}");
+    }
+}
