@@ -174,7 +174,32 @@ fn main() {
         assert!(answer.valid && answer.source == keysmith::Source::Online);
     }
     let total = started.elapsed();
-    report("SDK: blocking client validate()", times, total);
+    report(
+        "SDK: blocking client validate(), unchanged answer",
+        times,
+        total,
+    );
+
+    // Every answer written: a new fingerprint each time, so a new cache file
+    // (temp file, fsync, rename, directory fsync) — an app's first
+    // validation, or one whose answer changed.
+    let writes = (n / 4).max(1);
+    let mut times = Vec::with_capacity(writes);
+    let started = Instant::now();
+    for i in 0..writes {
+        let options = ValidateOptions::new()
+            .domain("example.com")
+            .fingerprint(format!("machine-{i}"));
+        let t = Instant::now();
+        let answer = client.validate(key, &options).unwrap();
+        times.push(t.elapsed());
+        assert!(answer.valid);
+    }
+    report(
+        "SDK: validate() with a cache write",
+        times,
+        started.elapsed(),
+    );
 
     // For scale: the same request without the SDK (no key check, no token
     // verification, no cache write) — what the server and loopback cost.

@@ -378,16 +378,17 @@ impl Client {
             Ok(Answer::Signed { token, claims }) => {
                 let until = rules::offline_until(&claims, self.inner.offline_grace_secs);
                 let now = self.now();
-                let inner = self.inner.clone();
-                // Cache writes fsync: keep them off the async workers. A
-                // failed write costs only the offline fallback, never this
-                // answer.
-                let claims = tokio::task::spawn_blocking(move || {
-                    inner.remember(&req.cache_path, &req.expected(), token, &claims, now);
-                    claims
-                })
-                .await
-                .expect("the cache write does not panic");
+                // Deciding is a small read; the write fsyncs, so it goes
+                // off the async workers. A failed write costs only the
+                // offline fallback, never this answer.
+                let expected = req.expected();
+                if let Some(entry) =
+                    self.inner
+                        .entry_to_store(&req.cache_path, &expected, token, &claims, now)
+                {
+                    let path = req.cache_path.clone();
+                    let _ = tokio::task::spawn_blocking(move || cache::store(&path, &entry)).await;
+                }
                 let code = claims.code;
                 Ok(Validation::from_claims(
                     *claims,
@@ -617,31 +618,31 @@ impl Inner {
         Some((entry, claims))
     }
 
-    /// Stores a fresh verified answer. Keeps the newest time seen across
-    /// both, and keeps an existing entry whose token was issued later (a
-    /// slower concurrent request must not put back an older answer, e.g.
-    /// hide a revocation). Skips the write (two fsyncs) when the cached
-    /// answer says the same and is less than a minute old.
-    fn remember(
+    /// The entry to store for a fresh verified answer, if any. Keeps the
+    /// newest time seen across both, and keeps an existing entry whose token
+    /// was issued later (a slower concurrent request must not put back an
+    /// older answer, e.g. hide a revocation). `None` when the cached answer
+    /// says the same and is less than a minute old: no write (two fsyncs).
+    fn entry_to_store(
         &self,
         path: &Path,
         expected: &Expected<'_>,
         token: String,
         claims: &Claims,
         now: i64,
-    ) {
+    ) -> Option<Entry> {
         let mut entry = Entry::new(token, now.max(claims.iat));
         if let Some((old, old_claims)) = self.load_verified(path, expected) {
             let old_newest = rules::newest_seen(old.newest_seen, &old_claims);
             if rules::is_fresh_copy(&old_claims, old_newest, claims, now) {
-                return;
+                return None;
             }
             entry.newest_seen = entry.newest_seen.max(old_newest);
             if old_claims.iat > claims.iat {
                 entry.token = old.token;
             }
         }
-        let _ = cache::store(path, &entry);
+        Some(entry)
     }
 }
 
