@@ -7,8 +7,9 @@
 //! statement:
 //!
 //! - a license's seats, counters and first activation, and every change to
-//!   it: under its row lock (`SELECT … FOR UPDATE`), taken before anything is
-//!   read, so the count of seats and `activated_at` are exact;
+//!   it: under its row lock, taken before anything is read (a validation
+//!   takes it with the `UPDATE` that counts it, other changes with
+//!   `SELECT … FOR UPDATE`), so the count of seats and `activated_at` are exact;
 //! - the expiry sweep: `UPDATE … WHERE seq IN (SELECT … FOR UPDATE SKIP
 //!   LOCKED)`, so each license is expired by one process only;
 //! - webhook deliveries: claimed with `FOR UPDATE SKIP LOCKED` and a lease,
@@ -585,7 +586,7 @@ async fn insert_license(
 /// its plan, and its seats as far as the request's domain and fingerprint
 /// need them. Counting is skipped where the limit is unlimited.
 const VALIDATION_VIEW: &str = "SELECT l.id, l.status, l.plan, l.max_domains, l.max_machines, \
-     l.expires_at, l.activated_at IS NOT NULL, p.features, p.offline_grace_days, \
+     l.expires_at, p.features, p.offline_grace_days, \
      EXISTS (SELECT 1 FROM license_domains s WHERE s.license_seq = l.seq AND s.domain = $2), \
      CASE WHEN l.max_domains IS NULL THEN 0::bigint \
           ELSE (SELECT count(*) FROM license_domains s WHERE s.license_seq = l.seq) END, \
@@ -598,13 +599,24 @@ async fn validate_in(
     tx: &deadpool_postgres::Transaction<'_>,
     v: &ValidationInput,
 ) -> Result<ValidationOutcome> {
-    let Some(seq) = lock_license(tx, "key", &v.key).await? else {
+    let now = v.now.timestamp();
+    // Counting the validation takes the license's row lock (every validation
+    // of an existing license is counted, whatever it decides); everything
+    // below reads the license anew under that lock.
+    let count = tx
+        .prepare_cached(
+            "UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = $2 \
+             WHERE key = $1 RETURNING seq, activated_at IS NOT NULL",
+        )
+        .await?;
+    let Some(counted) = tx.query_opt(&count, &[&v.key, &now]).await? else {
         return Ok(ValidationOutcome {
             code: Code::LicenseNotFound,
             license: None,
             offline_grace_days: DEFAULT_OFFLINE_GRACE_DAYS,
         });
     };
+    let (seq, activated): (i64, bool) = (counted.try_get(0)?, counted.try_get(1)?);
     let view = tx.prepare_cached(VALIDATION_VIEW).await?;
     let row = tx
         .query_one(&view, &[&seq, &v.domain, &v.fingerprint])
@@ -613,9 +625,8 @@ async fn validate_in(
     let max_domains = opt_u32(row.try_get(3)?)?;
     let max_machines = opt_u32(row.try_get(4)?)?;
     let expires_at = opt_time(row.try_get(5)?);
-    let activated: bool = row.try_get(6)?;
-    let Json(features): Json<Vec<String>> = row.try_get(7)?;
-    let grace = to_u32(row.try_get(8)?)?;
+    let Json(features): Json<Vec<String>> = row.try_get(6)?;
+    let grace = to_u32(row.try_get(7)?)?;
     let status = effective_status(status_of(row.try_get(1)?)?, expires_at, v.now);
     let seats_of = |held: usize, taken: usize, max| -> Result<Seats> {
         Ok(Seats {
@@ -627,15 +638,14 @@ async fn validate_in(
     let domain_seats = v
         .domain
         .as_ref()
-        .map(|_| seats_of(9, 10, max_domains))
+        .map(|_| seats_of(8, 9, max_domains))
         .transpose()?;
     let machine_seats = v
         .fingerprint
         .as_ref()
-        .map(|_| seats_of(11, 12, max_machines))
+        .map(|_| seats_of(10, 11, max_machines))
         .transpose()?;
     let decision = decide(status, domain_seats, machine_seats);
-    let now = v.now.timestamp();
     let first_valid = decision.code == Code::Valid && !activated;
 
     // The writes don't depend on each other: send them pipelined.
@@ -664,10 +674,8 @@ async fn validate_in(
     let record = async {
         let stmt = tx
             .prepare_cached(
-                "WITH u AS (INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) \
-                 UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = $2, \
-                 activated_at = CASE WHEN $9 THEN $2 ELSE activated_at END WHERE seq = $1",
+                "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .await?;
         tx.execute(
@@ -681,13 +689,21 @@ async fn validate_in(
                 &v.ip,
                 &v.user_agent,
                 &v.country,
-                &first_valid,
             ],
         )
         .await?;
         Ok::<_, StoreError>(())
     };
-    tokio::try_join!(take_domain, take_machine, record)?;
+    let activate = async {
+        if first_valid {
+            let stmt = tx
+                .prepare_cached("UPDATE licenses SET activated_at = $2 WHERE seq = $1")
+                .await?;
+            tx.execute(&stmt, &[&seq, &now]).await?;
+        }
+        Ok::<_, StoreError>(())
+    };
+    tokio::try_join!(take_domain, take_machine, record, activate)?;
     if first_valid {
         let license = load_license_seq(tx, seq).await?;
         record_event(tx, EventType::Activated, &license, v.now).await?;
