@@ -167,9 +167,13 @@ pub struct CpuTimes {
 }
 
 impl CpuTimes {
-    fn read(server_pid: u32) -> CpuTimes {
+    /// The servers' CPU time is the sum over their processes.
+    fn read(server_pids: &[u32]) -> CpuTimes {
         CpuTimes {
-            server_seconds: cpu_seconds(&server_pid.to_string()).unwrap_or(0.0),
+            server_seconds: server_pids
+                .iter()
+                .map(|pid| cpu_seconds(&pid.to_string()).unwrap_or(0.0))
+                .sum(),
             generator_seconds: cpu_seconds("self").unwrap_or(0.0),
         }
     }
@@ -295,14 +299,16 @@ fn code_of(body: &[u8]) -> &[u8] {
     &rest[..rest.iter().position(|&b| b == b'"').unwrap_or(rest.len())]
 }
 
-/// Loads the server at `addr` and returns what was measured.
+/// Loads the servers at `addrs` (connection `i` goes to `addrs[i % n]`) and
+/// returns what was measured. Memory is the first server's; CPU is summed.
 pub async fn run(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     target: Arc<Target>,
     options: LoadOptions,
-    server_pid: u32,
+    server_pids: &[u32],
     label: &str,
 ) -> anyhow::Result<LoadResult> {
+    let server_pid = server_pids[0];
     let begin = Instant::now();
     let window_start = begin + options.warmup;
     let window_end = window_start + options.duration;
@@ -314,7 +320,7 @@ pub async fn run(
     let mut generators = Vec::with_capacity(threads);
     for thread in 0..threads {
         let connections: Vec<usize> = (thread..options.connections).step_by(threads).collect();
-        let (target, answered) = (target.clone(), answered.clone());
+        let (target, answered, addrs) = (target.clone(), answered.clone(), addrs.to_vec());
         let generator = std::thread::Builder::new()
             .name(format!("load-{thread}"))
             .spawn(move || -> anyhow::Result<Tally> {
@@ -325,7 +331,7 @@ pub async fn run(
                     let mut tasks = tokio::task::JoinSet::new();
                     for connection in connections {
                         tasks.spawn(drive(
-                            addr,
+                            addrs[connection % addrs.len()],
                             target.clone(),
                             window_start..window_end,
                             answered.clone(),
@@ -366,7 +372,7 @@ pub async fn run(
         tokio::time::sleep_until(wake.into()).await;
         let now = Instant::now();
         if cpu_at_start.is_none() && now >= window_start {
-            cpu_at_start = Some(CpuTimes::read(server_pid));
+            cpu_at_start = Some(CpuTimes::read(server_pids));
         }
         if let Some(m) = memory_of(server_pid) {
             peak.rss_kib = peak.rss_kib.max(m.rss_kib);
@@ -386,7 +392,7 @@ pub async fn run(
             peak.rss_kib / 1024
         ));
     }
-    let cpu = CpuTimes::read(server_pid).since(cpu_at_start.unwrap_or_default());
+    let cpu = CpuTimes::read(server_pids).since(cpu_at_start.unwrap_or_default());
     bar.finish_and_clear();
 
     let mut total = Tally::new();

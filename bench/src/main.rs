@@ -99,6 +99,12 @@ struct Cli {
     #[arg(long)]
     database: Option<String>,
 
+    /// Server processes to start on the one --database (scale-out, SPEC
+    /// §10), with one signing key; connections are spread over them round
+    /// robin. CPU columns add the processes up; RSS is the first one's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    servers: u16,
+
     /// Where data sets are cached. Default: <target dir>/bench-data.
     #[arg(long)]
     data_root: Option<PathBuf>,
@@ -198,6 +204,8 @@ struct Results {
     machine: Machine,
     server_binary: PathBuf,
     client_threads: usize,
+    /// Server processes on the one database (`--servers`).
+    servers: u16,
     warmup_seconds: u64,
     duration_seconds: u64,
     data_sets: Vec<Manifest>,
@@ -264,6 +272,9 @@ fn server_binary(cli: &Cli) -> anyhow::Result<PathBuf> {
 
 /// Runs every planned scenario; `Ok(false)` when any answer was unexpected.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if cli.servers > 1 && cli.database.is_none() {
+        bail!("--servers above 1 needs --database: SQLite serves one process");
+    }
     let binary = server_binary(&cli)?;
     let server = ServerOptions {
         binary: binary.clone(),
@@ -319,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         for run in 1..=cli.runs.max(1) {
             let measurement = measure(
                 &server,
+                usize::from(cli.servers),
                 dataset,
                 target.clone(),
                 options(plan.connections),
@@ -363,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         machine: Machine::read(),
         server_binary: binary,
         client_threads: cli.client_threads,
+        servers: cli.servers,
         warmup_seconds: cli.warmup,
         duration_seconds: cli.duration,
         data_sets: datasets
@@ -384,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 /// One run: fresh copy of the data, fresh server, warm-up, measured window.
 async fn measure(
     server: &ServerOptions,
+    servers: usize,
     dataset: &Dataset,
     target: Arc<Target>,
     options: LoadOptions,
@@ -394,18 +408,33 @@ async fn measure(
     let load_average = load_average();
     let process =
         ServerProcess::start(server, &data_dir, &dataset.dir.join("run-server.log")).await?;
+    let mut others = Vec::new();
+    for n in 2..=servers {
+        let log = dataset.dir.join(format!("run-server-{n}.log"));
+        others.push(ServerProcess::start(server, &data_dir, &log).await?);
+    }
     let idle = process.memory().unwrap_or_default();
     let perf = perf_record.map(|path| {
         let (pid, warmup, duration) = (process.pid, options.warmup, options.duration);
         tokio::spawn(async move { record_profile(pid, warmup, duration, &path).await })
     });
-    let load = load::run(process.addr, target, options, process.pid, label).await?;
+    let addrs: Vec<_> = std::iter::once(&process)
+        .chain(&others)
+        .map(|p| p.addr)
+        .collect();
+    let pids: Vec<_> = std::iter::once(&process)
+        .chain(&others)
+        .map(|p| p.pid)
+        .collect();
+    let load = load::run(&addrs, target, options, &pids, label).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = process.memory().unwrap_or_default();
     let startup = process.startup;
-    let status = process.stop(Duration::from_secs(30)).await?;
-    if !status.success() {
-        eprintln!("!! the server exited with {status} after SIGTERM");
+    for process in std::iter::once(process).chain(others) {
+        let status = process.stop(Duration::from_secs(30)).await?;
+        if !status.success() {
+            eprintln!("!! the server exited with {status} after SIGTERM");
+        }
     }
     if let Some(perf) = perf {
         perf.await??;
