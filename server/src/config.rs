@@ -101,7 +101,11 @@ pub struct ServeArgs {
     pub webhook_retry_base_ms: u64,
 
     /// Longest wait between two webhook retries, in milliseconds.
-    #[arg(long, env = "KEYSMITH_WEBHOOK_RETRY_MAX_MS", default_value_t = 3_600_000)]
+    #[arg(
+        long,
+        env = "KEYSMITH_WEBHOOK_RETRY_MAX_MS",
+        default_value_t = 3_600_000
+    )]
     pub webhook_retry_max_ms: u64,
 
     /// Seconds after the first attempt at which an undelivered event is marked `failed`.
@@ -119,7 +123,9 @@ impl ServeArgs {
         crate::webhooks::DeliveryPolicy {
             timeout: Duration::from_secs(self.webhook_timeout.max(1)),
             retry_base: Duration::from_millis(self.webhook_retry_base_ms),
-            retry_max: Duration::from_millis(self.webhook_retry_max_ms.max(self.webhook_retry_base_ms)),
+            retry_max: Duration::from_millis(
+                self.webhook_retry_max_ms.max(self.webhook_retry_base_ms),
+            ),
             give_up_after: Duration::from_secs(self.webhook_give_up),
             ..Default::default()
         }

@@ -122,12 +122,23 @@ pub async fn serve(
             limits.forget_idle();
         }
     });
-    let app = api::router(state, args.max_body_bytes, std::time::Duration::from_secs(args.request_timeout));
+    let app = api::router(
+        state,
+        args.max_body_bytes,
+        std::time::Duration::from_secs(args.request_timeout),
+    );
     let limits = http::ConnLimits {
         max_connections: args.max_connections,
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout),
     };
-    http::serve(listener, app, limits, shutdown, std::time::Duration::from_secs(30)).await;
+    http::serve(
+        listener,
+        app,
+        limits,
+        shutdown,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     for task in [sweeper, forgetter, deliverer] {
         task.abort();
         let _ = task.await;

@@ -57,7 +57,10 @@ pub fn after_failure(
         return DeliveryNext::Failed;
     }
     let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
-    let ceiling = policy.retry_base.saturating_mul(doubling).min(policy.retry_max);
+    let ceiling = policy
+        .retry_base
+        .saturating_mul(doubling)
+        .min(policy.retry_max);
     // "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
     let half = ceiling / 2;
     let jitter = Duration::from_millis(rng.gen_range(0..=half.as_millis() as u64));
@@ -67,7 +70,8 @@ pub fn after_failure(
 
 /// The `Keysmith-Signature` header: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub fn signature(secret: &str, t: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
@@ -76,7 +80,8 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
 
 /// The body of a delivery.
 pub fn payload(job: &DeliveryJob) -> String {
-    let data: serde_json::Value = serde_json::from_str(&job.data).unwrap_or(serde_json::Value::Null);
+    let data: serde_json::Value =
+        serde_json::from_str(&job.data).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "id": job.event_id,
         "type": job.kind,
@@ -101,7 +106,8 @@ pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
         }
     };
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let lease = chrono::Duration::from_std(policy.timeout + Duration::from_secs(30)).expect("lease fits");
+    let lease =
+        chrono::Duration::from_std(policy.timeout + Duration::from_secs(30)).expect("lease fits");
     let mut tick = tokio::time::interval(policy.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -131,14 +137,21 @@ pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
     }
 }
 
-async fn attempt(http: &reqwest::Client, policy: &DeliveryPolicy, job: &DeliveryJob) -> AttemptResult {
+async fn attempt(
+    http: &reqwest::Client,
+    policy: &DeliveryPolicy,
+    job: &DeliveryJob,
+) -> AttemptResult {
     let body = payload(job);
     let started_at = Utc::now();
     let started = Instant::now();
     let sent = http
         .post(&job.url)
         .header("content-type", "application/json")
-        .header("keysmith-signature", signature(&job.secret, started_at.timestamp(), &body))
+        .header(
+            "keysmith-signature",
+            signature(&job.secret, started_at.timestamp(), &body),
+        )
         .header("keysmith-event-id", &job.event_id)
         .body(body)
         .send()
@@ -154,10 +167,22 @@ async fn attempt(http: &reqwest::Client, policy: &DeliveryPolicy, job: &Delivery
         DeliveryNext::Delivered
     } else {
         let first = job.first_attempt_at.unwrap_or(started_at);
-        after_failure(policy, job.attempt, first, Utc::now(), &mut rand::thread_rng())
+        after_failure(
+            policy,
+            job.attempt,
+            first,
+            Utc::now(),
+            &mut rand::thread_rng(),
+        )
     };
     tracing::info!(event_id = %job.event_id, kind = %job.kind, attempt = job.attempt, ?status_code, duration_ms, ?next, "webhook attempt");
-    AttemptResult { at: started_at, status_code, error, duration_ms, next }
+    AttemptResult {
+        at: started_at,
+        status_code,
+        error,
+        duration_ms,
+        next,
+    }
 }
 
 #[cfg(test)]
@@ -179,17 +204,33 @@ mod tests {
         let first = Utc::now();
         let mut rng = rand::thread_rng();
         for _ in 0..200 {
-            let DeliveryNext::RetryAt(t) = after_failure(&policy, 1, first, first, &mut rng) else { panic!() };
+            let DeliveryNext::RetryAt(t) = after_failure(&policy, 1, first, first, &mut rng) else {
+                panic!()
+            };
             let wait = (t - first).num_milliseconds();
-            assert!((10_000..=20_000).contains(&wait), "first retry within 30 s: {wait}");
-            let DeliveryNext::RetryAt(t) = after_failure(&policy, 3, first, first, &mut rng) else { panic!() };
+            assert!(
+                (10_000..=20_000).contains(&wait),
+                "first retry within 30 s: {wait}"
+            );
+            let DeliveryNext::RetryAt(t) = after_failure(&policy, 3, first, first, &mut rng) else {
+                panic!()
+            };
             assert!((40_000..=80_000).contains(&(t - first).num_milliseconds()));
-            let DeliveryNext::RetryAt(t) = after_failure(&policy, 40, first, first, &mut rng) else { panic!() };
+            let DeliveryNext::RetryAt(t) = after_failure(&policy, 40, first, first, &mut rng)
+            else {
+                panic!()
+            };
             assert!((t - first).num_seconds() <= 3600, "at most an hour apart");
         }
         let day_later = first + chrono::Duration::hours(24);
-        assert_eq!(after_failure(&policy, 30, first, day_later, &mut rng), DeliveryNext::Failed);
+        assert_eq!(
+            after_failure(&policy, 30, first, day_later, &mut rng),
+            DeliveryNext::Failed
+        );
         let almost = first + chrono::Duration::hours(23);
-        assert!(matches!(after_failure(&policy, 30, first, almost, &mut rng), DeliveryNext::RetryAt(_)));
+        assert!(matches!(
+            after_failure(&policy, 30, first, almost, &mut rng),
+            DeliveryNext::RetryAt(_)
+        ));
     }
 }

@@ -46,11 +46,17 @@ impl RateLimits {
     pub fn new(per_second: u32, failures_per_minute: u32) -> RateLimits {
         let per_ip = NonZeroU32::new(per_second).map(|rate| {
             let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 > 0"));
-            Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
+            Arc::new(RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
         });
         let failures = NonZeroU32::new(failures_per_minute)
             .map(|rate| Arc::new(RateLimiter::keyed(Quota::per_minute(rate))));
-        RateLimits { per_ip, failures, blocked: Arc::default() }
+        RateLimits {
+            per_ip,
+            failures,
+            blocked: Arc::default(),
+        }
     }
 
     /// `Err(seconds to wait)` when `ip` is over its budget or past its
@@ -74,7 +80,9 @@ impl RateLimits {
     /// Counts a failed lookup against `ip`; past the budget, `ip` is refused
     /// until the budget has room again.
     pub fn record_failure(&self, ip: IpAddr) {
-        let Some(failures) = &self.failures else { return };
+        let Some(failures) = &self.failures else {
+            return;
+        };
         if let Err(wait) = check(failures, ip) {
             let mut blocked = self.blocked.lock().expect("blocked lock");
             if blocked.len() >= MAX_TRACKED {
@@ -94,7 +102,10 @@ impl RateLimits {
             limiter.shrink_to_fit();
         }
         let now = Instant::now();
-        self.blocked.lock().expect("blocked lock").retain(|_, until| *until > now);
+        self.blocked
+            .lock()
+            .expect("blocked lock")
+            .retain(|_, until| *until > now);
     }
 }
 

@@ -64,12 +64,21 @@ impl IntoResponse for Refusal {
 
 /// Parses and checks a request without touching storage.
 fn check(state: &AppState, body: &[u8]) -> Result<Checked, Refusal> {
-    let refusal = |code, message: String, nonce| Refusal { status: StatusCode::BAD_REQUEST, code, message, nonce };
+    let refusal = |code, message: String, nonce| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+        nonce,
+    };
     let req: ValidateRequest = serde_json::from_slice(body)
         .map_err(|e| refusal(Code::BadRequest, format!("invalid JSON body: {e}"), None))?;
     let nonce = req.nonce;
     if nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE_LEN) {
-        return Err(refusal(Code::BadRequest, format!("nonce is longer than {MAX_NONCE_LEN} bytes"), None));
+        return Err(refusal(
+            Code::BadRequest,
+            format!("nonce is longer than {MAX_NONCE_LEN} bytes"),
+            None,
+        ));
     }
     let Some(raw_key) = req.key else {
         return Err(refusal(Code::BadRequest, "key is required".into(), nonce));
@@ -82,14 +91,27 @@ fn check(state: &AppState, body: &[u8]) -> Result<Checked, Refusal> {
         None => None,
         Some((_, Some(d))) => Some(d),
         Some((raw, None)) => {
-            return Err(refusal(Code::InvalidDomain, format!("{raw:?} is not a host name"), nonce));
+            return Err(refusal(
+                Code::InvalidDomain,
+                format!("{raw:?} is not a host name"),
+                nonce,
+            ));
         }
     };
-    if req.fingerprint.as_deref().is_some_and(|f| !is_valid_fingerprint(f)) {
+    if req
+        .fingerprint
+        .as_deref()
+        .is_some_and(|f| !is_valid_fingerprint(f))
+    {
         let message = "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -".into();
         return Err(refusal(Code::BadRequest, message, nonce));
     }
-    Ok(Checked { key, domain, fingerprint: req.fingerprint, nonce })
+    Ok(Checked {
+        key,
+        domain,
+        fingerprint: req.fingerprint,
+        nonce,
+    })
 }
 
 fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Option<String> {
@@ -230,10 +252,16 @@ pub async fn deactivate(
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> Result<Json<Deactivated>, ApiError> {
     let ip = state.client_ip(&headers, peer);
-    state.limits.check(ip).map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    state
+        .limits
+        .check(ip)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let key = LicenseKey::parse_with_prefix(&body.key, &state.key_prefix).map_err(|e| {
         state.limits.record_failure(ip);
-        ApiError::BadRequest { code: "KEY_MALFORMED", message: e.to_string() }
+        ApiError::BadRequest {
+            code: "KEY_MALFORMED",
+            message: e.to_string(),
+        }
     })?;
     let domain = body
         .domain
@@ -258,7 +286,15 @@ pub async fn deactivate(
             "send the domain or the fingerprint whose seat to free",
         ));
     }
-    let freed = state.store.deactivate(key.as_str().to_owned(), domain, body.fingerprint, Utc::now()).await;
+    let freed = state
+        .store
+        .deactivate(
+            key.as_str().to_owned(),
+            domain,
+            body.fingerprint,
+            Utc::now(),
+        )
+        .await;
     if matches!(freed, Err(StoreError::NotFound { .. })) {
         state.limits.record_failure(ip);
     }

@@ -334,12 +334,21 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the endpoint and drops its undelivered events.
     async fn delete_webhook(&self, id: String) -> Result<()>;
     /// Attempts for one endpoint, newest first.
-    async fn delivery_attempts(&self, id: String, page: PageRequest) -> Result<(Vec<DeliveryAttempt>, Option<i64>)>;
+    async fn delivery_attempts(
+        &self,
+        id: String,
+        page: PageRequest,
+    ) -> Result<(Vec<DeliveryAttempt>, Option<i64>)>;
     /// Queues an event for this endpoint again, now (after `failed`, or to resend).
     async fn redeliver(&self, id: String, event_id: String, now: DateTime<Utc>) -> Result<()>;
     /// Claims up to `limit` due deliveries for `lease`: the oldest pending one
     /// per (endpoint, license), so each license's events go out in order.
-    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32, lease: chrono::Duration) -> Result<Vec<DeliveryJob>>;
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<DeliveryJob>>;
     /// Records an attempt and moves its delivery on.
     async fn finish_delivery(&self, job: DeliveryJob, result: AttemptResult) -> Result<()>;
 

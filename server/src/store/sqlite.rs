@@ -13,10 +13,10 @@ use keysmith_core::{Code, LicenseKey, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::{
-    from_unix, AttemptResult, Deactivated, DeliveryAttempt, DeliveryJob, DeliveryNext, NewWebhook, Webhook,
-    WebhookPatch, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
-    PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, UsageTotals, ValidationInput,
-    ValidationOutcome,
+    from_unix, AttemptResult, Deactivated, DeliveryAttempt, DeliveryJob, DeliveryNext, EventType,
+    LicenseFilter, LicensePage, LicensePatch, NewLicense, NewWebhook, PageRequest, Result, Store,
+    StoreError, UsagePage, UsageRecord, UsageTotals, ValidationInput, ValidationOutcome, Webhook,
+    WebhookPatch,
 };
 use crate::ids;
 use crate::license::{decide, effective_status, transition, Seats};
@@ -34,7 +34,8 @@ impl From<serde_json::Error> for StoreError {
 }
 
 /// Versioned migrations; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE plans (
     name TEXT PRIMARY KEY,
@@ -97,7 +98,8 @@ CREATE TABLE events (
     created_at INTEGER NOT NULL,
     data TEXT NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE webhooks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -132,7 +134,8 @@ CREATE TABLE delivery_attempts (
     duration_ms INTEGER NOT NULL
 );
 CREATE INDEX attempts_by_webhook ON delivery_attempts(webhook_seq, seq);
-"#];
+"#,
+];
 
 /// The most writes one transaction commits.
 const MAX_BATCH: usize = 1024;
@@ -429,19 +432,35 @@ fn plan_must_exist(conn: &Connection, name: &str) -> Result<Plan> {
 
 /// Writes an event to the outbox and queues it for every enabled endpoint
 /// that subscribes to it, in the caller's transaction.
-fn record_event(conn: &Connection, kind: EventType, license: &License, now: DateTime<Utc>) -> Result<()> {
+fn record_event(
+    conn: &Connection,
+    kind: EventType,
+    license: &License,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let data = serde_json::json!({ "license": license });
     conn.prepare_cached(
         "INSERT INTO events (id, type, license_id, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![ids::event_id(), kind.as_str(), license.id, now.timestamp(), data.to_string()])?;
+    .execute(params![
+        ids::event_id(),
+        kind.as_str(),
+        license.id,
+        now.timestamp(),
+        data.to_string()
+    ])?;
     let event_seq = conn.last_insert_rowid();
     conn.prepare_cached(
         "INSERT INTO deliveries (event_seq, webhook_seq, license_id, state, next_attempt_ms) \
          SELECT ?1, w.seq, ?2, 'pending', ?3 FROM webhooks w \
          WHERE w.enabled = 1 AND EXISTS (SELECT 1 FROM json_each(w.events) WHERE value = ?4)",
     )?
-    .execute(params![event_seq, license.id, now.timestamp_millis(), kind.as_str()])?;
+    .execute(params![
+        event_seq,
+        license.id,
+        now.timestamp_millis(),
+        kind.as_str()
+    ])?;
     Ok(())
 }
 
@@ -470,10 +489,16 @@ fn finish_webhook(raw: (i64, Webhook, String)) -> Result<(i64, Webhook)> {
 
 fn load_webhook(conn: &Connection, id: &str) -> Result<(i64, Webhook)> {
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1");
-    let raw = conn.prepare_cached(&sql)?.query_row([id], webhook_row).optional()?;
+    let raw = conn
+        .prepare_cached(&sql)?
+        .query_row([id], webhook_row)
+        .optional()?;
     raw.map(finish_webhook)
         .transpose()?
-        .ok_or_else(|| StoreError::NotFound { code: "WEBHOOK_NOT_FOUND", message: format!("no webhook {id}") })
+        .ok_or_else(|| StoreError::NotFound {
+            code: "WEBHOOK_NOT_FOUND",
+            message: format!("no webhook {id}"),
+        })
 }
 
 fn event_names(events: &[EventType]) -> Vec<&'static str> {
@@ -1080,10 +1105,15 @@ impl Store for SqliteStore {
 
     async fn list_webhooks(&self, page: PageRequest) -> Result<(Vec<Webhook>, Option<i64>)> {
         self.read(move |conn| {
-            let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2");
+            let sql = format!(
+                "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
+            );
             let raws: Vec<_> = conn
                 .prepare_cached(&sql)?
-                .query_map(params![page.before.unwrap_or(i64::MAX), i64::from(page.limit) + 1], webhook_row)?
+                .query_map(
+                    params![page.before.unwrap_or(i64::MAX), i64::from(page.limit) + 1],
+                    webhook_row,
+                )?
                 .collect::<rusqlite::Result<_>>()?;
             let more = raws.len() > page.limit as usize;
             let hooks = raws
@@ -1091,28 +1121,35 @@ impl Store for SqliteStore {
                 .take(page.limit as usize)
                 .map(finish_webhook)
                 .collect::<Result<Vec<_>>>()?;
-            let next = if more { hooks.last().map(|(seq, _)| *seq) } else { None };
+            let next = if more {
+                hooks.last().map(|(seq, _)| *seq)
+            } else {
+                None
+            };
             Ok((hooks.into_iter().map(|(_, w)| w).collect(), next))
         })
         .await
     }
 
     async fn get_webhook(&self, id: String) -> Result<Webhook> {
-        self.read(move |conn| load_webhook(conn, &id).map(|(_, w)| w)).await
+        self.read(move |conn| load_webhook(conn, &id).map(|(_, w)| w))
+            .await
     }
 
     async fn update_webhook(&self, id: String, patch: WebhookPatch) -> Result<Webhook> {
         self.write(move |conn| {
             let (seq, _) = load_webhook(conn, &id)?;
             if let Some(url) = &patch.url {
-                conn.prepare_cached("UPDATE webhooks SET url = ?2 WHERE seq = ?1")?.execute(params![seq, url])?;
+                conn.prepare_cached("UPDATE webhooks SET url = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, url])?;
             }
             if let Some(events) = &patch.events {
                 conn.prepare_cached("UPDATE webhooks SET events = ?2 WHERE seq = ?1")?
                     .execute(params![seq, serde_json::to_string(&event_names(events))?])?;
             }
             if let Some(enabled) = patch.enabled {
-                conn.prepare_cached("UPDATE webhooks SET enabled = ?2 WHERE seq = ?1")?.execute(params![seq, enabled])?;
+                conn.prepare_cached("UPDATE webhooks SET enabled = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, enabled])?;
             }
             load_webhook(conn, &id).map(|(_, w)| w)
         })
@@ -1122,15 +1159,22 @@ impl Store for SqliteStore {
     async fn delete_webhook(&self, id: String) -> Result<()> {
         self.write(move |conn| {
             let (seq, _) = load_webhook(conn, &id)?;
-            conn.prepare_cached("DELETE FROM delivery_attempts WHERE webhook_seq = ?1")?.execute([seq])?;
-            conn.prepare_cached("DELETE FROM deliveries WHERE webhook_seq = ?1")?.execute([seq])?;
-            conn.prepare_cached("DELETE FROM webhooks WHERE seq = ?1")?.execute([seq])?;
+            conn.prepare_cached("DELETE FROM delivery_attempts WHERE webhook_seq = ?1")?
+                .execute([seq])?;
+            conn.prepare_cached("DELETE FROM deliveries WHERE webhook_seq = ?1")?
+                .execute([seq])?;
+            conn.prepare_cached("DELETE FROM webhooks WHERE seq = ?1")?
+                .execute([seq])?;
             Ok(())
         })
         .await
     }
 
-    async fn delivery_attempts(&self, id: String, page: PageRequest) -> Result<(Vec<DeliveryAttempt>, Option<i64>)> {
+    async fn delivery_attempts(
+        &self,
+        id: String,
+        page: PageRequest,
+    ) -> Result<(Vec<DeliveryAttempt>, Option<i64>)> {
         self.read(move |conn| {
             let (seq, _) = load_webhook(conn, &id)?;
             let rows: Vec<(i64, DeliveryAttempt)> = conn
@@ -1185,7 +1229,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32, lease: chrono::Duration) -> Result<Vec<DeliveryJob>> {
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<DeliveryJob>> {
         self.write(move |conn| {
             let now_ms = now.timestamp_millis();
             let jobs: Vec<DeliveryJob> = conn
