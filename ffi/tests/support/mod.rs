@@ -67,10 +67,23 @@ pub fn target_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
-/// The built `libkeysmith.so` / `.a` (cargo builds the library, all its
-/// crate types, before it runs this package's tests).
+/// Where the built `libkeysmith.so` / `.a` are. Cargo builds every crate
+/// type before it runs this package's tests, into `deps/` (always fresh);
+/// it copies them up into `target/debug` only when no other package of the
+/// build has a library of the same name — and the SDK's is also `keysmith`,
+/// so in a whole workspace build the copy there may be missing or stale.
+pub fn lib_dir() -> PathBuf {
+    let deps = target_dir().join("deps");
+    if deps.join("libkeysmith.so").exists() {
+        deps
+    } else {
+        target_dir()
+    }
+}
+
+/// The built `libkeysmith.so` / `.a`.
 pub fn library(file: &str) -> PathBuf {
-    let path = target_dir().join(file);
+    let path = lib_dir().join(file);
     assert!(path.exists(), "{} is not built", path.display());
     path
 }
@@ -114,7 +127,7 @@ pub fn install_prefix() -> &'static Path {
             let out = Command::new("bash")
                 .arg(repo_root().join("ffi/install.sh"))
                 .arg(&prefix)
-                .env("KEYSMITH_LIB_DIR", target_dir())
+                .env("KEYSMITH_LIB_DIR", lib_dir())
                 .output()
                 .expect("run ffi/install.sh");
             assert!(out.status.success(), "install.sh: {}", text(&out));
