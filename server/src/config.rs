@@ -35,9 +35,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_DATA_DIR", default_value = "./keysmith-data")]
     pub data_dir: PathBuf,
 
-    /// Database URL: `sqlite://PATH`, or `postgres://…`. Default: SQLite at <data-dir>/keysmith.db.
-    #[arg(long, env = "KEYSMITH_DATABASE")]
-    pub database: Option<String>,
+    /// Database URL: `sqlite://PATH`, or `postgres://user:password@host:port/db` for
+    /// several servers on one database. Default: SQLite at <data-dir>/keysmith.db.
+    #[arg(long, env = "KEYSMITH_DATABASE", hide_env_values = true)]
+    pub database: Option<DatabaseUrl>,
 
     /// Ed25519 signing key file (mode 0600). Default: <data-dir>/signing.key, created on first start.
     #[arg(long, env = "KEYSMITH_SIGNING_KEY")]
@@ -133,7 +134,8 @@ impl ServeArgs {
 
     pub fn database_url(&self) -> String {
         self.database
-            .clone()
+            .as_ref()
+            .map(|url| url.0.clone())
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("keysmith.db").display()))
     }
 
@@ -141,5 +143,62 @@ impl ServeArgs {
         self.signing_key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("signing.key"))
+    }
+}
+
+/// A database URL. It may hold a password, so its `Debug` shows `***`
+/// instead (and `--help` does not echo `KEYSMITH_DATABASE`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<DatabaseUrl, Self::Err> {
+        Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.0;
+        let mut shown = match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.clone(),
+            },
+            _ => url.clone(),
+        };
+        if let Some(at) = shown.find("password=") {
+            let end = shown[at..].find('&').map_or(shown.len(), |e| at + e);
+            shown.replace_range(at + "password=".len()..end, "***");
+        }
+        f.debug_tuple("DatabaseUrl").field(&shown).finish()
+    }
+}
+
+#[cfg(test)]
+mod database_url_tests {
+    use super::DatabaseUrl;
+
+    #[test]
+    fn debug_hides_passwords() {
+        let shown = |u: &str| format!("{:?}", DatabaseUrl(u.into()));
+        assert_eq!(
+            shown("postgres://ks:s3cret@db:5432/ks"),
+            r#"DatabaseUrl("postgres://ks:***@db:5432/ks")"#
+        );
+        assert_eq!(
+            shown("postgres://db/ks?user=ks&password=s3cret&sslmode=disable"),
+            r#"DatabaseUrl("postgres://db/ks?user=ks&password=***&sslmode=disable")"#
+        );
+        assert_eq!(
+            shown("postgres://ks@db/ks"),
+            r#"DatabaseUrl("postgres://ks@db/ks")"#
+        );
+        assert_eq!(
+            shown("sqlite://./data/keysmith.db"),
+            r#"DatabaseUrl("sqlite://./data/keysmith.db")"#
+        );
     }
 }
