@@ -62,27 +62,58 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&digest[..8])
 }
 
-/// Signs `claims` as a compact JWS with `key`.
+/// Signs `claims` as a compact JWS with `key`. A server signing many
+/// tokens keeps a [`TokenSigner`] instead, which encodes the header once.
 pub fn sign(key: &SigningKey, claims: &Claims) -> String {
-    let header = Header {
-        alg: "EdDSA".into(),
-        typ: "JWT".into(),
-        kid: key_id(&key.verifying_key()),
-    };
-    let mut out = String::with_capacity(512);
-    URL_SAFE_NO_PAD.encode_string(
-        serde_json::to_vec(&header).expect("header serialises"),
-        &mut out,
-    );
-    out.push('.');
-    URL_SAFE_NO_PAD.encode_string(
-        serde_json::to_vec(claims).expect("claims serialise"),
-        &mut out,
-    );
-    let signature = key.sign(out.as_bytes());
-    out.push('.');
-    URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
-    out
+    TokenSigner::new(key.clone()).sign(claims)
+}
+
+/// A signing key with its JWS header (`alg`, `typ`, `kid`) encoded once.
+pub struct TokenSigner {
+    key: SigningKey,
+    /// base64url of the header JSON, then the `.` before the claims.
+    header: String,
+}
+
+impl TokenSigner {
+    pub fn new(key: SigningKey) -> TokenSigner {
+        let header = Header {
+            alg: "EdDSA".into(),
+            typ: "JWT".into(),
+            kid: key_id(&key.verifying_key()),
+        };
+        let mut encoded =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header serialises"));
+        encoded.push('.');
+        TokenSigner {
+            key,
+            header: encoded,
+        }
+    }
+
+    /// Signs `claims` as a compact JWS.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let claims = serde_json::to_vec(claims).expect("claims serialise");
+        let mut out = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 92);
+        out.push_str(&self.header);
+        URL_SAFE_NO_PAD.encode_string(claims, &mut out);
+        let signature = self.key.sign(out.as_bytes());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
+        out
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("key", &"<secret>")
+            .finish()
+    }
 }
 
 /// The public keys an app trusts, picked by `kid` (rotation: ship the next

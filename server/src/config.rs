@@ -40,6 +40,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_DATABASE", hide_env_values = true)]
     pub database: Option<DatabaseUrl>,
 
+    /// SQLite only: `normal` — an answered write survives a crash of the server
+    /// process (it is in the WAL before the answer leaves); a power cut may lose
+    /// the last moments of writes, never the database. `full` — every batch is
+    /// also fsynced before its answers leave: survives a power cut, costs an
+    /// fsync per batch (see docs/performance.md).
+    #[arg(long, env = "KEYSMITH_SQLITE_SYNCHRONOUS", value_enum, default_value_t)]
+    pub sqlite_synchronous: crate::store::sqlite::Synchronous,
+
     /// Ed25519 signing key file (mode 0600). Default: <data-dir>/signing.key, created on first start.
     #[arg(long, env = "KEYSMITH_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,

@@ -94,7 +94,7 @@ pub async fn serve(
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let signing_key = signing::load_or_create(&args.signing_key_path())?;
     let signer = signing::Signer::new(signing_key, args.issuer.clone());
-    let store = store::open(&args.database_url()).await?;
+    let store = store::open(&args.database_url(), args.sqlite_synchronous).await?;
     let admin = auth::AdminAuth::establish(store.as_ref()).await?;
 
     let listener = TcpListener::bind(args.listen)

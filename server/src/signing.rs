@@ -14,7 +14,7 @@ use rand::RngCore;
 
 /// The server's signing key and the names it is published under.
 pub struct Signer {
-    pub key: SigningKey,
+    pub tokens: token::TokenSigner,
     pub key_id: String,
     pub issuer: String,
 }
@@ -23,14 +23,14 @@ impl Signer {
     pub fn new(key: SigningKey, issuer: String) -> Signer {
         let key_id = token::key_id(&key.verifying_key());
         Signer {
-            key,
+            tokens: token::TokenSigner::new(key),
             key_id,
             issuer,
         }
     }
 
     pub fn public(&self) -> VerifyingKey {
-        self.key.verifying_key()
+        self.tokens.key().verifying_key()
     }
 }
 

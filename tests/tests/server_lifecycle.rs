@@ -318,7 +318,12 @@ fn kill_9_keeps_every_acknowledged_write(backend: Backend) {
 }
 
 fn logs_never_hold_a_key_or_a_token(backend: Backend) {
-    let server = TestServer::start_on(backend);
+    // At `debug`, so that the validation requests are logged too.
+    let server = TestServer::start_with(ServerOptions {
+        backend,
+        args: vec!["--log".into(), "debug".into()],
+        ..Default::default()
+    });
     server.plan("p", json!({"features": []}));
     let license = server.license("p", json!({}));
     let key = license["key"].as_str().unwrap();
@@ -327,7 +332,7 @@ fn logs_never_hold_a_key_or_a_token(backend: Backend) {
     server.request("GET", "/api/v1/licenses", Some("wrong-token-xyz"), None);
     let log = server.log();
     assert!(
-        log.contains("/api/v1/validate"),
+        log.contains("/api/v1/validate") && log.contains("/api/v1/licenses"),
         "requests are logged: {log}"
     );
     let body = &key[3..];

@@ -134,20 +134,38 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
 }
 
 /// One log line per request: method, path (never the query, which may hold
-/// a key), status and latency.
+/// a key), status and latency. The routes apps call on every start
+/// (`/validate`, `/deactivate`, the public key, `/healthz`) log at `debug`:
+/// at tens of thousands of requests a second a line each would cost more
+/// than the validation itself. Management routes log at `info`, and any
+/// 5xx at `error`.
 async fn log_request(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let response = next.run(req).await;
     let status = response.status().as_u16();
     let latency_us = start.elapsed().as_micros() as u64;
+    let path = uri.path();
     if status >= 500 {
         tracing::error!(%method, %path, status, latency_us, "request");
+    } else if is_app_route(path) {
+        tracing::debug!(%method, %path, status, latency_us, "request");
     } else {
         tracing::info!(%method, %path, status, latency_us, "request");
     }
     response
+}
+
+fn is_app_route(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v1/validate"
+            | "/api/v1/deactivate"
+            | "/api/v1/public-key"
+            | "/.well-known/jwks.json"
+            | "/healthz"
+    )
 }
 
 /// Every error of the management routes, mapped to HTTP in one place.

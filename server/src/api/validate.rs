@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use keysmith_core::domain::{is_valid_fingerprint, normalize_domain};
-use keysmith_core::token::{self, Claims};
+use keysmith_core::token::Claims;
 use keysmith_core::wire::{ValidateRequest, ValidateResponse, MAX_NONCE_LEN};
 use keysmith_core::{Code, LicenseKey};
 use serde::Deserialize;
@@ -220,7 +220,7 @@ fn answer(state: &AppState, req: &Checked, outcome: ValidationOutcome, iat: i64)
             license.as_ref().and_then(|l| l.expires_at),
         ),
     };
-    let token = token::sign(&state.signer.key, &claims);
+    let token = state.signer.tokens.sign(&claims);
     let status = if outcome.code == Code::LicenseNotFound {
         StatusCode::NOT_FOUND
     } else {

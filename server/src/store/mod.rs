@@ -358,15 +358,17 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the backend the URL names: `postgres://…` or `postgresql://…`
-/// (PostgreSQL), else `sqlite://PATH` or a bare path (SQLite).
-pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+/// (PostgreSQL), else `sqlite://PATH` or a bare path (SQLite, committing
+/// with `synchronous`).
+pub async fn open(url: &str, synchronous: sqlite::Synchronous) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Arc::new(postgres::PostgresStore::connect(url).await?));
     }
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
-        path,
-    ))?))
+    Ok(Arc::new(sqlite::SqliteStore::open_with(
+        std::path::Path::new(path),
+        synchronous,
+    )?))
 }
 
 /// Unix seconds to a time, clamping what chrono cannot represent.
