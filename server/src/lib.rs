@@ -34,7 +34,10 @@ pub fn main() -> std::process::ExitCode {
 
 /// Runs the server until SIGTERM or Ctrl-C; exit code 0 after a clean stop.
 pub fn serve_until_signal(args: ServeArgs) -> std::process::ExitCode {
-    init_logging(&args.log);
+    if let Err(e) = init_logging(&args.log) {
+        eprintln!("keysmith-server: --log {:?}: {e}", args.log);
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,15 +55,51 @@ pub fn serve_until_signal(args: ServeArgs) -> std::process::ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Dependencies whose debug output carries request data: tokio-postgres
+/// logs every statement with its parameters (license keys, token hashes),
+/// the HTTP crates log headers at trace. They stay at `info` unless the
+/// filter names them itself.
+const CHATTY_DEPENDENCIES: &[&str] = &["tokio_postgres", "hyper", "hyper_util", "reqwest", "h2"];
+
+/// The log filter: `filter`, with `CHATTY_DEPENDENCIES` capped at `info`.
+fn log_filter(filter: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    let named = filter.to_string();
+    for dependency in CHATTY_DEPENDENCIES {
+        if !named.contains(dependency) {
+            let cap = format!("{dependency}=info")
+                .parse()
+                .expect("a valid directive");
+            filter = filter.add_directive(cap);
+        }
+    }
+    Ok(filter)
+}
+
+fn init_logging(filter: &str) -> Result<(), String> {
+    let filter = log_filter(filter)?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_logging_keeps_dependencies_that_log_secrets_at_info() {
+        let shown = super::log_filter("debug").unwrap().to_string();
+        assert!(shown.contains("tokio_postgres=info"), "{shown}");
+        let named = super::log_filter("debug,tokio_postgres=trace")
+            .unwrap()
+            .to_string();
+        assert!(named.contains("tokio_postgres=trace"), "{named}");
+        assert!(!named.contains("tokio_postgres=info"), "{named}");
+        assert!(super::log_filter("info,=[").is_err());
+    }
 }
 
 async fn shutdown_signal() {
