@@ -87,21 +87,6 @@ fn init_logging(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn debug_logging_keeps_dependencies_that_log_secrets_at_info() {
-        let shown = super::log_filter("debug").unwrap().to_string();
-        assert!(shown.contains("tokio_postgres=info"), "{shown}");
-        let named = super::log_filter("debug,tokio_postgres=trace")
-            .unwrap()
-            .to_string();
-        assert!(named.contains("tokio_postgres=trace"), "{named}");
-        assert!(!named.contains("tokio_postgres=info"), "{named}");
-        assert!(super::log_filter("info,=[").is_err());
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -186,4 +171,19 @@ pub async fn serve(
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_logging_keeps_dependencies_that_log_secrets_at_info() {
+        let shown = super::log_filter("debug").unwrap().to_string();
+        assert!(shown.contains("tokio_postgres=info"), "{shown}");
+        let named = super::log_filter("debug,tokio_postgres=trace")
+            .unwrap()
+            .to_string();
+        assert!(named.contains("tokio_postgres=trace"), "{named}");
+        assert!(!named.contains("tokio_postgres=info"), "{named}");
+        assert!(super::log_filter("info,=[").is_err());
+    }
 }
