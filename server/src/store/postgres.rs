@@ -389,6 +389,13 @@ async fn lock_license(
         .transpose()?)
 }
 
+/// [`lock_license`] by id: the license's `seq`, or `LICENSE_NOT_FOUND`.
+async fn lock_license_id(c: &impl GenericClient, id: &str) -> Result<i64> {
+    lock_license(c, "id", id)
+        .await?
+        .ok_or_else(|| StoreError::license_not_found(id))
+}
+
 const PLAN_COLUMNS: &str =
     "name, features, max_domains, max_machines, duration_days, offline_grace_days";
 
@@ -584,16 +591,24 @@ async fn insert_license(
 
 /// What a validation reads once it holds the license's lock: the license,
 /// its plan, and its seats as far as the request's domain and fingerprint
-/// need them. Counting is skipped where the limit is unlimited.
+/// need them. A seat table is counted only when its count can decide
+/// anything: a limit is set, the request names a value, and that value does
+/// not hold a seat already (as `seats` does on SQLite).
 const VALIDATION_VIEW: &str = "SELECT l.id, l.status, l.plan, l.max_domains, l.max_machines, \
      l.expires_at, p.features, p.offline_grace_days, \
-     EXISTS (SELECT 1 FROM license_domains s WHERE s.license_seq = l.seq AND s.domain = $2), \
-     CASE WHEN l.max_domains IS NULL THEN 0::bigint \
+     h.domain_held, \
+     CASE WHEN l.max_domains IS NULL OR $2::text IS NULL OR h.domain_held THEN 0::bigint \
           ELSE (SELECT count(*) FROM license_domains s WHERE s.license_seq = l.seq) END, \
-     EXISTS (SELECT 1 FROM license_machines s WHERE s.license_seq = l.seq AND s.fingerprint = $3), \
-     CASE WHEN l.max_machines IS NULL THEN 0::bigint \
+     h.machine_held, \
+     CASE WHEN l.max_machines IS NULL OR $3::text IS NULL OR h.machine_held THEN 0::bigint \
           ELSE (SELECT count(*) FROM license_machines s WHERE s.license_seq = l.seq) END \
-     FROM licenses l JOIN plans p ON p.name = l.plan WHERE l.seq = $1";
+     FROM licenses l JOIN plans p ON p.name = l.plan \
+     CROSS JOIN LATERAL (SELECT \
+         EXISTS (SELECT 1 FROM license_domains s WHERE s.license_seq = l.seq AND s.domain = $2) \
+             AS domain_held, \
+         EXISTS (SELECT 1 FROM license_machines s WHERE s.license_seq = l.seq AND s.fingerprint = $3) \
+             AS machine_held) h \
+     WHERE l.seq = $1";
 
 async fn validate_in(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -727,10 +742,8 @@ async fn update_in(
     patch: LicensePatch,
     now: DateTime<Utc>,
 ) -> Result<License> {
-    if lock_license(c, "id", id).await?.is_none() {
-        return Err(StoreError::license_not_found(id));
-    }
-    let (seq, before) = load_license(c, id).await?;
+    let seq = lock_license_id(c, id).await?;
+    let before = load_license_seq(c, seq).await?;
     let mut after = before.clone();
     if let Some(plan) = patch.plan {
         plan_must_exist(c, &plan).await?;
@@ -770,9 +783,7 @@ async fn free_seat(
     value: &str,
     now: DateTime<Utc>,
 ) -> Result<License> {
-    let Some(seq) = lock_license(c, "id", id).await? else {
-        return Err(StoreError::license_not_found(id));
-    };
+    let seq = lock_license_id(c, id).await?;
     let stmt = c
         .prepare_cached(&format!(
             "DELETE FROM {table} WHERE license_seq = $1 AND {column} = $2"
@@ -969,10 +980,8 @@ impl Store for PostgresStore {
     async fn revoke_license(&self, id: String, now: DateTime<Utc>) -> Result<License> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        if lock_license(&tx, "id", &id).await?.is_none() {
-            return Err(StoreError::license_not_found(&id));
-        }
-        let (seq, mut license) = load_license(&tx, &id).await?;
+        let seq = lock_license_id(&tx, &id).await?;
+        let mut license = load_license_seq(&tx, seq).await?;
         if license.status == Status::Revoked {
             return Ok(license);
         }
