@@ -64,7 +64,12 @@ const CHATTY_DEPENDENCIES: &[&str] = &["tokio_postgres", "hyper", "hyper_util", 
 /// The log filter: `filter`, with `CHATTY_DEPENDENCIES` capped at `info`.
 fn log_filter(filter: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     let mut filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-    let named = filter.to_string();
+    let shown = filter.to_string();
+    // The targets the filter names: each directive up to its `[span]` or `=`.
+    let named: Vec<&str> = shown
+        .split(',')
+        .map(|d| d.split(['[', '=']).next().unwrap_or(d))
+        .collect();
     for dependency in CHATTY_DEPENDENCIES {
         if !named.contains(dependency) {
             let cap = format!("{dependency}=info")
@@ -184,6 +189,13 @@ mod tests {
             .to_string();
         assert!(named.contains("tokio_postgres=trace"), "{named}");
         assert!(!named.contains("tokio_postgres=info"), "{named}");
+        // A directive for another crate whose name contains a capped one
+        // (hyper_util, sha2) leaves the capped one capped.
+        let others = super::log_filter("debug,hyper_util=trace,sha2=debug")
+            .unwrap()
+            .to_string();
+        assert!(others.contains("hyper=info"), "{others}");
+        assert!(others.contains("h2=info"), "{others}");
         assert!(super::log_filter("info,=[").is_err());
     }
 }
