@@ -71,6 +71,7 @@ pub fn sign(key: &SigningKey, claims: &Claims) -> String {
 /// A signing key with its JWS header (`alg`, `typ`, `kid`) encoded once.
 pub struct TokenSigner {
     key: SigningKey,
+    key_id: String,
     /// base64url of the header JSON, then the `.` before the claims.
     header: String,
 }
@@ -87,6 +88,7 @@ impl TokenSigner {
         encoded.push('.');
         TokenSigner {
             key,
+            key_id: header.kid,
             header: encoded,
         }
     }
@@ -106,11 +108,17 @@ impl TokenSigner {
     pub fn key(&self) -> &SigningKey {
         &self.key
     }
+
+    /// The `kid` of the tokens: [`key_id`] of the public key.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
 }
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSigner")
+            .field("key_id", &self.key_id)
             .field("key", &"<secret>")
             .finish()
     }

@@ -156,7 +156,7 @@ impl ServeArgs {
 
 /// A database URL. It may hold a password, so its `Debug` shows `***`
 /// instead (and `--help` does not echo `KEYSMITH_DATABASE`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct DatabaseUrl(pub String);
 
 impl std::str::FromStr for DatabaseUrl {

@@ -130,7 +130,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, key_id = %signer.key_id, "keysmith-server ready");
+    tracing::info!(%addr, key_id = %signer.key_id(), "keysmith-server ready");
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "keysmith-server listening on http://{addr}");

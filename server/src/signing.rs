@@ -13,18 +13,16 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 
 /// The server's signing key and the names it is published under.
+#[derive(Debug)]
 pub struct Signer {
     pub tokens: token::TokenSigner,
-    pub key_id: String,
     pub issuer: String,
 }
 
 impl Signer {
     pub fn new(key: SigningKey, issuer: String) -> Signer {
-        let key_id = token::key_id(&key.verifying_key());
         Signer {
             tokens: token::TokenSigner::new(key),
-            key_id,
             issuer,
         }
     }
@@ -32,14 +30,9 @@ impl Signer {
     pub fn public(&self) -> VerifyingKey {
         self.tokens.key().verifying_key()
     }
-}
 
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("key_id", &self.key_id)
-            .field("key", &"<secret>")
-            .finish()
+    pub fn key_id(&self) -> &str {
+        self.tokens.key_id()
     }
 }
 

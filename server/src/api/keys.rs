@@ -11,7 +11,7 @@ pub async fn public_key(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "algorithm": "EdDSA",
         "curve": "Ed25519",
-        "key_id": state.signer.key_id,
+        "key_id": state.signer.key_id(),
         "public_key": public_key_base64(&state.signer.public()),
     }))
 }
@@ -23,7 +23,7 @@ pub async fn jwks(State(state): State<AppState>) -> Json<Value> {
             "crv": "Ed25519",
             "alg": "EdDSA",
             "use": "sig",
-            "kid": state.signer.key_id,
+            "kid": state.signer.key_id(),
             "x": public_key_base64url(&state.signer.public()),
         }]
     }))

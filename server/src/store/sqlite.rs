@@ -232,9 +232,10 @@ const DUE_LICENSES: &str = "SELECT id FROM licenses INDEXED BY licenses_due \
 
 /// Pages of WAL past which the writer finishes a checkpoint itself, between
 /// two batches, so that the log starts over (65,536 pages of 4 KiB: 256 MiB).
-/// That last copy and its fsync stall the writer (up to a few hundred ms at
-/// 1M licenses on this machine's disk), so the log is allowed to grow large
-/// enough that it happens every few seconds under full load, not constantly.
+/// That last copy and its fsync pause the writer (~50 ms at 1M licenses on
+/// the benchmark machine, see `run_checkpointer`), so the log is allowed to
+/// grow large enough that this happens every few seconds under full load,
+/// not constantly.
 const WAL_RESTART_PAGES: i64 = 65_536;
 /// How often the checkpointer copies committed WAL pages into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -726,8 +727,8 @@ fn insert_license(conn: &Connection, new: &NewLicense, now: DateTime<Utc>) -> Re
     ))
 }
 
-/// The seat table a validation checks: its name and column, and the
-/// constant statements on it (no SQL built per request).
+/// The constant statements a validation runs on one seat table (no SQL
+/// built per request).
 struct SeatTable {
     held: &'static str,
     count: &'static str,
