@@ -25,11 +25,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The app id used unless [`ClientBuilder::app_id`] sets one.
 pub const DEFAULT_APP_ID: &str = "keysmith";
 
-/// Only write a cache entry again to record the passing of time once the
-/// clock has moved this far past what it records: cheap offline checks, and
-/// still far finer than [`CLOCK_TOLERANCE_SECS`](crate::CLOCK_TOLERANCE_SECS).
-const NEWEST_SEEN_GRANULARITY_SECS: i64 = 60;
-
 type ClockFn = dyn Fn() -> SystemTime + Send + Sync;
 
 /// Validates license keys against a Keysmith server, verifying every answer
@@ -585,7 +580,7 @@ impl Client {
         // Record how far the clock has come, so that setting it back later
         // shows. Never move the record backwards, and never record a time the
         // answer calls tampered.
-        if answer.code != Code::ClockTampered && now > newest + NEWEST_SEEN_GRANULARITY_SECS {
+        if answer.code != Code::ClockTampered && now > newest + rules::REFRESH_SECS {
             // Only over the same token: an online answer written meanwhile
             // (a revocation, say) must not be replaced by this older one.
             if cache::load(&req.cache_path).is_some_and(|current| current.token == entry.token) {

@@ -102,8 +102,10 @@ pub(crate) fn offline_answer(
     Validation::from_claims(claims, code, Source::Cache, until)
 }
 
-/// How long an unchanged answer in the cache stays good enough that a new
-/// online answer saying the same need not be written.
+/// How stale a cache entry may be before it is written again when nothing
+/// but time has changed: an unchanged online answer is not rewritten within
+/// it, and an offline check records the passing of time only past it. Cheap
+/// checks, and still far finer than [`CLOCK_TOLERANCE_SECS`].
 pub(crate) const REFRESH_SECS: i64 = 60;
 
 /// Whether the cached answer `old` (whose newest time seen is `old_newest`)
