@@ -6,7 +6,8 @@ use std::ffi::{c_char, CStr, CString};
 
 use crate::error::{ks_result, Failure};
 
-fn null(name: &str) -> Failure {
+/// The failure for a required pointer that is `NULL`.
+pub(crate) fn null(name: &str) -> Failure {
     Failure::new(
         ks_result::KS_NULL_PARAMETER,
         format!("`{name}` must not be NULL"),

@@ -251,9 +251,8 @@ unsafe fn new_client(
     if let Some(dir) = cache_dir {
         builder = builder.cache_dir(dir);
     }
-    if !options.is_null() {
-        // SAFETY: not NULL, and a live ks_client_options (the caller's contract).
-        let options = unsafe { obj(options, "options") }?;
+    // SAFETY: NULL or a live ks_client_options (the caller's contract).
+    if let Some(options) = unsafe { options.as_ref() } {
         if let Some(timeout) = options.timeout {
             builder = builder.timeout(timeout);
         }

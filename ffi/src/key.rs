@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 
-use crate::args::{c_str, utf8, write_c_buffer};
+use crate::args::{c_str, null, utf8, write_c_buffer};
 use crate::error::{into_result, ks_result, Failure};
 use crate::panic::ffi_panic_boundary;
 
@@ -23,12 +23,7 @@ fn check(key: &[u8]) -> Result<sdk::LicenseKey, Failure> {
             "not a license key: it is not UTF-8 text",
         )
     })?;
-    sdk::check_key(key).map_err(|e| {
-        Failure::new(
-            ks_result::KS_KEY_MALFORMED,
-            format!("not a license key: {e}"),
-        )
-    })
+    sdk::check_key(key).map_err(|e| sdk::Error::from(e).into())
 }
 
 /// Checks a license key locally, as a person types it — no client, no
@@ -65,7 +60,7 @@ pub unsafe extern "C" fn ks_key_check_len(key: *const c_char, len: usize) -> ks_
     ffi_panic_boundary! {
         into_result(|| {
             if key.is_null() {
-                return Err(Failure::new(ks_result::KS_NULL_PARAMETER, "`key` must not be NULL"));
+                return Err(null("key"));
             }
             // SAFETY: `key` is not NULL and valid for `len` bytes (the
             // caller's contract); the slice is only read during this call.
@@ -100,7 +95,7 @@ pub unsafe extern "C" fn ks_key_canonicalize(
             // SAFETY: `key` is NULL or NUL-terminated (the caller's contract).
             let key = unsafe { c_str(key, "key") }?;
             if buf.is_null() {
-                return Err(Failure::new(ks_result::KS_NULL_PARAMETER, "`buf` must not be NULL"));
+                return Err(null("buf"));
             }
             let canonical = check(key.to_bytes())?;
             // SAFETY: `buf` and `out_len` are as `write_c_buffer` needs
@@ -136,7 +131,7 @@ pub unsafe extern "C" fn ks_machine_fingerprint(
             // SAFETY: `app_id` is NULL or NUL-terminated (the caller's contract).
             let app_id = unsafe { utf8(app_id, "app_id") }?;
             if buf.is_null() {
-                return Err(Failure::new(ks_result::KS_NULL_PARAMETER, "`buf` must not be NULL"));
+                return Err(null("buf"));
             }
             let fingerprint = sdk::machine_fingerprint(app_id)?;
             // SAFETY: `buf` and `out_len` are as `write_c_buffer` needs

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use crate::args::{c_str, c_string_lossy, free};
+use crate::args::{c_string_lossy, free, utf8};
 use crate::panic::ffi_panic_boundary;
 
 /// The answer of a validation: valid or not, why, where it came from, and
@@ -185,10 +185,7 @@ pub unsafe extern "C" fn ks_validation_has_feature(
             return false;
         };
         // SAFETY: `feature` is NULL or NUL-terminated (the caller's contract).
-        match unsafe { c_str(feature, "feature") }.map(|f| f.to_str()) {
-            Ok(Ok(feature)) => v.answer.has_feature(feature),
-            _ => false,
-        }
+        unsafe { utf8(feature, "feature") }.is_ok_and(|feature| v.answer.has_feature(feature))
     }
 }
 
