@@ -183,6 +183,17 @@ pub struct UsageTotals {
     pub domains: std::collections::BTreeMap<String, u64>,
 }
 
+impl UsageTotals {
+    /// Counts `n` validations that answered `code`.
+    fn add_code(&mut self, code: String, n: i64) {
+        self.validations += n as u64;
+        if code == Code::Valid.as_str() {
+            self.valid += n as u64;
+        }
+        self.by_code.insert(code, n as u64);
+    }
+}
+
 /// A page of usage, plus totals.
 #[derive(Debug, Clone)]
 pub struct UsagePage {
@@ -375,6 +386,24 @@ pub async fn open(url: &str, synchronous: sqlite::Synchronous) -> anyhow::Result
 pub fn from_unix(secs: i64) -> DateTime<Utc> {
     keysmith_core::time::from_unix(secs).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+/// [`from_unix`] of a column that may be NULL.
+fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.map(from_unix)
+}
+
+/// A stored status; anything else means the database holds what no server wrote.
+fn status_of(s: &str) -> Result<Status> {
+    Status::parse(s).ok_or_else(|| StoreError::Storage(format!("unknown stored status {s:?}")))
+}
+
+/// The names of `events`, as both backends store a webhook's subscriptions.
+fn event_names(events: &[EventType]) -> Vec<&'static str> {
+    events.iter().map(|e| e.as_str()).collect()
+}
+
+/// The webhook columns both backends read, in the order their row mappers take.
+const WEBHOOK_COLUMNS: &str = "seq, id, url, events, enabled, created_at";
 
 /// A page cursor: opaque to clients, a sequence number to us.
 pub mod cursor {

@@ -32,10 +32,10 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    from_unix, AttemptResult, Deactivated, DeliveryAttempt, DeliveryJob, DeliveryNext, EventType,
-    LicenseFilter, LicensePage, LicensePatch, NewLicense, NewWebhook, PageRequest, Result, Store,
-    StoreError, UsagePage, UsageRecord, UsageTotals, ValidationInput, ValidationOutcome, Webhook,
-    WebhookPatch,
+    event_names, from_unix, opt_time, status_of, AttemptResult, Deactivated, DeliveryAttempt,
+    DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
+    NewWebhook, PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, UsageTotals,
+    ValidationInput, ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
 };
 use crate::ids;
 use crate::license::{decide, default_expiry, effective_status, transition, Seats};
@@ -296,20 +296,12 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
-fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
-    v.map(from_unix)
-}
-
 fn opt_u32(v: Option<i64>) -> Result<Option<u32>> {
     v.map(to_u32).transpose()
 }
 
 fn to_u32(v: i64) -> Result<u32> {
     u32::try_from(v).map_err(|_| StoreError::Storage(format!("stored number {v} out of range")))
-}
-
-fn status_of(s: &str) -> Result<Status> {
-    Status::parse(s).ok_or_else(|| StoreError::Storage(format!("unknown stored status {s:?}")))
 }
 
 /// A license with its seats, in one statement (one snapshot).
@@ -471,8 +463,6 @@ async fn record_event(
     Ok(())
 }
 
-const WEBHOOK_COLUMNS: &str = "seq, id, url, events, enabled, created_at";
-
 fn webhook_from_row(row: &Row) -> Result<(i64, Webhook)> {
     let Json(events): Json<Vec<String>> = row.try_get(3)?;
     Ok((
@@ -505,10 +495,6 @@ async fn load_webhook(c: &impl GenericClient, id: &str) -> Result<(i64, Webhook)
         Some(row) => webhook_from_row(&row),
         None => Err(webhook_not_found(id)),
     }
-}
-
-fn event_names(events: &[EventType]) -> Vec<&'static str> {
-    events.iter().map(|e| e.as_str()).collect()
 }
 
 async fn write_license_fields(c: &impl GenericClient, seq: i64, l: &License) -> Result<()> {
@@ -1077,12 +1063,7 @@ impl Store for PostgresStore {
         let (records, by_code, by_domain) = tokio::try_join!(records, by_code, by_domain)?;
         let mut totals = UsageTotals::default();
         for row in by_code {
-            let (code, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-            totals.validations += n as u64;
-            if code == Code::Valid.as_str() {
-                totals.valid += n as u64;
-            }
-            totals.by_code.insert(code, n as u64);
+            totals.add_code(row.try_get(0)?, row.try_get(1)?);
         }
         for row in by_domain {
             let (domain, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);

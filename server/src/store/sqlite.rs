@@ -16,10 +16,10 @@ use keysmith_core::{Code, LicenseKey, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::{
-    from_unix, AttemptResult, Deactivated, DeliveryAttempt, DeliveryJob, DeliveryNext, EventType,
-    LicenseFilter, LicensePage, LicensePatch, NewLicense, NewWebhook, PageRequest, Result, Store,
-    StoreError, UsagePage, UsageRecord, UsageTotals, ValidationInput, ValidationOutcome, Webhook,
-    WebhookPatch,
+    event_names, from_unix, opt_time, status_of, AttemptResult, Deactivated, DeliveryAttempt,
+    DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
+    NewWebhook, PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, UsageTotals,
+    ValidationInput, ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
 };
 use crate::ids;
 use crate::license::{decide, effective_status, transition, Seats};
@@ -478,14 +478,6 @@ const LICENSE_COLUMNS: &str =
     "seq, id, key, status, plan, customer_email, max_domains, max_machines, \
      metadata, created_at, updated_at, expires_at, last_validated_at, validation_count";
 
-fn opt_time(v: Option<i64>) -> Option<DateTime<Utc>> {
-    v.map(from_unix)
-}
-
-fn status_of(s: &str) -> Result<Status> {
-    Status::parse(s).ok_or_else(|| StoreError::Storage(format!("unknown stored status {s:?}")))
-}
-
 /// Maps a row of `LICENSE_COLUMNS` without its seats.
 fn license_row(row: &Row<'_>) -> rusqlite::Result<(i64, License, String, String)> {
     Ok((
@@ -619,8 +611,6 @@ fn record_event(
     Ok(())
 }
 
-const WEBHOOK_COLUMNS: &str = "seq, id, url, events, enabled, created_at";
-
 fn webhook_row(row: &Row<'_>) -> rusqlite::Result<(i64, Webhook, String)> {
     Ok((
         row.get(0)?,
@@ -654,10 +644,6 @@ fn load_webhook(conn: &Connection, id: &str) -> Result<(i64, Webhook)> {
             code: "WEBHOOK_NOT_FOUND",
             message: format!("no webhook {id}"),
         })
-}
-
-fn event_names(events: &[EventType]) -> Vec<&'static str> {
-    events.iter().map(|e| e.as_str()).collect()
 }
 
 fn write_license_fields(conn: &Connection, seq: i64, l: &License) -> Result<()> {
@@ -1154,11 +1140,7 @@ impl Store for SqliteStore {
             let mut by_code = conn.prepare_cached("SELECT code, COUNT(*) FROM usage WHERE license_seq = ?1 GROUP BY code")?;
             for row in by_code.query_map([seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 let (code, n) = row?;
-                totals.validations += n as u64;
-                if code == Code::Valid.as_str() {
-                    totals.valid += n as u64;
-                }
-                totals.by_code.insert(code, n as u64);
+                totals.add_code(code, n);
             }
             let mut by_domain = conn.prepare_cached(
                 "SELECT domain, COUNT(*) FROM usage WHERE license_seq = ?1 AND domain IS NOT NULL GROUP BY domain",
