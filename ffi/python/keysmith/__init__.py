@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import List, Optional, Sequence, Union
 
 from . import _native
-from ._error import KeysmithError
+from ._error import KS_NULL_PARAMETER, KS_OK, KeysmithError
 from ._native import library_path
 
 __all__ = [
@@ -49,13 +49,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def _fail(result: int) -> KeysmithError:
     lib = _native.lib()
-    detail = (lib.ks_last_error() or b"").decode("utf-8", "replace")
-    summary = (lib.ks_result_str(result) or b"").decode("utf-8", "replace")
+    detail = _decode(lib.ks_last_error()) or ""
+    summary = _decode(lib.ks_result_str(result)) or ""
     return KeysmithError(result, detail or summary)
 
 
 def _check(result: int) -> None:
-    if result != _native.KS_OK:
+    if result != KS_OK:
         raise _fail(result)
 
 
@@ -96,7 +96,7 @@ def check_key(key: str) -> bool:
     ``0``, ``I``/``L`` for ``1``); catches every single typo and every swap of
     two neighbours."""
     data = _key_bytes(key)
-    return _native.lib().ks_key_check_len(data, len(data)) == _native.KS_OK
+    return _native.lib().ks_key_check_len(data, len(data)) == KS_OK
 
 
 def canonical_key(key: str) -> str:
@@ -280,8 +280,7 @@ class Client:
             function = lib.ks_client_validate if online else lib.ks_client_validate_offline
             answer = ctypes.c_void_p()
             result = function(handle, key_data, domain_data, fingerprint_data, ctypes.byref(answer))
-            if result != _native.KS_OK:
-                raise _fail(result)
+            _check(result)
             return _read_validation(answer)
         finally:
             self._leave()
@@ -289,7 +288,7 @@ class Client:
     def _enter(self) -> int:
         with self._state:
             if self._handle is None:
-                raise KeysmithError(_native.KS_NULL_PARAMETER, "the client is closed")
+                raise KeysmithError(KS_NULL_PARAMETER, "the client is closed")
             self._busy += 1
             return self._handle
 

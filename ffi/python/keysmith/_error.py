@@ -25,23 +25,24 @@ class KeysmithError(Exception):
     def is_network(self) -> bool:
         """The server could not be reached or timed out, and nothing usable is
         cached."""
-        return self.result_name in ("KS_NETWORK", "KS_TIMEOUT")
+        return self.result in (KS_NETWORK, KS_TIMEOUT)
 
 
-_NAMES = {
-    0: "KS_OK",
-    1: "KS_NULL_PARAMETER",
-    2: "KS_INVALID_ARGUMENT",
-    3: "KS_INSUFFICIENT_SIZE",
-    4: "KS_KEY_MALFORMED",
-    5: "KS_INVALID_PUBLIC_KEY",
-    6: "KS_INVALID_CONFIG",
-    7: "KS_NETWORK",
-    8: "KS_TIMEOUT",
-    9: "KS_UNTRUSTED_ANSWER",
-    10: "KS_PROTOCOL",
-    11: "KS_NO_CACHE",
-    12: "KS_NO_MACHINE_ID",
-    100: "KS_INTERNAL_ERROR",
-    101: "KS_PANIC",
-}
+# ks_result numbers (keysmith.h): stable, never renumbered.
+KS_OK = 0
+KS_NULL_PARAMETER = 1
+KS_INVALID_ARGUMENT = 2
+KS_INSUFFICIENT_SIZE = 3
+KS_KEY_MALFORMED = 4
+KS_INVALID_PUBLIC_KEY = 5
+KS_INVALID_CONFIG = 6
+KS_NETWORK = 7
+KS_TIMEOUT = 8
+KS_UNTRUSTED_ANSWER = 9
+KS_PROTOCOL = 10
+KS_NO_CACHE = 11
+KS_NO_MACHINE_ID = 12
+KS_INTERNAL_ERROR = 100
+KS_PANIC = 101
+
+_NAMES = {value: name for name, value in globals().items() if name.startswith("KS_")}

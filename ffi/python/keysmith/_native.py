@@ -10,29 +10,13 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from ._error import KeysmithError
+from ._error import KS_INTERNAL_ERROR, KeysmithError
 
 c_char_p = ctypes.c_char_p
 c_void_p = ctypes.c_void_p
 c_size_t = ctypes.c_size_t
 c_uint32 = ctypes.c_uint32
 
-# ks_result numbers (keysmith.h): stable, never renumbered.
-KS_OK = 0
-KS_NULL_PARAMETER = 1
-KS_INVALID_ARGUMENT = 2
-KS_INSUFFICIENT_SIZE = 3
-KS_KEY_MALFORMED = 4
-KS_INVALID_PUBLIC_KEY = 5
-KS_INVALID_CONFIG = 6
-KS_NETWORK = 7
-KS_TIMEOUT = 8
-KS_UNTRUSTED_ANSWER = 9
-KS_PROTOCOL = 10
-KS_NO_CACHE = 11
-KS_NO_MACHINE_ID = 12
-KS_INTERNAL_ERROR = 100
-KS_PANIC = 101
 
 
 KS_KEY_MAX_LEN = 38
