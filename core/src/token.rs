@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -128,7 +128,7 @@ impl TokenSigner {
 
     #[cfg(not(feature = "aws-lc"))]
     fn signature(&self, message: &[u8]) -> [u8; 64] {
-        self.key.sign(message).to_bytes()
+        ed25519_dalek::Signer::sign(&self.key, message).to_bytes()
     }
 
     pub fn key(&self) -> &SigningKey {
@@ -281,7 +281,7 @@ mod tests {
             let k = key(seed);
             let signer = TokenSigner::new(k.clone());
             for message in [&b""[..], b"eyJ.eyJ", &[0xa5; 1000]] {
-                let expected = Signer::sign(&k, message).to_bytes();
+                let expected = ed25519_dalek::Signer::sign(&k, message).to_bytes();
                 assert_eq!(signer.signature(message), expected, "seed {seed}");
             }
         }
