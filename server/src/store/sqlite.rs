@@ -232,13 +232,27 @@ const DUE_LICENSES: &str = "SELECT id FROM licenses INDEXED BY licenses_due \
 
 /// Pages of WAL past which the writer finishes a checkpoint itself, between
 /// two batches, so that the log starts over (65,536 pages of 4 KiB: 256 MiB).
-/// That last copy and its fsync pause the writer (~50 ms at 1M licenses on
-/// the benchmark machine, see `run_checkpointer`), so the log is allowed to
-/// grow large enough that this happens every few seconds under full load,
-/// not constantly.
+/// That last copy and its fsync pause the writer (see `run_checkpointer`),
+/// so the log is allowed to grow large enough that this happens every few
+/// seconds under full load, not constantly.
 const WAL_RESTART_PAGES: i64 = 65_536;
 /// How often the checkpointer copies committed WAL pages into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// A page written by several commits in that time is copied and written
+/// back once: at 1M licenses, 1 s instead of 100 ms gave ~10% more
+/// validations a second (docs/performance.md).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
+/// Before letting the writer restart the log, the checkpointer repeats its
+/// pass until one takes at most this long (or `CATCH_UP_PASSES` ran), so
+/// that what the writer is left to copy, while every write waits, is small.
+const CAUGHT_UP: Duration = Duration::from_millis(20);
+const CATCH_UP_PASSES: usize = 8;
+
+/// The checkpoint settings (tests use smaller ones than `open`).
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    restart_pages: i64,
+    checkpoint_every: Duration,
+}
 
 fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
@@ -260,10 +274,11 @@ fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Copies committed WAL pages into the database every `CHECKPOINT_EVERY`
+/// Copies committed WAL pages into the database every `checkpoint_every`
 /// (PASSIVE: it never blocks the writer or a reader), until `stop` closes.
-/// When the log has grown past `WAL_RESTART_PAGES` it asks the writer to
-/// finish the copy between two batches, which lets the log start over.
+/// When the log has grown past `restart_pages`, it repeats the pass until it
+/// has caught up with the writer, then asks the writer to finish the copy
+/// between two batches, which lets the log start over.
 ///
 /// SQLite fsyncs the database file only at the end of a pass that copied
 /// the whole log, which under steady writes is only the writer's last one
@@ -276,28 +291,52 @@ fn run_checkpointer(
     db: std::fs::File,
     stop: mpsc::Receiver<()>,
     restart: Arc<AtomicBool>,
-    restart_pages: i64,
+    tuning: Tuning,
 ) {
     let mut synced_through = 0;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        let started = std::time::Instant::now();
-        match passive_checkpoint(&conn) {
-            Ok((log, copied)) => {
-                if log > restart_pages {
-                    restart.store(true, Ordering::Relaxed);
-                }
-                // `copied` counts from the log's start, which moves back to 0
-                // when the writer restarts it.
-                if copied != synced_through && copied > 0 {
-                    if let Err(e) = db.sync_data() {
-                        tracing::warn!(error = %e, "syncing the database file failed");
-                    }
-                    synced_through = copied;
-                }
-                let ms = started.elapsed().as_millis() as u64;
-                tracing::trace!(log, copied, ms, "checkpoint pass");
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tuning.checkpoint_every) {
+        for pass in 1..=CATCH_UP_PASSES {
+            let Some((log, took)) = checkpoint_pass(&conn, &db, &mut synced_through) else {
+                break;
+            };
+            if log <= tuning.restart_pages {
+                break;
             }
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
+            // Caught up, or not catching up at this write rate: then the
+            // writer's pause is longer, but the log does not grow for ever.
+            if took <= CAUGHT_UP || pass == CATCH_UP_PASSES {
+                restart.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+}
+
+/// One PASSIVE pass and the fsync of what it copied; returns the pages in
+/// the log and how long the pass took, or `None` if it failed.
+fn checkpoint_pass(
+    conn: &Connection,
+    db: &std::fs::File,
+    synced_through: &mut i64,
+) -> Option<(i64, Duration)> {
+    let started = std::time::Instant::now();
+    match passive_checkpoint(conn) {
+        Ok((log, copied)) => {
+            // `copied` counts from the log's start, which moves back to 0
+            // when the writer restarts it.
+            if copied != *synced_through && copied > 0 {
+                if let Err(e) = db.sync_data() {
+                    tracing::warn!(error = %e, "syncing the database file failed");
+                }
+                *synced_through = copied;
+            }
+            let took = started.elapsed();
+            tracing::trace!(log, copied, ms = took.as_millis() as u64, "checkpoint pass");
+            Some((log, took))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            None
         }
     }
 }
@@ -395,13 +434,17 @@ impl SqliteStore {
 
     /// Opens (creating and migrating) the database at `path`.
     pub fn open_with(path: &Path, synchronous: Synchronous) -> anyhow::Result<SqliteStore> {
-        SqliteStore::open_tuned(path, synchronous, WAL_RESTART_PAGES)
+        let tuning = Tuning {
+            restart_pages: WAL_RESTART_PAGES,
+            checkpoint_every: CHECKPOINT_EVERY,
+        };
+        SqliteStore::open_tuned(path, synchronous, tuning)
     }
 
     fn open_tuned(
         path: &Path,
         synchronous: Synchronous,
-        restart_pages: i64,
+        tuning: Tuning,
     ) -> anyhow::Result<SqliteStore> {
         let opening = |e: StoreError| anyhow::anyhow!("opening {}: {e}", path.display());
         let conn = open_writer(path, synchronous).map_err(opening)?;
@@ -424,9 +467,7 @@ impl SqliteStore {
         let (stop, stopped) = mpsc::channel();
         let checkpointer = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || {
-                run_checkpointer(checkpoint_conn, db_file, stopped, restart, restart_pages)
-            })?;
+            .spawn(move || run_checkpointer(checkpoint_conn, db_file, stopped, restart, tuning))?;
         Ok(SqliteStore {
             writer: tx,
             writer_thread: Some(thread),
@@ -1504,8 +1545,14 @@ mod tests {
         }
     }
 
+    const TEST_CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
     async fn store_with_plan(path: &Path, restart_pages: i64) -> SqliteStore {
-        let store = SqliteStore::open_tuned(path, Synchronous::Normal, restart_pages).unwrap();
+        let tuning = Tuning {
+            restart_pages,
+            checkpoint_every: TEST_CHECKPOINT_EVERY,
+        };
+        let store = SqliteStore::open_tuned(path, Synchronous::Normal, tuning).unwrap();
         store
             .put_plan(Plan {
                 name: "p".into(),
@@ -1535,7 +1582,7 @@ mod tests {
             .create_license(new_license(0), Utc::now())
             .await
             .unwrap();
-        tokio::time::sleep(CHECKPOINT_EVERY * 4).await;
+        tokio::time::sleep(TEST_CHECKPOINT_EVERY * 4).await;
         // The database file alone, without its WAL, already holds the license.
         let copy = dir.path().join("copy.db");
         std::fs::copy(&path, &copy).unwrap();
