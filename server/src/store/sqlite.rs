@@ -238,8 +238,9 @@ const DUE_LICENSES: &str = "SELECT id FROM licenses INDEXED BY licenses_due \
 const WAL_RESTART_PAGES: i64 = 65_536;
 /// How often the checkpointer copies committed WAL pages into the database.
 /// A page written by several commits in that time is copied and written
-/// back once: at 1M licenses, 1 s instead of 100 ms gave ~10% more
-/// validations a second (docs/performance.md).
+/// back once, and there are a tenth of the fsyncs: at 1M licenses, 1 s
+/// instead of 100 ms gave 4–11% more validations a second in A/B runs
+/// (docs/performance.md).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 /// Before letting the writer restart the log, the checkpointer repeats its
 /// pass until one takes at most this long (or `CATCH_UP_PASSES` ran), so
