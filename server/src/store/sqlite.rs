@@ -138,6 +138,27 @@ CREATE TABLE delivery_attempts (
 );
 CREATE INDEX attempts_by_webhook ON delivery_attempts(webhook_seq, seq);
 "#,
+    // Validation counters leave the (wide) license row: a validation only
+    // appends its usage row, and the writer folds the rows past
+    // `usage_folded` into the narrow `license_counters` every
+    // `FOLD_EVERY` (see `fold_usage`). A read adds the rows not folded yet.
+    r#"
+CREATE TABLE license_counters (
+    license_seq INTEGER PRIMARY KEY REFERENCES licenses(seq),
+    validations INTEGER NOT NULL,
+    last_validated_at INTEGER
+);
+INSERT INTO license_counters
+    SELECT seq, validation_count, last_validated_at FROM licenses
+    WHERE validation_count > 0 OR last_validated_at IS NOT NULL;
+CREATE TABLE usage_folded (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    through_seq INTEGER NOT NULL
+);
+INSERT INTO usage_folded VALUES (1, COALESCE((SELECT MAX(seq) FROM usage), 0));
+ALTER TABLE licenses DROP COLUMN validation_count;
+ALTER TABLE licenses DROP COLUMN last_validated_at;
+"#,
 ];
 
 /// The most writes one transaction commits.
@@ -247,12 +268,16 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 /// that what the writer is left to copy, while every write waits, is small.
 const CAUGHT_UP: Duration = Duration::from_millis(20);
 const CATCH_UP_PASSES: usize = 8;
+/// How often the writer folds new usage rows into the validation counters
+/// (`fold_usage`), between two batches.
+const FOLD_EVERY: Duration = Duration::from_millis(1000);
 
 /// The checkpoint settings (tests use smaller ones than `open`).
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
     restart_pages: i64,
     checkpoint_every: Duration,
+    fold_every: Duration,
 }
 
 fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
@@ -368,8 +393,78 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, restart: Arc<AtomicBool>) {
+/// Folds the usage rows past `usage_folded` into `license_counters`, in
+/// one transaction (a crash keeps either both or neither), and returns how
+/// many rows it folded.
+///
+/// A validation used to add one to a counter in its license's row: one
+/// more random page written to the WAL, and later to the database, per
+/// validation. Folded every `FOLD_EVERY`, the counters of a whole interval
+/// land in the ~4,000 pages of the narrow table in key order, most pages
+/// once (docs/performance.md has the A/B numbers).
+fn fold_usage(conn: &Connection) -> Result<usize> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let folded = (|| -> Result<usize> {
+        let through: i64 = conn
+            .prepare_cached("SELECT through_seq FROM usage_folded")?
+            .query_row([], |r| r.get(0))?;
+        let last: Option<i64> = conn
+            .prepare_cached("SELECT MAX(seq) FROM usage")?
+            .query_row([], |r| r.get(0))?;
+        let last = last.unwrap_or(through);
+        if last <= through {
+            return Ok(0);
+        }
+        // `NOT INDEXED`: the rows since the last fold, by rowid range, not
+        // the whole by-license index. In a `MAX()` query SQLite takes the
+        // bare column `at` from the row with the largest `seq`.
+        let folded = conn
+            .prepare_cached(
+                "INSERT INTO license_counters (license_seq, validations, last_validated_at) \
+                 SELECT license_seq, n, at FROM \
+                   (SELECT license_seq, COUNT(*) AS n, at, MAX(seq) \
+                    FROM usage NOT INDEXED WHERE seq > ?1 AND seq <= ?2 \
+                    GROUP BY license_seq ORDER BY license_seq) \
+                 WHERE true \
+                 ON CONFLICT (license_seq) DO UPDATE SET \
+                   validations = validations + excluded.validations, \
+                   last_validated_at = excluded.last_validated_at",
+            )?
+            .execute([through, last])?;
+        conn.prepare_cached("UPDATE usage_folded SET through_seq = ?1")?
+            .execute([last])?;
+        Ok(folded)
+    })();
+    match folded {
+        Ok(n) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn run_writer(
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    restart: Arc<AtomicBool>,
+    fold_every: Duration,
+) {
+    let mut folded_at = std::time::Instant::now();
     while let Ok(first) = jobs.recv() {
+        if folded_at.elapsed() >= fold_every {
+            folded_at = std::time::Instant::now();
+            match fold_usage(&conn) {
+                Ok(rows) => {
+                    let ms = folded_at.elapsed().as_millis() as u64;
+                    tracing::trace!(rows, ms, "usage folded into the counters");
+                }
+                Err(e) => tracing::warn!(error = %e, "folding usage into the counters failed"),
+            }
+        }
         if restart.swap(false, Ordering::Relaxed) {
             // The checkpointer has copied most of the log; copying the rest
             // here, with no write in flight, lets the next batch restart it.
@@ -438,6 +533,7 @@ impl SqliteStore {
         let tuning = Tuning {
             restart_pages: WAL_RESTART_PAGES,
             checkpoint_every: CHECKPOINT_EVERY,
+            fold_every: FOLD_EVERY,
         };
         SqliteStore::open_tuned(path, synchronous, tuning)
     }
@@ -462,7 +558,7 @@ impl SqliteStore {
         let writer_restart = restart.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, writer_restart))?;
+            .spawn(move || run_writer(conn, rx, writer_restart, tuning.fold_every))?;
         let db_file =
             std::fs::File::open(path).map_err(|e| opening(StoreError::Storage(e.to_string())))?;
         let (stop, stopped) = mpsc::channel();
@@ -516,9 +612,18 @@ impl SqliteStore {
     }
 }
 
+/// The columns `license_row` maps, read `FROM licenses`. The counters are
+/// the folded ones plus the usage rows not folded yet (`fold_usage`), so
+/// they are exact at any moment.
 const LICENSE_COLUMNS: &str =
     "seq, id, key, status, plan, customer_email, max_domains, max_machines, \
-     metadata, created_at, updated_at, expires_at, last_validated_at, validation_count";
+     metadata, created_at, updated_at, expires_at, \
+     COALESCE((SELECT u.at FROM usage u WHERE u.license_seq = licenses.seq \
+               AND u.seq > (SELECT through_seq FROM usage_folded) ORDER BY u.seq DESC LIMIT 1), \
+              (SELECT c.last_validated_at FROM license_counters c WHERE c.license_seq = licenses.seq)), \
+     COALESCE((SELECT c.validations FROM license_counters c WHERE c.license_seq = licenses.seq), 0) \
+     + (SELECT COUNT(*) FROM usage u WHERE u.license_seq = licenses.seq \
+        AND u.seq > (SELECT through_seq FROM usage_folded))";
 
 /// Maps a row of `LICENSE_COLUMNS` without its seats.
 fn license_row(row: &Row<'_>) -> rusqlite::Result<(i64, License, String, String)> {
@@ -876,13 +981,12 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutco
         v.user_agent,
         v.country
     ])?;
+    // The usage row is the count too (`fold_usage`): no write to the
+    // license's own page, but on its first valid validation.
     let first_valid = decision.code == Code::Valid && !activated;
-    conn.prepare_cached(
-        "UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = ?2, \
-         activated_at = CASE WHEN ?3 THEN ?2 ELSE activated_at END WHERE seq = ?1",
-    )?
-    .execute(params![seq, now, first_valid])?;
     if first_valid {
+        conn.prepare_cached("UPDATE licenses SET activated_at = ?2 WHERE seq = ?1")?
+            .execute(params![seq, now])?;
         let (_, license) = load_license(conn, &id)?;
         record_event(conn, EventType::Activated, &license, v.now)?;
     }
@@ -1552,6 +1656,7 @@ mod tests {
         let tuning = Tuning {
             restart_pages,
             checkpoint_every: TEST_CHECKPOINT_EVERY,
+            fold_every: TEST_CHECKPOINT_EVERY,
         };
         let store = SqliteStore::open_tuned(path, Synchronous::Normal, tuning).unwrap();
         store
@@ -1597,6 +1702,143 @@ mod tests {
             .unwrap();
         assert_eq!(found, 1);
         drop(store);
+    }
+
+    fn validation(key: &str, at: i64) -> ValidationInput {
+        ValidationInput {
+            key: key.into(),
+            domain: None,
+            fingerprint: None,
+            ip: None,
+            user_agent: None,
+            country: None,
+            now: from_unix(at),
+        }
+    }
+
+    fn folded(path: &Path) -> (i64, Option<(i64, Option<i64>)>) {
+        let conn = Connection::open(path).unwrap();
+        let through = conn
+            .query_row("SELECT through_seq FROM usage_folded", [], |r| r.get(0))
+            .unwrap();
+        let counters = conn
+            .query_row(
+                "SELECT validations, last_validated_at FROM license_counters",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .unwrap();
+        (through, counters)
+    }
+
+    /// A validation only appends its usage row; the writer folds the rows
+    /// into the counters later. Before, between and after folds, and after
+    /// a restart, a license shows every validation and the latest time.
+    #[tokio::test]
+    async fn validation_counters_are_exact_across_folds_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
+        let license = store
+            .create_license(new_license(0), Utc::now())
+            .await
+            .unwrap();
+        let counted = |l: &License| {
+            (
+                l.validation_count,
+                l.last_validated_at.map(|t| t.timestamp()),
+            )
+        };
+        for at in 1..=3 {
+            store
+                .validate(validation(&license.key, 1_000 + at))
+                .await
+                .unwrap();
+        }
+        assert_eq!(folded(&path), (0, None), "nothing folded yet");
+        assert_eq!(
+            counted(&store.get_license(license.id.clone()).await.unwrap()),
+            (3, Some(1_003))
+        );
+
+        // The next write after the interval folds the three rows first.
+        tokio::time::sleep(TEST_CHECKPOINT_EVERY * 2).await;
+        store
+            .validate(validation(&license.key, 1_004))
+            .await
+            .unwrap();
+        assert_eq!(folded(&path), (3, Some((3, Some(1_003)))));
+        assert_eq!(
+            counted(&store.get_license(license.id.clone()).await.unwrap()),
+            (4, Some(1_004))
+        );
+        let listed = store
+            .list_licenses(
+                LicenseFilter::default(),
+                PageRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(counted(&listed.0[0]), (4, Some(1_004)));
+
+        drop(store);
+        let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
+        assert_eq!(
+            counted(&store.get_license(license.id.clone()).await.unwrap()),
+            (4, Some(1_004))
+        );
+        tokio::time::sleep(TEST_CHECKPOINT_EVERY * 2).await;
+        store
+            .validate(validation(&license.key, 1_005))
+            .await
+            .unwrap();
+        assert_eq!(folded(&path), (4, Some((4, Some(1_004)))));
+        assert_eq!(
+            counted(&store.get_license(license.id.clone()).await.unwrap()),
+            (5, Some(1_005))
+        );
+    }
+
+    /// A database from before the counters left the license row keeps
+    /// every count through the migration.
+    #[tokio::test]
+    async fn the_counters_migration_keeps_the_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 2;
+                 INSERT INTO plans VALUES ('p', '[]', NULL, NULL, NULL, 7);
+                 INSERT INTO licenses (id, key, status, plan, customer_email, metadata, created_at,
+                     updated_at, last_validated_at, validation_count)
+                 VALUES ('lic_A', 'KS-A', 'active', 'p', 'a@example.com', '{}', 1, 1, 1500, 7),
+                        ('lic_B', 'KS-B', 'active', 'p', 'b@example.com', '{}', 1, 1, NULL, 0);
+                 INSERT INTO usage (license_seq, at, code) VALUES (1, 1500, 'VALID');",
+            )
+            .unwrap();
+        }
+        let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
+        let a = store.get_license("lic_A".into()).await.unwrap();
+        let b = store.get_license("lic_B".into()).await.unwrap();
+        assert_eq!(
+            (a.validation_count, a.last_validated_at),
+            (7, Some(from_unix(1500)))
+        );
+        assert_eq!((b.validation_count, b.last_validated_at), (0, None));
+        store.validate(validation("KS-A", 1_600)).await.unwrap();
+        let a = store.get_license("lic_A".into()).await.unwrap();
+        assert_eq!(
+            (a.validation_count, a.last_validated_at),
+            (8, Some(from_unix(1600)))
+        );
     }
 
     /// Under steady writes the log starts over once it passes its limit,
