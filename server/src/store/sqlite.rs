@@ -142,6 +142,8 @@ CREATE INDEX attempts_by_webhook ON delivery_attempts(webhook_seq, seq);
     // appends its usage row, and the writer folds the rows past
     // `usage_folded` into the narrow `license_counters` every
     // `FOLD_EVERY` (see `fold_usage`). A read adds the rows not folded yet.
+    // The watermark relies on usage rows never being deleted: a new row's
+    // `seq` (rowid) is then always above every earlier one.
     r#"
 CREATE TABLE license_counters (
     license_seq INTEGER PRIMARY KEY REFERENCES licenses(seq),
@@ -434,17 +436,14 @@ fn fold_usage(conn: &Connection) -> Result<usize> {
         conn.prepare_cached("UPDATE usage_folded SET through_seq = ?1")?
             .execute([last])?;
         Ok(folded)
-    })();
-    match folded {
-        Ok(n) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
+    })()
+    .and_then(|n| Ok(conn.execute_batch("COMMIT").map(|()| n)?));
+    if folded.is_err() {
+        // Never leave the writer's connection inside a transaction: the
+        // next batch's BEGIN would fail, and every batch after it.
+        let _ = conn.execute_batch("ROLLBACK");
     }
+    folded
 }
 
 fn run_writer(
