@@ -395,9 +395,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// Folds the usage rows past `usage_folded` into `license_counters`, in
-/// one transaction (a crash keeps either both or neither), and returns how
-/// many rows it folded.
+/// Folds the usage rows past `usage_folded` into `license_counters`, and
+/// returns how many rows it folded. It runs in a savepoint of a writer
+/// batch, so the counters and their watermark commit together (a crash
+/// keeps either both or neither).
 ///
 /// A validation used to add one to a counter in its license's row: one
 /// more random page written to the WAL, and later to the database, per
@@ -405,45 +406,35 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// land in the ~4,000 pages of the narrow table in key order, most pages
 /// once (docs/performance.md has the A/B numbers).
 fn fold_usage(conn: &Connection) -> Result<usize> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let folded = (|| -> Result<usize> {
-        let through: i64 = conn
-            .prepare_cached("SELECT through_seq FROM usage_folded")?
-            .query_row([], |r| r.get(0))?;
-        let last: Option<i64> = conn
-            .prepare_cached("SELECT MAX(seq) FROM usage")?
-            .query_row([], |r| r.get(0))?;
-        let last = last.unwrap_or(through);
-        if last <= through {
-            return Ok(0);
-        }
-        // `NOT INDEXED`: the rows since the last fold, by rowid range, not
-        // the whole by-license index. In a `MAX()` query SQLite takes the
-        // bare column `at` from the row with the largest `seq`.
-        let folded = conn
-            .prepare_cached(
-                "INSERT INTO license_counters (license_seq, validations, last_validated_at) \
-                 SELECT license_seq, n, at FROM \
-                   (SELECT license_seq, COUNT(*) AS n, at, MAX(seq) \
-                    FROM usage NOT INDEXED WHERE seq > ?1 AND seq <= ?2 \
-                    GROUP BY license_seq ORDER BY license_seq) \
-                 WHERE true \
-                 ON CONFLICT (license_seq) DO UPDATE SET \
-                   validations = validations + excluded.validations, \
-                   last_validated_at = excluded.last_validated_at",
-            )?
-            .execute([through, last])?;
-        conn.prepare_cached("UPDATE usage_folded SET through_seq = ?1")?
-            .execute([last])?;
-        Ok(folded)
-    })()
-    .and_then(|n| Ok(conn.execute_batch("COMMIT").map(|()| n)?));
-    if folded.is_err() {
-        // Never leave the writer's connection inside a transaction: the
-        // next batch's BEGIN would fail, and every batch after it.
-        let _ = conn.execute_batch("ROLLBACK");
+    let through: i64 = conn
+        .prepare_cached("SELECT through_seq FROM usage_folded")?
+        .query_row([], |r| r.get(0))?;
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT MAX(seq) FROM usage")?
+        .query_row([], |r| r.get(0))?;
+    let last = last.unwrap_or(through);
+    if last <= through {
+        return Ok(0);
     }
-    folded
+    // `NOT INDEXED`: the rows since the last fold, by rowid range, not
+    // the whole by-license index. In a `MAX()` query SQLite takes the
+    // bare column `at` from the row with the largest `seq`.
+    let folded = conn
+        .prepare_cached(
+            "INSERT INTO license_counters (license_seq, validations, last_validated_at) \
+             SELECT license_seq, n, at FROM \
+               (SELECT license_seq, COUNT(*) AS n, at, MAX(seq) \
+                FROM usage NOT INDEXED WHERE seq > ?1 AND seq <= ?2 \
+                GROUP BY license_seq ORDER BY license_seq) \
+             WHERE true \
+             ON CONFLICT (license_seq) DO UPDATE SET \
+               validations = validations + excluded.validations, \
+               last_validated_at = excluded.last_validated_at",
+        )?
+        .execute([through, last])?;
+    conn.prepare_cached("UPDATE usage_folded SET through_seq = ?1")?
+        .execute([last])?;
+    Ok(folded)
 }
 
 fn run_writer(
@@ -454,16 +445,6 @@ fn run_writer(
 ) {
     let mut folded_at = std::time::Instant::now();
     while let Ok(first) = jobs.recv() {
-        if folded_at.elapsed() >= fold_every {
-            folded_at = std::time::Instant::now();
-            match fold_usage(&conn) {
-                Ok(rows) => {
-                    let ms = folded_at.elapsed().as_millis() as u64;
-                    tracing::trace!(rows, ms, "usage folded into the counters");
-                }
-                Err(e) => tracing::warn!(error = %e, "folding usage into the counters failed"),
-            }
-        }
         if restart.swap(false, Ordering::Relaxed) {
             // The checkpointer has copied most of the log; copying the rest
             // here, with no write in flight, lets the next batch restart it.
@@ -493,6 +474,16 @@ fn run_writer(
                 drop(job);
             }
             continue;
+        }
+        if folded_at.elapsed() >= fold_every {
+            folded_at = std::time::Instant::now();
+            match in_savepoint(&conn, fold_usage) {
+                Ok(rows) => {
+                    let ms = folded_at.elapsed().as_millis() as u64;
+                    tracing::trace!(rows, ms, "usage folded into the counters");
+                }
+                Err(e) => tracing::warn!(error = %e, "folding usage into the counters failed"),
+            }
         }
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
         let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
