@@ -8,7 +8,9 @@
 //!
 //! Where a behaviour must hold across server processes, the test opens a
 //! second, independent store on the same database (`Fixture::peer`), as a
-//! second process would.
+//! second process would. That is PostgreSQL's case (SPEC §10); a SQLite
+//! database belongs to one server process, which locks it (a second open
+//! is refused: `sqlite::tests`), so there the peer is the same store.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -35,10 +37,7 @@ struct Fixture {
 }
 
 enum Target {
-    Sqlite {
-        path: std::path::PathBuf,
-        _dir: tempfile::TempDir,
-    },
+    Sqlite { _dir: tempfile::TempDir },
     Postgres(PgSchema),
 }
 
@@ -49,7 +48,7 @@ impl Fixture {
         let store = keysmith_server::store::sqlite::SqliteStore::open(&path).expect("open SQLite");
         Fixture {
             store: Arc::new(store),
-            target: Target::Sqlite { path, _dir: dir },
+            target: Target::Sqlite { _dir: dir },
         }
     }
 
@@ -73,9 +72,7 @@ impl Fixture {
     /// process would have.
     async fn peer(&self) -> Arc<dyn Store> {
         match &self.target {
-            Target::Sqlite { path, .. } => Arc::new(
-                keysmith_server::store::sqlite::SqliteStore::open(path).expect("reopen SQLite"),
-            ),
+            Target::Sqlite { .. } => self.store.clone(),
             Target::Postgres(schema) => Arc::new(
                 keysmith_server::store::postgres::PostgresStore::connect(&schema.url)
                     .await

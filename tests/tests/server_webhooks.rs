@@ -148,6 +148,10 @@ fn every_event_type_arrives_in_order_signed_once(backend: Backend) {
     assert_eq!(ids.len(), 7, "unique event ids");
     assert_eq!(events[0]["data"]["license"]["id"], license["id"]);
     assert_eq!(events[6]["data"]["license"]["status"], "revoked");
+    // The activating validation counts in its own event, and a later change
+    // sees every validation answered before it.
+    assert_eq!(events[1]["data"]["license"]["validation_count"], 1);
+    assert_eq!(events[2]["data"]["license"]["validation_count"], 3);
     assert_eq!(events[3]["data"]["license"]["status"], "suspended");
     assert_eq!(
         got[0].headers.get("keysmith-event-id").map(String::as_str),

@@ -1,7 +1,11 @@
 //! SQLite backend: WAL, one writer thread that commits each batch of pending
 //! writes in one transaction (group commit) and answers every write only after
 //! its batch is committed, a checkpointer thread that copies the WAL back into
-//! the database off the commit path, plus a pool of read-only connections.
+//! the database off the commit path, a pool of read-only connections, and the
+//! usage journal (`journal`): a validation that takes no seat is decided on a
+//! read connection and appends its usage row there, without the writer.
+
+mod journal;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -22,7 +26,8 @@ use super::{
     ValidationInput, ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
 };
 use crate::ids;
-use crate::license::{decide, effective_status, transition, Seats};
+use crate::license::{decide, effective_status, transition, Decision, Seats};
+use journal::{Entry, Journal};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -161,6 +166,14 @@ INSERT INTO usage_folded VALUES (1, COALESCE((SELECT MAX(seq) FROM usage), 0));
 ALTER TABLE licenses DROP COLUMN validation_count;
 ALTER TABLE licenses DROP COLUMN last_validated_at;
 "#,
+    // How far the usage journal (`journal`) has been copied into `usage`.
+    r#"
+CREATE TABLE usage_journal (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    ingested_through INTEGER NOT NULL
+);
+INSERT INTO usage_journal VALUES (1, 0);
+"#,
 ];
 
 /// The most writes one transaction commits.
@@ -178,7 +191,8 @@ pub enum Synchronous {
     #[default]
     Normal,
     /// A commit is also fsynced before its answer leaves: it survives a
-    /// power cut too, at one fsync per batch.
+    /// power cut too, at one fsync per batch (and one per usage record
+    /// appended to the journal).
     Full,
 }
 
@@ -197,6 +211,7 @@ pub struct SqliteStore {
     writer_thread: Option<std::thread::JoinHandle<()>>,
     checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     readers: Arc<ReadPool>,
+    journal: Arc<Journal>,
 }
 
 impl Drop for SqliteStore {
@@ -240,6 +255,14 @@ impl ReadPool {
             idle.push(conn);
         }
     }
+
+    /// Runs `f` on a pooled connection on this thread.
+    fn run<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self.take()?;
+        let result = f(&conn);
+        self.give_back(conn);
+        result
+    }
 }
 
 /// Page cache sizes, as SQLite takes them (negative: KiB). Together they
@@ -273,13 +296,22 @@ const CATCH_UP_PASSES: usize = 8;
 /// How often the writer folds new usage rows into the validation counters
 /// (`fold_usage`), between two batches.
 const FOLD_EVERY: Duration = Duration::from_millis(1000);
+/// How often, at the least, the writer copies the usage journal into the
+/// `usage` table (it also does at every batch of writes).
+const INGEST_EVERY: Duration = Duration::from_millis(1000);
+/// Journal bytes past which the writer empties it once all of it has been
+/// copied (about 400,000 validations).
+const JOURNAL_ROTATE_BYTES: u64 = 64 << 20;
 
-/// The checkpoint settings (tests use smaller ones than `open`).
+/// The checkpoint, fold and journal settings (tests use smaller ones than
+/// `open`).
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
     restart_pages: i64,
     checkpoint_every: Duration,
     fold_every: Duration,
+    ingest_every: Duration,
+    rotate_bytes: u64,
 }
 
 fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
@@ -437,14 +469,137 @@ fn fold_usage(conn: &Connection) -> Result<usize> {
     Ok(folded)
 }
 
+/// Copies the journal's records past `usage_journal.ingested_through` into
+/// `usage` and moves the watermark past them, in the caller's transaction;
+/// returns the new watermark.
+fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
+    let through: i64 = conn
+        .prepare_cached("SELECT ingested_through FROM usage_journal")?
+        .query_row([], |r| r.get(0))?;
+    let through = through as u64;
+    let end = journal.len();
+    if end <= through {
+        return Ok(through);
+    }
+    let (mut entries, good) = journal
+        .read(through, end)
+        .map_err(|e| StoreError::Storage(format!("reading the usage journal: {e}")))?;
+    if good < end {
+        // Appends are whole records, so this is damage to the file: skip it
+        // rather than stop recording usage.
+        tracing::error!(
+            from = good,
+            to = end,
+            "damaged records in the usage journal were skipped"
+        );
+    }
+    // In license order (stable: each license's rows keep their order), so
+    // the by-license index is walked once, from its first page to its last,
+    // instead of one random page per row. `seq` then orders a license's
+    // rows, which is all that reads and the fold ask of it.
+    entries.sort_by_key(|e| e.license_seq);
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for e in &entries {
+        insert.execute(params![
+            e.license_seq,
+            e.at,
+            e.code,
+            e.domain,
+            e.fingerprint,
+            e.ip,
+            e.user_agent,
+            e.country
+        ])?;
+    }
+    conn.prepare_cached("UPDATE usage_journal SET ingested_through = ?1")?
+        .execute([end as i64])?;
+    Ok(end)
+}
+
+/// Runs `f` in a transaction of its own.
+fn in_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let result = f(conn).and_then(|r| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(r)
+    });
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+/// At start-up: cuts off a record torn by a crash at the journal's end
+/// (its validation was never answered) and copies the rest into `usage`.
+/// A journal shorter than the watermark was emptied after its records had
+/// been copied (a crash inside `rotate_journal`): the watermark starts over.
+fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
+    let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
+    let through: i64 = conn.query_row("SELECT ingested_through FROM usage_journal", [], |r| {
+        r.get(0)
+    })?;
+    let len = journal.len();
+    if len < through as u64 {
+        conn.execute("UPDATE usage_journal SET ingested_through = 0", [])?;
+        return Ok(());
+    }
+    let (_, good) = journal.read(through as u64, len).map_err(storage)?;
+    if good < len {
+        tracing::warn!(
+            bytes = len - good,
+            "cutting off a record torn by a crash at the end of the usage journal"
+        );
+        journal.lock().truncate(journal, good).map_err(storage)?;
+    }
+    let records = in_transaction(conn, |c| ingest(c, journal))?;
+    tracing::debug!(through = records, "usage journal recovered");
+    Ok(())
+}
+
+/// Empties the journal once it is large and every record in it has been
+/// copied: the copied rows are made durable (the WAL fsynced) without
+/// holding up appends; then, with appends held off for a moment, the few
+/// records since are copied, the file is cut to nothing and the watermark
+/// goes back to 0.
+fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()> {
+    let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
+    std::fs::File::open(wal)
+        .and_then(|f| f.sync_data())
+        .map_err(storage)?;
+    let mut appender = journal.lock();
+    in_transaction(conn, |c| ingest(c, journal))?;
+    appender.truncate(journal, 0).map_err(storage)?;
+    // Appends wait until the watermark agrees with the empty file.
+    let mut tries = 0;
+    while let Err(e) = conn.execute("UPDATE usage_journal SET ingested_through = 0", []) {
+        tries += 1;
+        tracing::error!(error = %e, tries, "cannot reset the usage journal's watermark");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(appender);
+    Ok(())
+}
+
 fn run_writer(
     conn: Connection,
     jobs: mpsc::Receiver<Job>,
     restart: Arc<AtomicBool>,
-    fold_every: Duration,
+    journal: Arc<Journal>,
+    wal: std::path::PathBuf,
+    tuning: Tuning,
 ) {
     let mut folded_at = std::time::Instant::now();
-    while let Ok(first) = jobs.recv() {
+    let mut ingested = 0;
+    loop {
+        let first = match jobs.recv_timeout(tuning.ingest_every) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) if journal.len() > ingested => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         if restart.swap(false, Ordering::Relaxed) {
             // The checkpointer has copied most of the log; copying the rest
             // here, with no write in flight, lets the next batch restart it.
@@ -457,7 +612,7 @@ fn run_writer(
                 Err(e) => tracing::warn!(error = %e, "WAL checkpoint in the writer failed"),
             }
         }
-        let mut batch = vec![first];
+        let mut batch: Vec<Job> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
@@ -475,7 +630,15 @@ fn run_writer(
             }
             continue;
         }
-        if folded_at.elapsed() >= fold_every {
+        // Every write sees every usage row answered before it was sent.
+        let through = match in_savepoint(&conn, |c| ingest(c, &journal)) {
+            Ok(through) => Some(through),
+            Err(e) => {
+                tracing::warn!(error = %e, "copying the usage journal failed");
+                None
+            }
+        };
+        if folded_at.elapsed() >= tuning.fold_every {
             folded_at = std::time::Instant::now();
             match in_savepoint(&conn, fold_usage) {
                 Ok(rows) => {
@@ -494,6 +657,19 @@ fn run_writer(
         for done in completions {
             done(commit.clone());
         }
+        if let (Ok(()), Some(through)) = (&commit, through) {
+            ingested = through;
+            if ingested >= tuning.rotate_bytes {
+                match rotate_journal(&conn, &journal, &wal) {
+                    Ok(()) => ingested = 0,
+                    Err(e) => tracing::warn!(error = %e, "emptying the usage journal failed"),
+                }
+            }
+        }
+    }
+    // Closing: what the journal still holds goes into the table now.
+    if let Err(e) = in_transaction(&conn, |c| ingest(c, &journal)) {
+        tracing::warn!(error = %e, "copying the usage journal at shutdown failed");
     }
 }
 
@@ -524,6 +700,8 @@ impl SqliteStore {
             restart_pages: WAL_RESTART_PAGES,
             checkpoint_every: CHECKPOINT_EVERY,
             fold_every: FOLD_EVERY,
+            ingest_every: INGEST_EVERY,
+            rotate_bytes: JOURNAL_ROTATE_BYTES,
         };
         SqliteStore::open_tuned(path, synchronous, tuning)
     }
@@ -534,7 +712,11 @@ impl SqliteStore {
         tuning: Tuning,
     ) -> anyhow::Result<SqliteStore> {
         let opening = |e: StoreError| anyhow::anyhow!("opening {}: {e}", path.display());
+        let journal = Journal::open(path, synchronous == Synchronous::Full)
+            .map_err(|e| anyhow::anyhow!("opening the usage journal: {e}"))?;
+        let journal = Arc::new(journal);
         let conn = open_writer(path, synchronous).map_err(opening)?;
+        recover_journal(&conn, &journal).map_err(opening)?;
         let checkpoint_conn = Connection::open(path)
             .and_then(|c| {
                 c.busy_timeout(Duration::from_secs(5))?;
@@ -546,9 +728,13 @@ impl SqliteStore {
         let restart = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_restart = restart.clone();
+        let writer_journal = journal.clone();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, writer_restart, tuning.fold_every))?;
+            .spawn(move || run_writer(conn, rx, writer_restart, writer_journal, wal, tuning))?;
         let db_file =
             std::fs::File::open(path).map_err(|e| opening(StoreError::Storage(e.to_string())))?;
         let (stop, stopped) = mpsc::channel();
@@ -563,7 +749,30 @@ impl SqliteStore {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             }),
+            journal,
         })
+    }
+
+    /// Returns once the writer has copied every usage row answered so far
+    /// into the tables, so that a read counts them all.
+    async fn settle_usage(&self) -> Result<()> {
+        self.write(|_| Ok(())).await
+    }
+
+    /// Appends a usage row to the journal; returns once it survives a crash
+    /// of the server (and, with `synchronous = full`, a power cut).
+    async fn record_usage(&self, entry: Entry) -> Result<()> {
+        let storage = |e: std::io::Error| StoreError::Storage(format!("recording usage: {e}"));
+        if self.journal.syncs() {
+            let journal = self.journal.clone();
+            tokio::task::spawn_blocking(move || journal.append(&entry))
+                .await
+                .map_err(|e| StoreError::Storage(format!("recording usage: {e}")))?
+                .map_err(storage)
+        } else {
+            // One `write(2)`: less than handing it to another thread.
+            self.journal.append(&entry).map_err(storage)
+        }
     }
 
     /// Runs `f` in the writer's next batch; returns once that batch committed.
@@ -894,7 +1103,53 @@ fn seats(
     })
 }
 
-fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutcome> {
+/// A validation decided from what the database holds, before any write.
+struct Seen {
+    seq: i64,
+    id: String,
+    status: Status,
+    plan: String,
+    expires_at: Option<DateTime<Utc>>,
+    activated: bool,
+    features: String,
+    grace: u32,
+    decision: Decision,
+}
+
+impl Seen {
+    /// Whether the validation changes more than the history: it takes a
+    /// seat, or activates the license. Only the writer may do that.
+    fn writes(&self) -> bool {
+        let d = &self.decision;
+        d.take_domain_seat || d.take_machine_seat || (d.code == Code::Valid && !self.activated)
+    }
+
+    fn outcome(self) -> Result<(i64, ValidationOutcome)> {
+        let outcome = ValidationOutcome {
+            code: self.decision.code,
+            license: Some(LicenseSummary {
+                id: self.id,
+                status: self.status,
+                plan: self.plan,
+                expires_at: self.expires_at,
+                features: serde_json::from_str(&self.features)?,
+            }),
+            offline_grace_days: self.grace,
+        };
+        Ok((self.seq, outcome))
+    }
+}
+
+fn not_found() -> ValidationOutcome {
+    ValidationOutcome {
+        code: Code::LicenseNotFound,
+        license: None,
+        offline_grace_days: DEFAULT_OFFLINE_GRACE_DAYS,
+    }
+}
+
+/// Looks the key up and decides; `None` for an unknown key.
+fn look_up(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> {
     let mut stmt = conn.prepare_cached(
         "SELECT l.seq, l.id, l.status, l.plan, l.max_domains, l.max_machines, l.expires_at, \
          l.activated_at IS NOT NULL, p.features, p.offline_grace_days \
@@ -929,11 +1184,7 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutco
         grace,
     )) = found
     else {
-        return Ok(ValidationOutcome {
-            code: Code::LicenseNotFound,
-            license: None,
-            offline_grace_days: DEFAULT_OFFLINE_GRACE_DAYS,
-        });
+        return Ok(None);
     };
     let expires_at = opt_time(expires_at);
     let status = effective_status(status_of(&status)?, expires_at, v.now);
@@ -947,50 +1198,55 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<ValidationOutco
         .as_deref()
         .map(|f| seats(conn, &MACHINE_SEATS, seq, f, max_machines))
         .transpose()?;
-    let decision = decide(status, domain_seats, machine_seats);
-    let now = v.now.timestamp();
-    if let (true, Some(domain)) = (decision.take_domain_seat, &v.domain) {
-        conn.prepare_cached(DOMAIN_SEATS.insert)?
-            .execute(params![seq, domain, now])?;
-    }
-    if let (true, Some(fp)) = (decision.take_machine_seat, &v.fingerprint) {
-        conn.prepare_cached(MACHINE_SEATS.insert)?
-            .execute(params![seq, fp, now])?;
-    }
-    conn.prepare_cached(
-        "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
+    Ok(Some(Seen {
         seq,
-        now,
-        decision.code.as_str(),
-        v.domain,
-        v.fingerprint,
-        v.ip,
-        v.user_agent,
-        v.country
-    ])?;
-    // The usage row is the count too (`fold_usage`): no write to the
-    // license's own page, but on its first valid validation.
-    let first_valid = decision.code == Code::Valid && !activated;
-    if first_valid {
+        id,
+        status,
+        plan,
+        expires_at,
+        activated,
+        features,
+        grace,
+        decision: decide(status, domain_seats, machine_seats),
+    }))
+}
+
+/// Looks the key up in one snapshot of a read connection.
+fn look_up_read(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let seen = look_up(conn, v);
+    conn.prepare_cached("COMMIT")?.execute([])?;
+    seen
+}
+
+/// The writer's part of a validation that takes a seat or activates the
+/// license: decided again inside the write transaction, so two validations
+/// racing for the last seat cannot both take it. The usage row is the
+/// caller's to record (`SqliteStore::record_usage`).
+fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<Option<(i64, ValidationOutcome)>> {
+    let Some(seen) = look_up(conn, v)? else {
+        return Ok(None);
+    };
+    let now = v.now.timestamp();
+    if let (true, Some(domain)) = (seen.decision.take_domain_seat, &v.domain) {
+        conn.prepare_cached(DOMAIN_SEATS.insert)?
+            .execute(params![seen.seq, domain, now])?;
+    }
+    if let (true, Some(fp)) = (seen.decision.take_machine_seat, &v.fingerprint) {
+        conn.prepare_cached(MACHINE_SEATS.insert)?
+            .execute(params![seen.seq, fp, now])?;
+    }
+    if seen.decision.code == Code::Valid && !seen.activated {
         conn.prepare_cached("UPDATE licenses SET activated_at = ?2 WHERE seq = ?1")?
-            .execute(params![seq, now])?;
-        let (_, license) = load_license(conn, &id)?;
+            .execute(params![seen.seq, now])?;
+        // The event's license counts this validation, whose usage row is
+        // recorded once the batch has committed.
+        let (_, mut license) = load_license(conn, &seen.id)?;
+        license.validation_count += 1;
+        license.last_validated_at = Some(from_unix(now));
         record_event(conn, EventType::Activated, &license, v.now)?;
     }
-    Ok(ValidationOutcome {
-        code: decision.code,
-        license: Some(LicenseSummary {
-            id,
-            status,
-            plan,
-            expires_at,
-            features: serde_json::from_str(&features)?,
-        }),
-        offline_grace_days: grace,
-    })
+    seen.outcome().map(Some)
 }
 
 fn update_in(
@@ -1146,11 +1402,13 @@ impl Store for SqliteStore {
     }
 
     async fn get_license(&self, id: String) -> Result<License> {
+        self.settle_usage().await?;
         self.read(move |conn| load_license(conn, &id).map(|(_, l)| l))
             .await
     }
 
     async fn list_licenses(&self, filter: LicenseFilter, page: PageRequest) -> Result<LicensePage> {
+        self.settle_usage().await?;
         self.read(move |conn| {
             let mut sql = format!("SELECT {LICENSE_COLUMNS} FROM licenses WHERE seq < ?1");
             let mut args: Vec<String> = Vec::new();
@@ -1246,6 +1504,7 @@ impl Store for SqliteStore {
     }
 
     async fn usage(&self, id: String, page: PageRequest) -> Result<UsagePage> {
+        self.settle_usage().await?;
         self.read(move |conn| {
             let (seq, _) = load_license(conn, &id)?;
             let mut stmt = conn.prepare_cached(
@@ -1291,7 +1550,41 @@ impl Store for SqliteStore {
     }
 
     async fn validate(&self, input: ValidationInput) -> Result<ValidationOutcome> {
-        self.write(move |conn| validate_in(conn, &input)).await
+        // Decided on a read connection, on this thread (a look-up by key
+        // takes microseconds, less than a hand-off to another thread); only
+        // a validation that takes a seat or activates goes to the writer.
+        let (seq, outcome) = match self.readers.run(|conn| look_up_read(conn, &input))? {
+            None => return Ok(not_found()),
+            Some(seen) if !seen.writes() => seen.outcome()?,
+            Some(_) => {
+                let decided = input.clone();
+                match self.write(move |conn| validate_in(conn, &decided)).await? {
+                    Some(found) => found,
+                    None => return Ok(not_found()),
+                }
+            }
+        };
+        let ValidationInput {
+            domain,
+            fingerprint,
+            ip,
+            user_agent,
+            country,
+            now,
+            ..
+        } = input;
+        self.record_usage(Entry {
+            license_seq: seq,
+            at: now.timestamp(),
+            code: outcome.code.as_str().to_owned(),
+            domain,
+            fingerprint,
+            ip,
+            user_agent,
+            country,
+        })
+        .await?;
+        Ok(outcome)
     }
 
     async fn deactivate(
@@ -1642,12 +1935,21 @@ mod tests {
 
     const TEST_CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
-    async fn store_with_plan(path: &Path, restart_pages: i64) -> SqliteStore {
-        let tuning = Tuning {
+    fn test_tuning(restart_pages: i64) -> Tuning {
+        Tuning {
             restart_pages,
             checkpoint_every: TEST_CHECKPOINT_EVERY,
             fold_every: TEST_CHECKPOINT_EVERY,
-        };
+            ingest_every: TEST_CHECKPOINT_EVERY,
+            rotate_bytes: JOURNAL_ROTATE_BYTES,
+        }
+    }
+
+    async fn store_with_plan(path: &Path, restart_pages: i64) -> SqliteStore {
+        store_tuned(path, test_tuning(restart_pages)).await
+    }
+
+    async fn store_tuned(path: &Path, tuning: Tuning) -> SqliteStore {
         let store = SqliteStore::open_tuned(path, Synchronous::Normal, tuning).unwrap();
         store
             .put_plan(Plan {
@@ -1722,47 +2024,62 @@ mod tests {
         (through, counters)
     }
 
-    /// A validation only appends its usage row; the writer folds the rows
-    /// into the counters later. Before, between and after folds, and after
-    /// a restart, a license shows every validation and the latest time.
+    fn count(path: &Path, sql: &str) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn journal_bytes(db: &Path) -> u64 {
+        std::fs::metadata(journal::path_for(db)).map_or(0, |m| m.len())
+    }
+
+    fn counted(l: &License) -> (u64, Option<i64>) {
+        (
+            l.validation_count,
+            l.last_validated_at.map(|t| t.timestamp()),
+        )
+    }
+
+    /// A validation's usage row waits in the journal until the writer's
+    /// next batch copies it into `usage` and folds it into the counters.
+    /// Before and after each step, after a restart and after a crash that
+    /// left records (and half of one) in the journal, a license shows every
+    /// validation and the latest time, each counted once.
     #[tokio::test]
-    async fn validation_counters_are_exact_across_folds_and_restarts() {
+    async fn validation_counters_are_exact_across_the_journal_folds_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
+        // Only writes copy the journal, and every batch folds.
+        let tuning = Tuning {
+            ingest_every: Duration::from_secs(3600),
+            fold_every: Duration::ZERO,
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let store = store_tuned(&path, tuning).await;
         let license = store
             .create_license(new_license(0), Utc::now())
             .await
             .unwrap();
-        let counted = |l: &License| {
-            (
-                l.validation_count,
-                l.last_validated_at.map(|t| t.timestamp()),
-            )
-        };
         for at in 1..=3 {
             store
                 .validate(validation(&license.key, 1_000 + at))
                 .await
                 .unwrap();
         }
+        assert!(journal_bytes(&path) > 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 0);
         assert_eq!(folded(&path), (0, None), "nothing folded yet");
         assert_eq!(
             counted(&store.get_license(license.id.clone()).await.unwrap()),
             (3, Some(1_003))
         );
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
+        assert_eq!(folded(&path), (3, Some((3, Some(1_003)))));
 
-        // The next write after the interval folds the three rows first.
-        tokio::time::sleep(TEST_CHECKPOINT_EVERY * 2).await;
         store
             .validate(validation(&license.key, 1_004))
             .await
             .unwrap();
-        assert_eq!(folded(&path), (3, Some((3, Some(1_003)))));
-        assert_eq!(
-            counted(&store.get_license(license.id.clone()).await.unwrap()),
-            (4, Some(1_004))
-        );
         let listed = store
             .list_licenses(
                 LicenseFilter::default(),
@@ -1774,23 +2091,121 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(counted(&listed.0[0]), (4, Some(1_004)));
-
         drop(store);
-        let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
+
+        // A crash left two records and half of a third in the journal.
+        let seq = count(&path, "SELECT seq FROM licenses");
+        let left = Journal::open(&path, false).unwrap();
+        for at in [1_005, 1_006] {
+            left.append(&Entry {
+                license_seq: seq,
+                at,
+                code: "VALID".into(),
+                domain: None,
+                fingerprint: None,
+                ip: None,
+                user_agent: None,
+                country: None,
+            })
+            .unwrap();
+        }
+        drop(left);
+        let whole = journal_bytes(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal::path_for(&path))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &[90, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
+        drop(file);
+
+        let store = store_tuned(&path, tuning).await;
+        assert_eq!(journal_bytes(&path), whole, "the torn record is cut off");
         assert_eq!(
             counted(&store.get_license(license.id.clone()).await.unwrap()),
-            (4, Some(1_004))
+            (6, Some(1_006))
         );
-        tokio::time::sleep(TEST_CHECKPOINT_EVERY * 2).await;
-        store
-            .validate(validation(&license.key, 1_005))
+        let usage = store
+            .usage(
+                license.id.clone(),
+                PageRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
             .await
             .unwrap();
-        assert_eq!(folded(&path), (4, Some((4, Some(1_004)))));
+        assert_eq!(usage.totals.validations, 6);
+        assert_eq!(usage.records[0].at.timestamp(), 1_006);
+        drop(store);
+        let store = store_tuned(&path, tuning).await;
         assert_eq!(
             counted(&store.get_license(license.id.clone()).await.unwrap()),
-            (5, Some(1_005))
+            (6, Some(1_006)),
+            "no record is copied twice"
         );
+    }
+
+    /// A SQLite database belongs to one server: a second store on the same
+    /// file is refused with a message that says why, and the first keeps
+    /// working.
+    #[tokio::test]
+    async fn a_second_store_on_the_same_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
+        let refused = SqliteStore::open(&path).err().expect("refused");
+        assert!(refused.to_string().contains("another server"), "{refused}");
+        let license = store
+            .create_license(new_license(0), Utc::now())
+            .await
+            .unwrap();
+        store
+            .validate(validation(&license.key, 1_001))
+            .await
+            .unwrap();
+        drop(store);
+        let reopened = SqliteStore::open(&path).unwrap();
+        let got = reopened.get_license(license.id).await.unwrap();
+        assert_eq!(got.validation_count, 1);
+    }
+
+    /// Once all of a large journal has been copied, the writer empties it;
+    /// no validation is lost or counted twice on the way, nor after a
+    /// restart.
+    #[tokio::test]
+    async fn the_journal_is_emptied_once_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let tuning = Tuning {
+            rotate_bytes: 2_000,
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let store = store_tuned(&path, tuning).await;
+        let license = store
+            .create_license(new_license(0), Utc::now())
+            .await
+            .unwrap();
+        let mut largest = 0;
+        for at in 1..=300 {
+            store
+                .validate(validation(&license.key, 1_000 + at))
+                .await
+                .unwrap();
+            largest = largest.max(journal_bytes(&path));
+            if at % 25 == 0 {
+                let got = store.get_license(license.id.clone()).await.unwrap();
+                assert_eq!(counted(&got), (at as u64, Some(1_000 + at)));
+            }
+        }
+        assert!(
+            largest < 2_000 + 30 * 200,
+            "the journal grew to {largest} bytes"
+        );
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 300);
+        drop(store);
+        let store = store_tuned(&path, tuning).await;
+        let got = store.get_license(license.id.clone()).await.unwrap();
+        assert_eq!(counted(&got), (300, Some(1_300)));
     }
 
     /// A database from before the counters left the license row keeps
