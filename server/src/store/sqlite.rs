@@ -2197,10 +2197,9 @@ mod tests {
                 assert_eq!(counted(&got), (at as u64, Some(1_000 + at)));
             }
         }
-        assert!(
-            largest < 2_000 + 30 * 200,
-            "the journal grew to {largest} bytes"
-        );
+        // Never emptied, it would reach ~37,000 bytes (300 records); the
+        // margin is for a writer slowed down by a loaded machine.
+        assert!(largest < 16_000, "the journal grew to {largest} bytes");
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 300);
         drop(store);
         let store = store_tuned(&path, tuning).await;
