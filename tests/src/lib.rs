@@ -206,6 +206,10 @@ fn pg_execute(url: &str, sql: &str) {
 }
 
 /// A running server process. Killed (SIGKILL) when dropped.
+/// Set for `ks-e2e-server` by `TestServer`: the server exits when its stdin
+/// (a pipe from the test process) closes.
+pub const EXIT_WITH_PARENT: &str = "KS_E2E_EXIT_WITH_PARENT";
+
 pub struct TestServer {
     pub url: String,
     pub data_dir: PathBuf,
@@ -332,7 +336,8 @@ impl TestServer {
             .args(&self.args)
             .env("KEYSMITH_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("KEYSMITH_DATABASE")
-            .stdin(Stdio::null())
+            .env(EXIT_WITH_PARENT, "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log);
         for (k, v) in &self.envs {

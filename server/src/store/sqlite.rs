@@ -1965,6 +1965,20 @@ mod tests {
         store
     }
 
+    /// A store in a fresh directory, with one license.
+    async fn store_with_license(
+        tuning: Tuning,
+    ) -> (tempfile::TempDir, std::path::PathBuf, SqliteStore, License) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = store_tuned(&path, tuning).await;
+        let license = store
+            .create_license(new_license(0), Utc::now())
+            .await
+            .unwrap();
+        (dir, path, store, license)
+    }
+
     fn wal_bytes(db: &Path) -> u64 {
         std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len())
     }
@@ -2047,19 +2061,13 @@ mod tests {
     /// validation and the latest time, each counted once.
     #[tokio::test]
     async fn validation_counters_are_exact_across_the_journal_folds_and_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.db");
         // Only writes copy the journal, and every batch folds.
         let tuning = Tuning {
             ingest_every: Duration::from_secs(3600),
             fold_every: Duration::ZERO,
             ..test_tuning(WAL_RESTART_PAGES)
         };
-        let store = store_tuned(&path, tuning).await;
-        let license = store
-            .create_license(new_license(0), Utc::now())
-            .await
-            .unwrap();
+        let (_dir, path, store, license) = store_with_license(tuning).await;
         for at in 1..=3 {
             store
                 .validate(validation(&license.key, 1_000 + at))
@@ -2174,17 +2182,11 @@ mod tests {
     /// restart.
     #[tokio::test]
     async fn the_journal_is_emptied_once_copied() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.db");
         let tuning = Tuning {
             rotate_bytes: 2_000,
             ..test_tuning(WAL_RESTART_PAGES)
         };
-        let store = store_tuned(&path, tuning).await;
-        let license = store
-            .create_license(new_license(0), Utc::now())
-            .await
-            .unwrap();
+        let (_dir, path, store, license) = store_with_license(tuning).await;
         let mut largest = 0;
         for at in 1..=300 {
             store
