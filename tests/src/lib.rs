@@ -205,11 +205,11 @@ fn pg_execute(url: &str, sql: &str) {
     });
 }
 
-/// A running server process. Killed (SIGKILL) when dropped.
 /// Set for `ks-e2e-server` by `TestServer`: the server exits when its stdin
 /// (a pipe from the test process) closes.
 pub const EXIT_WITH_PARENT: &str = "KS_E2E_EXIT_WITH_PARENT";
 
+/// A running server process. Killed (SIGKILL) when dropped.
 pub struct TestServer {
     pub url: String,
     pub data_dir: PathBuf,

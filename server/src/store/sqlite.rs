@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keysmith_core::wire::{License, LicenseSummary, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
 use keysmith_core::{Code, LicenseKey, Status};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
 
 use super::{
     event_names, from_unix, opt_time, status_of, AttemptResult, Deactivated, DeliveryAttempt,
@@ -525,17 +527,12 @@ fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
     Ok(end)
 }
 
-/// Runs `f` in a transaction of its own.
+/// Runs `f` in a transaction of its own (rolled back if `f` fails).
 fn in_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let result = f(conn).and_then(|r| {
-        conn.prepare_cached("COMMIT")?.execute([])?;
-        Ok(r)
-    });
-    if result.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    result
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let result = f(&tx)?;
+    tx.commit()?;
+    Ok(result)
 }
 
 /// At start-up: cuts off a record torn by a crash at the journal's end
