@@ -14,6 +14,13 @@ use serde_json::{json, Value};
 
 keysmith_tests::on_both_backends!(acknowledged_writes_survive_repeated_kill_9_under_load);
 
+/// The same with `--sqlite-synchronous full`, where a usage record waits for
+/// a grouped fsync of the journal instead of one `write(2)` alone.
+#[test]
+fn acknowledged_writes_survive_repeated_kill_9_under_load_with_synchronous_full() {
+    crash_cycles(Backend::Sqlite, &["--sqlite-synchronous", "full"]);
+}
+
 const CYCLES: usize = 6;
 const POOL: usize = 8;
 const MAX_DOMAINS: usize = 3;
@@ -360,6 +367,10 @@ fn load_and_kill(
 }
 
 fn acknowledged_writes_survive_repeated_kill_9_under_load(backend: Backend) {
+    crash_cycles(backend, &[]);
+}
+
+fn crash_cycles(backend: Backend, extra_args: &[&str]) {
     let seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -375,8 +386,10 @@ fn acknowledged_writes_survive_repeated_kill_9_under_load(backend: Backend) {
 
     let mut server = TestServer::start_with(ServerOptions {
         args: ["--rate-limit", "0", "--failed-lookup-limit", "0"]
-            .map(String::from)
-            .to_vec(),
+            .iter()
+            .chain(extra_args)
+            .map(|a| a.to_string())
+            .collect(),
         backend,
         ..Default::default()
     });

@@ -17,6 +17,11 @@
 //! complete records; the writer reads only that far, so it never sees a
 //! record being written. A record torn by a crash can only be the last one
 //! (its answer never left): opening the journal cuts it off.
+//!
+//! With `--sqlite-synchronous full` an append also waits for an fsync that
+//! covers it. The fsyncs are grouped: appends that arrive while one runs
+//! are written at once and share the next, so concurrent validations pay
+//! for one fsync between them instead of one each (group commit).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -51,13 +56,23 @@ pub struct Journal {
     /// Bytes of complete records (the appender's `len`, readable without
     /// its lock).
     complete: AtomicU64,
-    /// `--sqlite-synchronous full`: each append is fsynced too.
+    /// `--sqlite-synchronous full`: each append waits for an fsync too.
     sync: bool,
+    /// Bytes ever appended (`Appender::total`), readable without its lock.
+    appended: AtomicU64,
+    /// Of those, how many an fsync has covered. Held while an fsync runs,
+    /// which is what groups the appends that wait behind it.
+    synced: Mutex<u64>,
+    /// fsyncs run for appends (grouping makes it fewer than the appends).
+    fsyncs: AtomicU64,
 }
 
 pub struct Appender {
     file: File,
     len: u64,
+    /// Bytes ever appended: unlike `len`, never goes back when the journal
+    /// is emptied, so it orders appends for the fsyncs.
+    total: u64,
     buf: Vec<u8>,
 }
 
@@ -91,14 +106,18 @@ impl Journal {
             appender: Mutex::new(Appender {
                 file,
                 len,
+                total: 0,
                 buf: Vec::with_capacity(512),
             }),
             complete: AtomicU64::new(len),
             sync,
+            appended: AtomicU64::new(0),
+            synced: Mutex::new(0),
+            fsyncs: AtomicU64::new(0),
         })
     }
 
-    /// Whether each append is fsynced.
+    /// Whether each append waits for an fsync.
     pub fn syncs(&self) -> bool {
         self.sync
     }
@@ -109,29 +128,56 @@ impl Journal {
     }
 
     /// Appends `entry`; when this returns `Ok`, the record survives `kill -9`
-    /// (and a power cut too with `sync`). A failed append leaves no partial
-    /// record behind.
+    /// (and a power cut too with `sync`). A failed write leaves no partial
+    /// record behind. (When the fsync fails, the record stays and will be
+    /// counted, though its validation was answered with an error.)
     pub fn append(&self, entry: &Entry) -> std::io::Result<()> {
-        let mut a = self.lock();
-        let Appender { file, len, buf } = &mut *a;
-        buf.clear();
-        buf.extend_from_slice(&[0; HEADER]);
-        serde_json::to_writer(&mut *buf, entry)?;
-        let payload = (buf.len() - HEADER) as u32;
-        let crc = crc32fast::hash(&buf[HEADER..]);
-        buf[..4].copy_from_slice(&payload.to_le_bytes());
-        buf[4..HEADER].copy_from_slice(&crc.to_le_bytes());
-        let written =
-            file.write_all(buf)
-                .and_then(|()| if self.sync { file.sync_data() } else { Ok(()) });
-        if let Err(e) = written {
-            // Cut off whatever part of the record reached the file, so the
-            // next record starts where the writer expects one.
-            let _ = file.set_len(*len);
-            return Err(e);
+        let end = {
+            let mut a = self.lock();
+            let Appender {
+                file,
+                len,
+                total,
+                buf,
+            } = &mut *a;
+            buf.clear();
+            buf.extend_from_slice(&[0; HEADER]);
+            serde_json::to_writer(&mut *buf, entry)?;
+            let payload = (buf.len() - HEADER) as u32;
+            let crc = crc32fast::hash(&buf[HEADER..]);
+            buf[..4].copy_from_slice(&payload.to_le_bytes());
+            buf[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+            if let Err(e) = file.write_all(buf) {
+                // Cut off whatever part of the record reached the file, so the
+                // next record starts where the writer expects one.
+                let _ = file.set_len(*len);
+                return Err(e);
+            }
+            *len += buf.len() as u64;
+            *total += buf.len() as u64;
+            self.complete.store(*len, Ordering::Release);
+            self.appended.store(*total, Ordering::Release);
+            *total
+        };
+        if self.sync {
+            self.sync_through(end)?;
         }
-        *len += buf.len() as u64;
-        self.complete.store(*len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Returns once an fsync has covered the first `end` bytes ever
+    /// appended. Appends written while another fsync runs wait for it to
+    /// end, and then the first of them fsyncs for them all.
+    fn sync_through(&self, end: u64) -> std::io::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= end {
+            return Ok(());
+        }
+        // Everything written so far, this record and those behind it.
+        let covered = self.appended.load(Ordering::Acquire);
+        self.reader.sync_data()?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        *synced = covered;
         Ok(())
     }
 
@@ -226,6 +272,37 @@ mod tests {
         let mut damaged = whole.clone();
         damaged[second_end + HEADER + 3] ^= 0x20;
         assert_eq!(parse(&damaged).1, second_end);
+    }
+
+    #[test]
+    fn appends_waiting_for_an_fsync_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let journal = std::sync::Arc::new(Journal::open(&db, true).unwrap());
+        journal.append(&entry(0)).unwrap();
+        assert_eq!(journal.fsyncs.load(Ordering::Relaxed), 1);
+
+        // As if an fsync were running: eight appends write their records
+        // and wait behind it.
+        let running = journal.synced.lock().unwrap();
+        let before = journal.len();
+        let appends: Vec<_> = (1..=8)
+            .map(|n| {
+                let journal = journal.clone();
+                std::thread::spawn(move || journal.append(&entry(n)))
+            })
+            .collect();
+        while journal.read(before, journal.len()).unwrap().0.len() < 8 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(running);
+        for append in appends {
+            append.join().unwrap().unwrap();
+        }
+        // One fsync covered all eight.
+        assert_eq!(journal.fsyncs.load(Ordering::Relaxed), 2);
+        let (read, _) = journal.read(0, journal.len()).unwrap();
+        assert_eq!(read.len(), 9);
     }
 
     #[test]
