@@ -506,25 +506,44 @@ fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
     // instead of one random page per row. `seq` then orders a license's
     // rows, which is all that reads and the fold ask of it.
     entries.sort_by_key(|e| e.license_seq);
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
     for e in &entries {
-        insert.execute(params![
-            e.license_seq,
-            e.at,
-            e.code,
-            e.domain,
-            e.fingerprint,
-            e.ip,
-            e.user_agent,
-            e.country
-        ])?;
+        insert_usage(conn, e)?;
     }
     conn.prepare_cached("UPDATE usage_journal SET ingested_through = ?1")?
         .execute([end as i64])?;
     Ok(end)
+}
+
+fn insert_usage(conn: &Connection, e: &Entry) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        e.license_seq,
+        e.at,
+        e.code,
+        e.domain,
+        e.fingerprint,
+        e.ip,
+        e.user_agent,
+        e.country
+    ])?;
+    Ok(())
+}
+
+/// The usage row of a validation of the license `license_seq`.
+fn usage_entry(v: &ValidationInput, license_seq: i64, code: Code) -> Entry {
+    Entry {
+        license_seq,
+        at: v.now.timestamp(),
+        code: code.as_str().to_owned(),
+        domain: v.domain.clone(),
+        fingerprint: v.fingerprint.clone(),
+        ip: v.ip.clone(),
+        user_agent: v.user_agent.clone(),
+        country: v.country.clone(),
+    }
 }
 
 /// Runs `f` in a transaction of its own (rolled back if `f` fails).
@@ -1230,9 +1249,9 @@ fn look_up_read(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> 
 
 /// The writer's part of a validation that takes a seat or activates the
 /// license: decided again inside the write transaction, so two validations
-/// racing for the last seat cannot both take it. The usage row is the
-/// caller's to record (`SqliteStore::record_usage`).
-fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<Option<(i64, ValidationOutcome)>> {
+/// racing for the last seat cannot both take it. Its usage row commits with
+/// the seat, so that no crash leaves one without the other.
+fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<Option<ValidationOutcome>> {
     let Some(seen) = look_up(conn, v)? else {
         return Ok(None);
     };
@@ -1245,17 +1264,15 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<Option<(i64, Va
         conn.prepare_cached(MACHINE_SEATS.insert)?
             .execute(params![seen.seq, fp, now])?;
     }
+    insert_usage(conn, &usage_entry(v, seen.seq, seen.decision.code))?;
     if seen.decision.code == Code::Valid && !seen.activated {
         conn.prepare_cached("UPDATE licenses SET activated_at = ?2 WHERE seq = ?1")?
             .execute(params![seen.seq, now])?;
-        // The event's license counts this validation, whose usage row is
-        // recorded once the batch has committed.
-        let (_, mut license) = load_license(conn, &seen.id)?;
-        license.validation_count += 1;
-        license.last_validated_at = Some(from_unix(now));
+        // The event's license counts this validation (its row is in).
+        let (_, license) = load_license(conn, &seen.id)?;
         record_event(conn, EventType::Activated, &license, v.now)?;
     }
-    seen.outcome().map(Some)
+    seen.outcome().map(|(_, outcome)| Some(outcome))
 }
 
 fn update_in(
@@ -1562,38 +1579,19 @@ impl Store for SqliteStore {
         // Decided on a read connection, on this thread (a look-up by key
         // takes microseconds, less than a hand-off to another thread); only
         // a validation that takes a seat or activates goes to the writer.
-        let (seq, outcome) = match self.readers.run(|conn| look_up_read(conn, &input))? {
-            None => return Ok(not_found()),
-            Some(seen) if !seen.writes() => seen.outcome()?,
-            Some(_) => {
-                let decided = input.clone();
-                match self.write(move |conn| validate_in(conn, &decided)).await? {
-                    Some(found) => found,
-                    None => return Ok(not_found()),
-                }
+        match self.readers.run(|conn| look_up_read(conn, &input))? {
+            None => Ok(not_found()),
+            Some(seen) if !seen.writes() => {
+                let (seq, outcome) = seen.outcome()?;
+                self.record_usage(usage_entry(&input, seq, outcome.code))
+                    .await?;
+                Ok(outcome)
             }
-        };
-        let ValidationInput {
-            domain,
-            fingerprint,
-            ip,
-            user_agent,
-            country,
-            now,
-            ..
-        } = input;
-        self.record_usage(Entry {
-            license_seq: seq,
-            at: now.timestamp(),
-            code: outcome.code.as_str().to_owned(),
-            domain,
-            fingerprint,
-            ip,
-            user_agent,
-            country,
-        })
-        .await?;
-        Ok(outcome)
+            Some(_) => Ok(self
+                .write(move |conn| validate_in(conn, &input))
+                .await?
+                .unwrap_or_else(not_found)),
+        }
     }
 
     async fn deactivate(
@@ -2082,6 +2080,36 @@ mod tests {
         )
     }
 
+    /// A validation that takes a seat (or activates the license) commits
+    /// its usage row with the seat, in the writer's transaction: a crash
+    /// right after that commit cannot leave a seat with no usage row. Only
+    /// validations that write nothing else go through the journal.
+    #[tokio::test]
+    async fn a_validation_that_takes_a_seat_commits_its_usage_row_with_it() {
+        let tuning = Tuning {
+            ingest_every: Duration::from_secs(3600),
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let (_dir, path, store, license) = store_with_license(tuning).await;
+        let on = |domain: &str, at| ValidationInput {
+            domain: Some(domain.into()),
+            ..validation(&license.key, at)
+        };
+        // Activates the license and takes a seat.
+        store.validate(on("a.example.com", 1_001)).await.unwrap();
+        // Takes a second seat.
+        store.validate(on("b.example.com", 1_002)).await.unwrap();
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM license_domains"), 2);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2);
+        assert_eq!(journal_bytes(&path), 0, "nothing went through the journal");
+        // The seat is held now: nothing to write but the usage row.
+        store.validate(on("a.example.com", 1_003)).await.unwrap();
+        assert!(journal_bytes(&path) > 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2);
+        let activated = store.get_license(license.id.clone()).await.unwrap();
+        assert_eq!(counted(&activated), (3, Some(1_003)));
+    }
+
     /// A validation's usage row waits in the journal until the writer's
     /// next batch copies it into `usage` and folds it into the counters.
     /// Before and after each step, after a restart and after a crash that
@@ -2102,8 +2130,10 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // The first, activating, validation committed its row; the other
+        // two are in the journal.
         assert!(journal_bytes(&path) > 0);
-        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1);
         assert_eq!(folded(&path), (0, None), "nothing folded yet");
         assert_eq!(
             counted(&store.get_license(license.id.clone()).await.unwrap()),
