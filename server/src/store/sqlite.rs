@@ -506,15 +506,33 @@ fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
     // instead of one random page per row. `seq` then orders a license's
     // rows, which is all that reads and the fold ask of it.
     entries.sort_by_key(|e| e.license_seq);
+    let mut unknown = 0;
     for e in &entries {
-        insert_usage(conn, e)?;
+        match insert_usage(conn, e) {
+            // Licenses are never deleted, so this is a database restored
+            // from a backup beside a newer journal: usage of licenses made
+            // after the backup has nowhere to go.
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+            {
+                unknown += 1
+            }
+            done => done?,
+        }
+    }
+    if unknown > 0 {
+        tracing::warn!(
+            records = unknown,
+            "usage journal records of licenses this database does not have were left out \
+             (was the database restored from a backup without its journal?)"
+        );
     }
     conn.prepare_cached("UPDATE usage_journal SET ingested_through = ?1")?
         .execute([end as i64])?;
     Ok(end)
 }
 
-fn insert_usage(conn: &Connection, e: &Entry) -> Result<()> {
+fn insert_usage(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -2078,6 +2096,45 @@ mod tests {
             l.validation_count,
             l.last_validated_at.map(|t| t.timestamp()),
         )
+    }
+
+    /// `keysmith.db` restored from a backup next to the live journal: the
+    /// journal holds usage of licenses created after the backup, which the
+    /// database does not have. The server starts, copies the usage of the
+    /// licenses it has, leaves out the rest (with a warning), and goes on
+    /// recording usage.
+    #[tokio::test]
+    async fn journal_records_of_licenses_the_database_lacks_are_left_out() {
+        let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        drop(store);
+        let seq = count(&path, "SELECT seq FROM licenses");
+        let live = Journal::open(&path, false).unwrap();
+        for license_seq in [seq, seq + 1_000, seq] {
+            live.append(&Entry {
+                license_seq,
+                at: 2_000,
+                code: "VALID".into(),
+                domain: None,
+                fingerprint: None,
+                ip: None,
+                user_agent: None,
+                country: None,
+            })
+            .unwrap();
+        }
+        drop(live);
+
+        let store = store_tuned(&path, test_tuning(WAL_RESTART_PAGES)).await;
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2);
+        store
+            .validate(validation(&license.key, 2_001))
+            .await
+            .unwrap();
+        assert_eq!(
+            counted(&store.get_license(license.id.clone()).await.unwrap()),
+            (3, Some(2_001))
+        );
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
     }
 
     /// A validation that takes a seat (or activates the license) commits
