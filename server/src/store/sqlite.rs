@@ -2087,6 +2087,20 @@ mod tests {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// A journal record of a `VALID` answer to a bare validation.
+    fn valid_usage(license_seq: i64, at: i64) -> Entry {
+        Entry {
+            license_seq,
+            at,
+            code: "VALID".into(),
+            domain: None,
+            fingerprint: None,
+            ip: None,
+            user_agent: None,
+            country: None,
+        }
+    }
+
     fn journal_bytes(db: &Path) -> u64 {
         std::fs::metadata(journal::path_for(db)).map_or(0, |m| m.len())
     }
@@ -2110,17 +2124,7 @@ mod tests {
         let seq = count(&path, "SELECT seq FROM licenses");
         let live = Journal::open(&path, false).unwrap();
         for license_seq in [seq, seq + 1_000, seq] {
-            live.append(&Entry {
-                license_seq,
-                at: 2_000,
-                code: "VALID".into(),
-                domain: None,
-                fingerprint: None,
-                ip: None,
-                user_agent: None,
-                country: None,
-            })
-            .unwrap();
+            live.append(&valid_usage(license_seq, 2_000)).unwrap();
         }
         drop(live);
 
@@ -2220,17 +2224,7 @@ mod tests {
         let seq = count(&path, "SELECT seq FROM licenses");
         let left = Journal::open(&path, false).unwrap();
         for at in [1_005, 1_006] {
-            left.append(&Entry {
-                license_seq: seq,
-                at,
-                code: "VALID".into(),
-                domain: None,
-                fingerprint: None,
-                ip: None,
-                user_agent: None,
-                country: None,
-            })
-            .unwrap();
+            left.append(&valid_usage(seq, at)).unwrap();
         }
         drop(left);
         let whole = journal_bytes(&path);
