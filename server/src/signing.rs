@@ -58,20 +58,48 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
     }
 }
 
+/// Writes a new key to a temporary file beside `path` and links it into
+/// place only once it is complete and on disk: a crash never leaves an
+/// empty or half-written key behind, and of servers starting at once on a
+/// fresh data dir the first link wins and the others load its key.
 fn create(path: &Path) -> anyhow::Result<SigningKey> {
     let mut seed = [0u8; 32];
     OsRng.fill_bytes(&mut seed);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(
+        ".new-{}-{:016x}",
+        std::process::id(),
+        OsRng.next_u64()
+    ));
+    let temp = std::path::PathBuf::from(name);
+    let written = write_new(&temp, &seed).and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(()) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                // The new name survives a power cut too.
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .with_context(|| format!("syncing {}", dir.display()))?;
+            }
+            tracing::info!(path = %path.display(), "created a new signing key");
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        // Another server created it first: use that one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create(path),
+        Err(e) => Err(e).with_context(|| format!("creating signing key {}", path.display())),
+    }
+}
+
+/// Creates `path` (0600) holding `seed`, fsynced.
+fn write_new(path: &Path, seed: &[u8; 32]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating signing key {}", path.display()))?;
+    let mut file = options.open(path)?;
     file.write_all(format!("{}\n", STANDARD.encode(seed)).as_bytes())?;
-    file.sync_all()?;
-    tracing::info!(path = %path.display(), "created a new signing key");
-    Ok(SigningKey::from_bytes(&seed))
+    file.sync_all()
 }
 
 #[cfg(unix)]
@@ -118,5 +146,32 @@ mod tests {
             assert!(load_or_create(&path).is_err());
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Servers started at once on a fresh data dir (or against one shared
+    /// key path) all end up with one key, and none fails to start.
+    #[test]
+    fn concurrent_first_starts_share_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("signing.key");
+            let together = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let starts: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, together) = (path.clone(), together.clone());
+                    std::thread::spawn(move || {
+                        together.wait();
+                        load_or_create(&path).map(|k| k.to_bytes())
+                    })
+                })
+                .collect();
+            let keys: Vec<[u8; 32]> = starts
+                .into_iter()
+                .map(|s| s.join().unwrap().expect("every start loads a key"))
+                .collect();
+            assert!(keys.iter().all(|k| *k == keys[0]));
+            // Nothing but the key is left in the directory.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
     }
 }
