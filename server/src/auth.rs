@@ -37,6 +37,14 @@ impl AdminAuth {
         }
     }
 
+    fn from_hex(stored: &str) -> anyhow::Result<AdminAuth> {
+        let hash: [u8; 32] = hex::decode(stored)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .context("the stored admin token hash is corrupt")?;
+        Ok(AdminAuth { hash })
+    }
+
     /// `KEYSMITH_ADMIN_TOKEN` if set; else the stored hash; else a new random
     /// token, printed once on stdout, of which only the hash is stored.
     pub async fn establish(store: &dyn Store) -> anyhow::Result<AdminAuth> {
@@ -47,17 +55,19 @@ impl AdminAuth {
             return Ok(AdminAuth::from_token(token.trim()));
         }
         if let Some(hex_hash) = store.admin_token_hash().await? {
-            let hash: [u8; 32] = hex::decode(&hex_hash)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .context("the stored admin token hash is corrupt")?;
-            return Ok(AdminAuth { hash });
+            return AdminAuth::from_hex(&hex_hash);
         }
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let token = format!("ksa_{}", URL_SAFE_NO_PAD.encode(bytes));
         let auth = AdminAuth::from_token(&token);
-        store.set_admin_token_hash(hex::encode(auth.hash)).await?;
+        let mine = hex::encode(auth.hash);
+        let stored = store.keep_first_admin_token_hash(mine.clone()).await?;
+        if stored != mine {
+            // Another server on this database generated one first.
+            println!("Another server generated the admin token at the same time; use the one it printed.");
+            return AdminAuth::from_hex(&stored);
+        }
         println!("Generated admin token (shown once; only its hash is stored): {token}");
         Ok(auth)
     }

@@ -1558,13 +1558,19 @@ async fn events_are_queued_only_for_subscribed_enabled_endpoints(f: &Fixture) {
 async fn the_admin_token_hash_is_kept(f: &Fixture) {
     let s = &f.store;
     assert_eq!(s.admin_token_hash().await.unwrap(), None);
-    s.set_admin_token_hash("ab".repeat(32)).await.unwrap();
-    assert_eq!(s.admin_token_hash().await.unwrap(), Some("ab".repeat(32)));
-    s.set_admin_token_hash("cd".repeat(32)).await.unwrap();
+    let ab = "ab".repeat(32);
+    assert_eq!(s.keep_first_admin_token_hash(ab.clone()).await.unwrap(), ab);
+    assert_eq!(s.admin_token_hash().await.unwrap(), Some(ab.clone()));
+    // A second server generating its own token at the same first start
+    // gets the first one's hash back, and the first one's stays.
+    let peer = f.peer().await;
     assert_eq!(
-        f.peer().await.admin_token_hash().await.unwrap(),
-        Some("cd".repeat(32))
+        peer.keep_first_admin_token_hash("cd".repeat(32))
+            .await
+            .unwrap(),
+        ab
     );
+    assert_eq!(peer.admin_token_hash().await.unwrap(), Some(ab));
 }
 
 async fn reopening_keeps_everything(f: &Fixture) {

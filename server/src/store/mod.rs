@@ -365,7 +365,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The stored hash of the generated admin token, if any.
     async fn admin_token_hash(&self) -> Result<Option<String>>;
-    async fn set_admin_token_hash(&self, hash: String) -> Result<()>;
+    /// Stores `hash` as the admin token's unless one is stored already;
+    /// returns the stored one (of servers starting at once, the first wins).
+    async fn keep_first_admin_token_hash(&self, hash: String) -> Result<String>;
 }
 
 /// Opens the backend the URL names: `postgres://…` or `postgresql://…`

@@ -1403,16 +1403,16 @@ impl Store for PostgresStore {
             .transpose()?)
     }
 
-    async fn set_admin_token_hash(&self, hash: String) -> Result<()> {
+    async fn keep_first_admin_token_hash(&self, hash: String) -> Result<String> {
         let client = self.client().await?;
+        // `DO UPDATE` to itself, so that `RETURNING` gives the stored row.
         let stmt = client
             .prepare_cached(
                 "INSERT INTO meta (k, v) VALUES ('admin_token_sha256', $1) \
-                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                 ON CONFLICT (k) DO UPDATE SET v = meta.v RETURNING v",
             )
             .await?;
-        client.execute(&stmt, &[&hash]).await?;
-        Ok(())
+        Ok(client.query_one(&stmt, &[&hash]).await?.try_get(0)?)
     }
 }
 

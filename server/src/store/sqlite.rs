@@ -1911,13 +1911,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_admin_token_hash(&self, hash: String) -> Result<()> {
+    async fn keep_first_admin_token_hash(&self, hash: String) -> Result<String> {
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO meta (k, v) VALUES ('admin_token_sha256', ?1)",
+                "INSERT OR IGNORE INTO meta (k, v) VALUES ('admin_token_sha256', ?1)",
             )?
             .execute([hash])?;
-            Ok(())
+            Ok(conn
+                .prepare_cached("SELECT v FROM meta WHERE k = 'admin_token_sha256'")?
+                .query_row([], |r| r.get(0))?)
         })
         .await
     }
