@@ -803,16 +803,10 @@ impl SqliteStore {
     /// of the server (and, with `synchronous = full`, a power cut).
     async fn record_usage(&self, entry: Entry) -> Result<()> {
         let storage = |e: std::io::Error| StoreError::Storage(format!("recording usage: {e}"));
-        if self.journal.syncs() {
-            let journal = self.journal.clone();
-            tokio::task::spawn_blocking(move || journal.append(&entry))
-                .await
-                .map_err(|e| StoreError::Storage(format!("recording usage: {e}")))?
-                .map_err(storage)
-        } else {
-            // One `write(2)`: less than handing it to another thread.
-            self.journal.append(&entry).map_err(storage)
-        }
+        // One `write(2)`: less than handing it to another thread. With
+        // `synchronous = full`, the syncer thread's next fsync covers it.
+        let end = self.journal.append(&entry).map_err(storage)?;
+        self.journal.synced(end).await.map_err(storage)
     }
 
     /// Runs `f` in the writer's next batch; returns once that batch committed.

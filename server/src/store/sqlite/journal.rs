@@ -19,16 +19,17 @@
 //! (its answer never left): opening the journal cuts it off.
 //!
 //! With `--sqlite-synchronous full` an append also waits for an fsync that
-//! covers it. The fsyncs are grouped: appends that arrive while one runs
-//! are written at once and share the next, so concurrent validations pay
-//! for one fsync between them instead of one each (group commit).
+//! covers it. The fsyncs are grouped: a syncer thread fsyncs whatever has
+//! been written since its last fsync, so appends that arrive while one runs
+//! share the next, and the requests wait for it as tasks (a `watch`), not
+//! as threads (group commit).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,15 +57,37 @@ pub struct Journal {
     /// Bytes of complete records (the appender's `len`, readable without
     /// its lock).
     complete: AtomicU64,
-    /// `--sqlite-synchronous full`: each append waits for an fsync too.
-    sync: bool,
-    /// Bytes ever appended (`Appender::total`), readable without its lock.
+    /// `--sqlite-synchronous full`: the syncer appends wait for.
+    syncer: Option<Syncer>,
+}
+
+/// The syncer thread and what appends share with it.
+struct Syncer {
+    shared: Arc<SyncShared>,
+    synced: tokio::sync::watch::Receiver<Synced>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct SyncShared {
+    /// Bytes ever appended (`Appender::total`).
     appended: AtomicU64,
-    /// Of those, how many an fsync has covered. Held while an fsync runs,
-    /// which is what groups the appends that wait behind it.
-    synced: Mutex<u64>,
-    /// fsyncs run for appends (grouping makes it fewer than the appends).
+    /// Whether the journal is closing; the syncer waits on `wake`.
+    stop: Mutex<bool>,
+    wake: Condvar,
+    /// Held while an fsync runs (a test holds it to queue appends).
+    running: Mutex<()>,
+    /// fsyncs run (grouping makes it fewer than the appends).
     fsyncs: AtomicU64,
+}
+
+/// What the syncer has made durable, as appends watch it.
+#[derive(Debug, Clone, Default)]
+struct Synced {
+    /// Bytes ever appended that an fsync has covered.
+    through: u64,
+    /// fsyncs that failed, and the last failure.
+    failures: u64,
+    error: String,
 }
 
 pub struct Appender {
@@ -101,6 +124,11 @@ impl Journal {
             )));
         }
         let len = file.metadata()?.len();
+        let syncer = if sync {
+            Some(Syncer::start(file.try_clone()?)?)
+        } else {
+            None
+        };
         Ok(Journal {
             reader: File::open(&path)?,
             appender: Mutex::new(Appender {
@@ -110,16 +138,8 @@ impl Journal {
                 buf: Vec::with_capacity(512),
             }),
             complete: AtomicU64::new(len),
-            sync,
-            appended: AtomicU64::new(0),
-            synced: Mutex::new(0),
-            fsyncs: AtomicU64::new(0),
+            syncer,
         })
-    }
-
-    /// Whether each append waits for an fsync.
-    pub fn syncs(&self) -> bool {
-        self.sync
     }
 
     /// Bytes of complete records.
@@ -127,11 +147,12 @@ impl Journal {
         self.complete.load(Ordering::Acquire)
     }
 
-    /// Appends `entry`; when this returns `Ok`, the record survives `kill -9`
-    /// (and a power cut too with `sync`). A failed write leaves no partial
-    /// record behind. (When the fsync fails, the record stays and will be
-    /// counted, though its validation was answered with an error.)
-    pub fn append(&self, entry: &Entry) -> std::io::Result<()> {
+    /// Appends `entry`; when this returns `Ok`, the record survives `kill -9`.
+    /// With `sync`, it survives a power cut once `synced` with the returned
+    /// position has returned `Ok`. A failed write leaves no partial record
+    /// behind. (When the fsync fails, the record stays and will be counted,
+    /// though its validation was answered with an error.)
+    pub fn append(&self, entry: &Entry) -> std::io::Result<u64> {
         let end = {
             let mut a = self.lock();
             let Appender {
@@ -156,29 +177,39 @@ impl Journal {
             *len += buf.len() as u64;
             *total += buf.len() as u64;
             self.complete.store(*len, Ordering::Release);
-            self.appended.store(*total, Ordering::Release);
+            if let Some(syncer) = &self.syncer {
+                syncer.shared.appended.store(*total, Ordering::Release);
+            }
             *total
         };
-        if self.sync {
-            self.sync_through(end)?;
+        if let Some(syncer) = &self.syncer {
+            // Under the syncer's lock, so that it cannot miss the wake-up.
+            let _stop = syncer.shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+            syncer.shared.wake.notify_one();
         }
-        Ok(())
+        Ok(end)
     }
 
     /// Returns once an fsync has covered the first `end` bytes ever
-    /// appended. Appends written while another fsync runs wait for it to
-    /// end, and then the first of them fsyncs for them all.
-    fn sync_through(&self, end: u64) -> std::io::Result<()> {
-        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        if *synced >= end {
+    /// appended (at once without `sync`).
+    pub async fn synced(&self, end: u64) -> std::io::Result<()> {
+        let Some(syncer) = &self.syncer else {
             return Ok(());
+        };
+        let mut watch = syncer.synced.clone();
+        let failures = watch.borrow().failures;
+        let seen = watch
+            .wait_for(|s| s.through >= end || s.failures > failures)
+            .await
+            .map_err(|_| std::io::Error::other("the journal's syncer stopped"))?;
+        if seen.through >= end {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "fsync of the usage journal: {}",
+                seen.error
+            )))
         }
-        // Everything written so far, this record and those behind it.
-        let covered = self.appended.load(Ordering::Acquire);
-        self.reader.sync_data()?;
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        *synced = covered;
-        Ok(())
     }
 
     /// Holds off every append while the writer empties the journal.
@@ -193,6 +224,70 @@ impl Journal {
         self.reader.read_exact_at(&mut bytes, from)?;
         let (entries, used) = parse(&bytes);
         Ok((entries, from + used as u64))
+    }
+}
+
+impl Syncer {
+    fn start(file: File) -> std::io::Result<Syncer> {
+        let shared = Arc::new(SyncShared {
+            appended: AtomicU64::new(0),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            running: Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
+        });
+        let (tx, rx) = tokio::sync::watch::channel(Synced::default());
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("usage-fsync".into())
+            .spawn(move || run_syncer(&file, &theirs, &tx))?;
+        Ok(Syncer {
+            shared,
+            synced: rx,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Fsyncs whatever was appended since the last fsync, until the journal
+/// closes (after a last fsync of what is still pending).
+fn run_syncer(file: &File, shared: &SyncShared, synced: &tokio::sync::watch::Sender<Synced>) {
+    let mut through = 0;
+    loop {
+        {
+            let mut stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+            while shared.appended.load(Ordering::Acquire) <= through {
+                if *stop {
+                    return;
+                }
+                stop = shared.wake.wait(stop).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let _running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        // Everything written so far: the appends that woke this pass and
+        // those that came in since.
+        let covered = shared.appended.load(Ordering::Acquire);
+        let result = file.sync_data();
+        shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        // Past a failure too: its appends were answered with the error.
+        through = covered;
+        synced.send_modify(|s| match result {
+            Ok(()) => s.through = covered,
+            Err(e) => {
+                s.failures += 1;
+                s.error = e.to_string();
+            }
+        });
     }
 }
 
@@ -274,33 +369,30 @@ mod tests {
         assert_eq!(parse(&damaged).1, second_end);
     }
 
-    #[test]
-    fn appends_waiting_for_an_fsync_share_the_next_one() {
+    #[tokio::test]
+    async fn appends_waiting_for_an_fsync_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("k.db");
-        let journal = std::sync::Arc::new(Journal::open(&db, true).unwrap());
-        journal.append(&entry(0)).unwrap();
-        assert_eq!(journal.fsyncs.load(Ordering::Relaxed), 1);
+        let journal = Journal::open(&db, true).unwrap();
+        let syncer = journal.syncer.as_ref().unwrap();
+        let fsyncs = || syncer.shared.fsyncs.load(Ordering::Relaxed);
+        let end = journal.append(&entry(0)).unwrap();
+        journal.synced(end).await.unwrap();
+        assert_eq!(fsyncs(), 1);
 
-        // As if an fsync were running: eight appends write their records
-        // and wait behind it.
-        let running = journal.synced.lock().unwrap();
-        let before = journal.len();
-        let appends: Vec<_> = (1..=8)
-            .map(|n| {
-                let journal = journal.clone();
-                std::thread::spawn(move || journal.append(&entry(n)))
-            })
+        // As if an fsync were running: eight appends are written and wait
+        // behind it.
+        let running = syncer.shared.running.lock().unwrap();
+        let ends: Vec<u64> = (1..=8)
+            .map(|n| journal.append(&entry(n)).unwrap())
             .collect();
-        while journal.read(before, journal.len()).unwrap().0.len() < 8 {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         drop(running);
-        for append in appends {
-            append.join().unwrap().unwrap();
+        for end in ends {
+            journal.synced(end).await.unwrap();
         }
-        // One fsync covered all eight.
-        assert_eq!(journal.fsyncs.load(Ordering::Relaxed), 2);
+        // One fsync covered all eight: the syncer reads how far to sync once
+        // the running one is over.
+        assert_eq!(fsyncs(), 2);
         let (read, _) = journal.read(0, journal.len()).unwrap();
         assert_eq!(read.len(), 9);
     }
