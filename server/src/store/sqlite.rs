@@ -3,7 +3,8 @@
 //! its batch is committed, a checkpointer thread that copies the WAL back into
 //! the database off the commit path, a pool of read-only connections, and the
 //! usage journal (`journal`): a validation that takes no seat is decided on a
-//! read connection and appends its usage row there, without the writer.
+//! read connection and appends its usage row there, without the writer
+//! (with `synchronous = full`, a syncer thread groups the journal's fsyncs).
 
 mod journal;
 
