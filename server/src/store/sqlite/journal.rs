@@ -85,8 +85,8 @@ struct SyncShared {
 struct Synced {
     /// Bytes ever appended that an fsync has covered.
     through: u64,
-    /// fsyncs that failed, and the last failure.
-    failures: u64,
+    /// Bytes ever appended that a failed fsync was to cover, and its error.
+    failed_through: u64,
     error: String,
 }
 
@@ -197,9 +197,8 @@ impl Journal {
             return Ok(());
         };
         let mut watch = syncer.synced.clone();
-        let failures = watch.borrow().failures;
         let seen = watch
-            .wait_for(|s| s.through >= end || s.failures > failures)
+            .wait_for(|s| s.through >= end || s.failed_through >= end)
             .await
             .map_err(|_| std::io::Error::other("the journal's syncer stopped"))?;
         if seen.through >= end {
@@ -284,7 +283,7 @@ fn run_syncer(file: &File, shared: &SyncShared, synced: &tokio::sync::watch::Sen
         synced.send_modify(|s| match result {
             Ok(()) => s.through = covered,
             Err(e) => {
-                s.failures += 1;
+                s.failed_through = covered;
                 s.error = e.to_string();
             }
         });
