@@ -200,8 +200,8 @@ pub enum Synchronous {
     #[default]
     Normal,
     /// A commit is also fsynced before its answer leaves: it survives a
-    /// power cut too, at one fsync per batch (and one per usage record
-    /// appended to the journal).
+    /// power cut too, at one fsync per batch (and usage records appended to
+    /// the journal wait for the syncer's next fsync, which they share).
     Full,
 }
 
@@ -478,19 +478,30 @@ fn fold_usage(conn: &Connection) -> Result<usize> {
     Ok(folded)
 }
 
+/// How far the journal has been copied into `usage`.
+fn ingested_through(conn: &Connection) -> Result<u64> {
+    let through: i64 = conn
+        .prepare_cached("SELECT ingested_through FROM usage_journal")?
+        .query_row([], |r| r.get(0))?;
+    Ok(through as u64)
+}
+
+fn set_ingested_through(conn: &Connection, through: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE usage_journal SET ingested_through = ?1")?
+        .execute([through as i64])?;
+    Ok(())
+}
+
 /// Copies the journal's records past `usage_journal.ingested_through` into
 /// `usage` and moves the watermark past them, in the caller's transaction;
 /// returns the new watermark.
 fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
-    let through: i64 = conn
-        .prepare_cached("SELECT ingested_through FROM usage_journal")?
-        .query_row([], |r| r.get(0))?;
-    let through = through as u64;
+    let through = ingested_through(conn)?;
     let end = journal.len();
     if end <= through {
         return Ok(through);
     }
-    let (mut entries, good) = journal
+    let (entries, good) = journal
         .read(through, end)
         .map_err(|e| StoreError::Storage(format!("reading the usage journal: {e}")))?;
     if good < end {
@@ -502,6 +513,13 @@ fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
             "damaged records in the usage journal were skipped"
         );
     }
+    copy_in(conn, entries, end)?;
+    Ok(end)
+}
+
+/// Inserts journal records into `usage` and moves the watermark to
+/// `through`, in the caller's transaction.
+fn copy_in(conn: &Connection, mut entries: Vec<Entry>, through: u64) -> Result<()> {
     // In license order (stable: each license's rows keep their order), so
     // the by-license index is walked once, from its first page to its last,
     // instead of one random page per row. `seq` then orders a license's
@@ -528,9 +546,8 @@ fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
              (was the database restored from a backup without its journal?)"
         );
     }
-    conn.prepare_cached("UPDATE usage_journal SET ingested_through = ?1")?
-        .execute([end as i64])?;
-    Ok(end)
+    set_ingested_through(conn, through)?;
+    Ok(())
 }
 
 fn insert_usage(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
@@ -579,15 +596,13 @@ fn in_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>
 /// been copied (a crash inside `rotate_journal`): the watermark starts over.
 fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
-    let through: i64 = conn.query_row("SELECT ingested_through FROM usage_journal", [], |r| {
-        r.get(0)
-    })?;
+    let through = ingested_through(conn)?;
     let len = journal.len();
-    if len < through as u64 {
-        conn.execute("UPDATE usage_journal SET ingested_through = 0", [])?;
+    if len < through {
+        set_ingested_through(conn, 0)?;
         return Ok(());
     }
-    let (_, good) = journal.read(through as u64, len).map_err(storage)?;
+    let (entries, good) = journal.read(through, len).map_err(storage)?;
     if good < len {
         tracing::warn!(
             bytes = len - good,
@@ -595,8 +610,8 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
         );
         journal.lock().truncate(journal, good).map_err(storage)?;
     }
-    let records = in_transaction(conn, |c| ingest(c, journal))?;
-    tracing::debug!(through = records, "usage journal recovered");
+    in_transaction(conn, |c| copy_in(c, entries, good))?;
+    tracing::debug!(through = good, "usage journal recovered");
     Ok(())
 }
 
@@ -615,7 +630,7 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()
     appender.truncate(journal, 0).map_err(storage)?;
     // Appends wait until the watermark agrees with the empty file.
     let mut tries = 0;
-    while let Err(e) = conn.execute("UPDATE usage_journal SET ingested_through = 0", []) {
+    while let Err(e) = set_ingested_through(conn, 0) {
         tries += 1;
         tracing::error!(error = %e, tries, "cannot reset the usage journal's watermark");
         std::thread::sleep(Duration::from_millis(100));
@@ -835,14 +850,9 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.take()?;
-            let result = f(&conn);
-            pool.give_back(conn);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Storage(format!("read task: {e}")))?
+        tokio::task::spawn_blocking(move || pool.run(f))
+            .await
+            .map_err(|e| StoreError::Storage(format!("read task: {e}")))?
     }
 }
 
