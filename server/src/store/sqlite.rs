@@ -45,6 +45,24 @@ impl From<serde_json::Error> for StoreError {
 }
 
 /// Versioned migrations; `PRAGMA user_version` counts those applied.
+/// The SQL value of the license `$seq`'s `seats` column: its seats as a
+/// JSON array of `"d:<domain>"` and `"m:<fingerprint>"` (in no order), or
+/// NULL past 16 seats or 1,024 bytes (`KEPT_SEATS`), where the seat tables
+/// are read instead.
+macro_rules! kept_seats {
+    ($seq:literal) => {
+        concat!(
+            "(SELECT CASE WHEN COUNT(*) <= 16 AND COALESCE(SUM(length(v)), 0) <= 1024 \
+             THEN json_group_array(v) END FROM \
+             (SELECT 'd:' || domain AS v FROM license_domains WHERE license_seq = ",
+            $seq,
+            " UNION ALL SELECT 'm:' || fingerprint FROM license_machines WHERE license_seq = ",
+            $seq,
+            "))"
+        )
+    };
+}
+
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -183,7 +201,49 @@ INSERT INTO usage_journal VALUES (1, 0);
 CREATE INDEX licenses_validate ON licenses
     (key, seq, id, status, plan, max_domains, max_machines, expires_at, activated_at);
 "#,
+    // The seats a license holds, kept in its row and in the covering index
+    // (`seats`, see `KEPT_SEATS`), so that a validation reads one index
+    // entry and not also the seat tables. Triggers keep the column in step
+    // with the tables in every transaction that changes them.
+    concat!(
+        r#"
+DROP INDEX licenses_validate;
+ALTER TABLE licenses ADD COLUMN seats TEXT DEFAULT '[]';
+UPDATE licenses SET seats = "#,
+        kept_seats!("licenses.seq"),
+        r#"
+WHERE seq IN (SELECT license_seq FROM license_domains UNION SELECT license_seq FROM license_machines);
+CREATE INDEX licenses_validate ON licenses
+    (key, seq, id, status, plan, max_domains, max_machines, expires_at, activated_at, seats);
+CREATE TRIGGER seats_domain_taken AFTER INSERT ON license_domains BEGIN
+    UPDATE licenses SET seats = "#,
+        kept_seats!("NEW.license_seq"),
+        r#" WHERE seq = NEW.license_seq;
+END;
+CREATE TRIGGER seats_domain_freed AFTER DELETE ON license_domains BEGIN
+    UPDATE licenses SET seats = "#,
+        kept_seats!("OLD.license_seq"),
+        r#" WHERE seq = OLD.license_seq;
+END;
+CREATE TRIGGER seats_machine_taken AFTER INSERT ON license_machines BEGIN
+    UPDATE licenses SET seats = "#,
+        kept_seats!("NEW.license_seq"),
+        r#" WHERE seq = NEW.license_seq;
+END;
+CREATE TRIGGER seats_machine_freed AFTER DELETE ON license_machines BEGIN
+    UPDATE licenses SET seats = "#,
+        kept_seats!("OLD.license_seq"),
+        r#" WHERE seq = OLD.license_seq;
+END;
+"#
+    ),
 ];
+
+/// At most this many seats of a license are kept in its row (`seats`);
+/// past that, the column is NULL and a validation reads the seat tables.
+/// `kept_seats!` has the number (and the byte limit) in its SQL.
+#[cfg(test)]
+const KEPT_SEATS: usize = 16;
 
 /// The most writes one transaction commits.
 const MAX_BATCH: usize = 1024;
@@ -428,10 +488,22 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        // Some rewrite every license: seconds at 1M licenses, so say so.
+        if applied > 0 {
+            tracing::info!(
+                version = i + 1,
+                "migrating the database (once; may take a while)"
+            );
+        }
+        let started = std::time::Instant::now();
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
+        if applied > 0 {
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(version = i + 1, ms, "database migrated");
+        }
     }
     Ok(())
 }
@@ -1128,18 +1200,22 @@ fn insert_license(conn: &Connection, new: &NewLicense, now: DateTime<Utc>) -> Re
 /// The constant statements a validation runs on one seat table (no SQL
 /// built per request).
 struct SeatTable {
+    /// The prefix of its seats in the `seats` column (`kept_seats!`).
+    kind: &'static str,
     held: &'static str,
     count: &'static str,
     insert: &'static str,
 }
 
 const DOMAIN_SEATS: SeatTable = SeatTable {
+    kind: "d:",
     held: "SELECT EXISTS(SELECT 1 FROM license_domains WHERE license_seq = ?1 AND domain = ?2)",
     count: "SELECT COUNT(*) FROM license_domains WHERE license_seq = ?1",
     insert: "INSERT INTO license_domains (license_seq, domain, added_at) VALUES (?1, ?2, ?3)",
 };
 
 const MACHINE_SEATS: SeatTable = SeatTable {
+    kind: "m:",
     held:
         "SELECT EXISTS(SELECT 1 FROM license_machines WHERE license_seq = ?1 AND fingerprint = ?2)",
     count: "SELECT COUNT(*) FROM license_machines WHERE license_seq = ?1",
@@ -1167,6 +1243,17 @@ fn seats(
         taken: taken as u64,
         max,
     })
+}
+
+/// `seats` from a license's kept seats (its `seats` column).
+fn kept_seat(kept: &[String], kind: &str, value: &str, max: Option<u32>) -> Seats {
+    let mut of_kind = kept.iter().filter_map(|s| s.strip_prefix(kind));
+    let taken = of_kind.clone().count() as u64;
+    Seats {
+        held: of_kind.any(|s| s == value),
+        taken,
+        max,
+    }
 }
 
 /// A validation decided from what the database holds, before any write.
@@ -1220,7 +1307,7 @@ fn not_found() -> ValidationOutcome {
 /// in an A/B, docs/performance.md).
 const VALIDATION_LOOKUP: &str =
     "SELECT l.seq, l.id, l.status, l.plan, l.max_domains, l.max_machines, l.expires_at, \
-     l.activated_at IS NOT NULL, p.features, p.offline_grace_days \
+     l.activated_at IS NOT NULL, p.features, p.offline_grace_days, l.seats \
      FROM licenses l INDEXED BY licenses_validate \
      JOIN plans p ON p.name = l.plan WHERE l.key = ?1";
 
@@ -1240,6 +1327,7 @@ fn look_up(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> {
                 r.get::<_, bool>(7)?,
                 r.get::<_, String>(8)?,
                 r.get::<_, u32>(9)?,
+                r.get::<_, Option<String>>(10)?,
             ))
         })
         .optional()?;
@@ -1254,21 +1342,27 @@ fn look_up(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> {
         activated,
         features,
         grace,
+        kept,
     )) = found
     else {
         return Ok(None);
     };
     let expires_at = opt_time(expires_at);
     let status = effective_status(status_of(&status)?, expires_at, v.now);
+    let kept: Option<Vec<String>> = kept.as_deref().map(serde_json::from_str).transpose()?;
+    let seats_of = |table: &SeatTable, value: &str, max: Option<u32>| match &kept {
+        Some(kept) => Ok(kept_seat(kept, table.kind, value, max)),
+        None => seats(conn, table, seq, value, max),
+    };
     let domain_seats = v
         .domain
         .as_deref()
-        .map(|d| seats(conn, &DOMAIN_SEATS, seq, d, max_domains))
+        .map(|d| seats_of(&DOMAIN_SEATS, d, max_domains))
         .transpose()?;
     let machine_seats = v
         .fingerprint
         .as_deref()
-        .map(|f| seats(conn, &MACHINE_SEATS, seq, f, max_machines))
+        .map(|f| seats_of(&MACHINE_SEATS, f, max_machines))
         .transpose()?;
     Ok(Some(Seen {
         seq,
@@ -2206,6 +2300,187 @@ mod tests {
             store.get_license(other.id).await.unwrap().validation_count,
             0
         );
+    }
+
+    /// A license's `seats` column: its seats, as the seat tables hold them
+    /// (`None`: not kept).
+    fn kept_and_held(path: &Path, id: &str) -> (Option<Vec<String>>, Vec<String>) {
+        let conn = Connection::open(path).unwrap();
+        let (seq, kept): (i64, Option<String>) = conn
+            .query_row("SELECT seq, seats FROM licenses WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let held = conn
+            .prepare(
+                "SELECT 'd:' || domain FROM license_domains WHERE license_seq = ?1 \
+                 UNION ALL SELECT 'm:' || fingerprint FROM license_machines WHERE license_seq = ?1",
+            )
+            .unwrap()
+            .query_map([seq], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let kept = kept.map(|k| sorted(serde_json::from_str(&k).unwrap()));
+        (kept, sorted(held))
+    }
+
+    fn seat_validation(
+        key: &str,
+        domain: Option<&str>,
+        fingerprint: Option<&str>,
+    ) -> ValidationInput {
+        ValidationInput {
+            domain: domain.map(str::to_owned),
+            fingerprint: fingerprint.map(str::to_owned),
+            ..validation(key, 1_000)
+        }
+    }
+
+    /// Seats taken by validations and freed by the API and by deactivation
+    /// are kept in the license's row, up to `KEPT_SEATS`; past that the
+    /// column is NULL and validations read the tables, with the same answers.
+    #[tokio::test]
+    async fn a_license_keeps_its_seats_in_its_row_in_step_with_the_tables() {
+        let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        let in_step = |kept: bool| {
+            let (k, held) = kept_and_held(&path, &license.id);
+            if kept {
+                assert_eq!(k.as_ref(), Some(&held));
+            } else {
+                assert_eq!(k, None, "{} seats", held.len());
+            }
+            held.len()
+        };
+        assert_eq!(in_step(true), 0);
+        let code = |v: ValidationInput| {
+            let store = &store;
+            async move { store.validate(v).await.unwrap().code }
+        };
+        let key = license.key.as_str();
+        assert_eq!(
+            code(seat_validation(key, Some("a.example"), Some("fp-1"))).await,
+            Code::Valid
+        );
+        assert_eq!(in_step(true), 2);
+        for n in 2..KEPT_SEATS {
+            let domain = format!("d{n}.example");
+            assert_eq!(
+                code(seat_validation(key, Some(&domain), None)).await,
+                Code::Valid
+            );
+        }
+        assert_eq!(in_step(true), KEPT_SEATS);
+        assert_eq!(
+            code(seat_validation(key, Some("last.example"), None)).await,
+            Code::Valid
+        );
+        assert_eq!(in_step(false), KEPT_SEATS + 1);
+        // Read from the tables: held seats are still held.
+        assert_eq!(
+            code(seat_validation(key, Some("a.example"), Some("fp-1"))).await,
+            Code::Valid
+        );
+        assert_eq!(in_step(false), KEPT_SEATS + 1);
+
+        store
+            .free_domain(license.id.clone(), "last.example".into(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(in_step(true), KEPT_SEATS);
+        store
+            .deactivate(license.key.clone(), None, Some("fp-1".into()), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(in_step(true), KEPT_SEATS - 1);
+
+        // With a limit, the kept seats count: the limit is reached from them.
+        let limited = store
+            .create_license(
+                NewLicense {
+                    max_domains: Some(Some(2)),
+                    max_machines: Some(Some(1)),
+                    ..new_license(1)
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let key = limited.key.as_str();
+        for (domain, want) in [
+            ("a.example", Code::Valid),
+            ("b.example", Code::Valid),
+            ("c.example", Code::DomainLimitReached),
+            ("a.example", Code::Valid),
+        ] {
+            assert_eq!(
+                code(seat_validation(key, Some(domain), None)).await,
+                want,
+                "{domain}"
+            );
+        }
+        assert_eq!(
+            code(seat_validation(key, None, Some("m1"))).await,
+            Code::Valid
+        );
+        assert_eq!(
+            code(seat_validation(key, None, Some("m2"))).await,
+            Code::MachineLimitReached
+        );
+        let (kept, held) = kept_and_held(&path, &limited.id);
+        assert_eq!(kept, Some(held));
+    }
+
+    /// The migration fills the column of licenses that hold seats (NULL
+    /// past `KEPT_SEATS`) and validations answer as before.
+    #[tokio::test]
+    async fn the_kept_seats_migration_fills_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 5;
+                 INSERT INTO plans VALUES ('p', '[]', NULL, NULL, NULL, 7);
+                 INSERT INTO licenses (id, key, status, plan, customer_email, metadata,
+                     created_at, updated_at, max_domains)
+                 VALUES ('lic_A', 'KS-A', 'active', 'p', 'a@example.com', '{}', 1, 1, 1),
+                        ('lic_B', 'KS-B', 'active', 'p', 'b@example.com', '{}', 1, 1, NULL),
+                        ('lic_C', 'KS-C', 'active', 'p', 'c@example.com', '{}', 1, 1, NULL);
+                 INSERT INTO license_domains VALUES (1, 'a.example', 1);
+                 INSERT INTO license_machines VALUES (1, 'fp-a', 1);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 17)
+                 INSERT INTO license_domains SELECT 2, 'd' || i || '.example', 1 FROM n;",
+            )
+            .unwrap();
+        }
+        let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
+        let kept = |id: &str| kept_and_held(&path, id);
+        let (a, held) = kept("lic_A");
+        assert_eq!(a, Some(held));
+        assert_eq!(kept("lic_B").0, None);
+        assert_eq!(kept("lic_C"), (Some(vec![]), vec![]));
+        for (key, domain, want) in [
+            ("KS-A", "a.example", Code::Valid),
+            ("KS-A", "b.example", Code::DomainLimitReached),
+            ("KS-B", "d17.example", Code::Valid),
+            ("KS-C", "c.example", Code::Valid),
+        ] {
+            let v = seat_validation(key, Some(domain), None);
+            assert_eq!(
+                store.validate(v).await.unwrap().code,
+                want,
+                "{key} {domain}"
+            );
+        }
+        assert_eq!(kept("lic_C").0, Some(vec!["d:c.example".to_owned()]));
     }
 
     /// `keysmith.db` restored from a backup next to the live journal: the
