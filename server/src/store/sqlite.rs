@@ -2435,20 +2435,28 @@ mod tests {
         assert_eq!(kept, Some(held));
     }
 
+    /// A database at schema `version` (the first `version` migrations),
+    /// then `sql`.
+    fn database_at_version(path: &Path, version: usize, sql: &str) {
+        let conn = Connection::open(path).unwrap();
+        for step in &MIGRATIONS[..version] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
     /// The migration fills the column of licenses that hold seats (NULL
     /// past `KEPT_SEATS`) and validations answer as before.
     #[tokio::test]
     async fn the_kept_seats_migration_fills_the_column() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..5] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.execute_batch(
-                "PRAGMA user_version = 5;
-                 INSERT INTO plans VALUES ('p', '[]', NULL, NULL, NULL, 7);
+        database_at_version(
+            &path,
+            5,
+            "INSERT INTO plans VALUES ('p', '[]', NULL, NULL, NULL, 7);
                  INSERT INTO licenses (id, key, status, plan, customer_email, metadata,
                      created_at, updated_at, max_domains)
                  VALUES ('lic_A', 'KS-A', 'active', 'p', 'a@example.com', '{}', 1, 1, 1),
@@ -2458,9 +2466,7 @@ mod tests {
                  INSERT INTO license_machines VALUES (1, 'fp-a', 1);
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 17)
                  INSERT INTO license_domains SELECT 2, 'd' || i || '.example', 1 FROM n;",
-            )
-            .unwrap();
-        }
+        );
         let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
         let kept = |id: &str| kept_and_held(&path, id);
         let (a, held) = kept("lic_A");
@@ -2695,22 +2701,16 @@ mod tests {
     async fn the_counters_migration_keeps_the_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..2] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.execute_batch(
-                "PRAGMA user_version = 2;
-                 INSERT INTO plans VALUES ('p', '[]', NULL, NULL, NULL, 7);
+        database_at_version(
+            &path,
+            2,
+            "INSERT INTO plans VALUES ('p', '[]', NULL, NULL, NULL, 7);
                  INSERT INTO licenses (id, key, status, plan, customer_email, metadata, created_at,
                      updated_at, last_validated_at, validation_count)
                  VALUES ('lic_A', 'KS-A', 'active', 'p', 'a@example.com', '{}', 1, 1, 1500, 7),
                         ('lic_B', 'KS-B', 'active', 'p', 'b@example.com', '{}', 1, 1, NULL, 0);
                  INSERT INTO usage (license_seq, at, code) VALUES (1, 1500, 'VALID');",
-            )
-            .unwrap();
-        }
+        );
         let store = store_with_plan(&path, WAL_RESTART_PAGES).await;
         let a = store.get_license("lic_A".into()).await.unwrap();
         let b = store.get_license("lic_B".into()).await.unwrap();
