@@ -44,11 +44,10 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-/// Versioned migrations; `PRAGMA user_version` counts those applied.
 /// The SQL value of the license `$seq`'s `seats` column: its seats as a
 /// JSON array of `"d:<domain>"` and `"m:<fingerprint>"` (in no order), or
-/// NULL past 16 seats or 1,024 bytes (`KEPT_SEATS`), where the seat tables
-/// are read instead.
+/// NULL past 16 seats or 1,024 characters, where the seat tables are read
+/// instead.
 macro_rules! kept_seats {
     ($seq:literal) => {
         concat!(
@@ -63,6 +62,7 @@ macro_rules! kept_seats {
     };
 }
 
+/// Versioned migrations; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
