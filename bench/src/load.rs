@@ -159,22 +159,34 @@ pub struct LoadResult {
     pub cpu: CpuTimes,
 }
 
-/// CPU time (user + system, all threads) of the server and of this process.
+/// CPU time (user + system, all threads) of the server and of this process,
+/// and the whole machine's CPU time and the part of it a hypervisor took.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct CpuTimes {
     pub server_seconds: f64,
     pub generator_seconds: f64,
+    /// All CPUs' time (/proc/stat `cpu`: user through steal), in ticks.
+    pub machine_ticks: u64,
+    /// Of which stolen: time a virtual CPU had work but its host ran
+    /// something else. On a VM this stalls requests for whole time slices.
+    pub steal_ticks: u64,
 }
 
 impl CpuTimes {
     /// The servers' CPU time is the sum over their processes.
     fn read(server_pids: &[u32]) -> CpuTimes {
+        let (machine_ticks, steal_ticks) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| machine_and_steal_ticks(&stat))
+            .unwrap_or_default();
         CpuTimes {
             server_seconds: server_pids
                 .iter()
                 .map(|pid| cpu_seconds(&pid.to_string()).unwrap_or(0.0))
                 .sum(),
             generator_seconds: cpu_seconds("self").unwrap_or(0.0),
+            machine_ticks,
+            steal_ticks,
         }
     }
 
@@ -182,8 +194,29 @@ impl CpuTimes {
         CpuTimes {
             server_seconds: self.server_seconds - earlier.server_seconds,
             generator_seconds: self.generator_seconds - earlier.generator_seconds,
+            machine_ticks: self.machine_ticks.saturating_sub(earlier.machine_ticks),
+            steal_ticks: self.steal_ticks.saturating_sub(earlier.steal_ticks),
         }
     }
+
+    /// The share of the machine's CPU time that was stolen, in percent.
+    pub fn steal_percent(&self) -> f64 {
+        100.0 * self.steal_ticks as f64 / self.machine_ticks.max(1) as f64
+    }
+}
+
+/// The total (user, nice, system, idle, iowait, irq, softirq, steal) and
+/// the steal ticks of /proc/stat's first line; guest time is already in
+/// user and nice.
+fn machine_and_steal_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some((ticks.iter().sum(), *ticks.get(7)?))
 }
 
 /// utime + stime of a process from /proc/PID/stat (fields 14 and 15), in
@@ -478,6 +511,14 @@ mod tests {
             assert_ne!(typo, key.as_str());
             assert!(LicenseKey::parse(&typo).is_err(), "{typo} passed the check");
         }
+    }
+
+    #[test]
+    fn steal_is_read_from_proc_stat() {
+        let stat = "cpu  100 5 50 800 10 1 4 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n";
+        assert_eq!(machine_and_steal_ticks(stat), Some((1_000, 30)));
+        assert_eq!(machine_and_steal_ticks("cpu0 1 2 3\n"), None);
+        assert_eq!(machine_and_steal_ticks("cpu  1 2 3\n"), None);
     }
 
     #[test]

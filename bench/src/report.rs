@@ -34,6 +34,9 @@ pub struct Numbers {
     pub server_cpu_us_per_request: f64,
     /// The generator's CPU time per request, microseconds.
     pub generator_cpu_us_per_request: f64,
+    /// The share of the machine's CPU time a hypervisor took in the window
+    /// (/proc/stat `steal`), percent: a VM's own noise, 0 on bare metal.
+    pub steal_percent: f64,
 }
 
 impl Numbers {
@@ -60,6 +63,7 @@ impl Numbers {
             server_cores: m(|n| n.server_cores),
             server_cpu_us_per_request: m(|n| n.server_cpu_us_per_request),
             generator_cpu_us_per_request: m(|n| n.generator_cpu_us_per_request),
+            steal_percent: m(|n| n.steal_percent),
         }
     }
 }
@@ -107,6 +111,7 @@ impl Measurement {
                 server_cores: load.cpu.server_seconds / load.seconds,
                 server_cpu_us_per_request: per_request(load.cpu.server_seconds),
                 generator_cpu_us_per_request: per_request(load.cpu.generator_seconds),
+                steal_percent: load.cpu.steal_percent(),
             },
             requests: load.requests(),
             seconds: load.seconds,
@@ -217,7 +222,7 @@ pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
 pub fn table(scenarios: &[ScenarioResult], targets: &[TargetCheck]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<15} {:>9} {:>5} {:>4} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8}\n",
+        "{:<15} {:>9} {:>5} {:>4} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
         "scenario",
         "licenses",
         "conns",
@@ -231,12 +236,13 @@ pub fn table(scenarios: &[ScenarioResult], targets: &[TargetCheck]) -> String {
         "start ms",
         "RSS MiB",
         "srv µs/r",
-        "gen µs/r"
+        "gen µs/r",
+        "steal %"
     ));
     for s in scenarios {
         let n = &s.median;
         out.push_str(&format!(
-            "{:<15} {:>9} {:>5} {:>4} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.2} {:>8.0} {:>8.1} {:>8.1} {:>8.1}\n",
+            "{:<15} {:>9} {:>5} {:>4} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.2} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>7.1}\n",
             s.name,
             s.licenses,
             s.connections,
@@ -250,7 +256,8 @@ pub fn table(scenarios: &[ScenarioResult], targets: &[TargetCheck]) -> String {
             n.startup_ms,
             n.rss_load_peak_mib,
             n.server_cpu_us_per_request,
-            n.generator_cpu_us_per_request
+            n.generator_cpu_us_per_request,
+            n.steal_percent
         ));
     }
     if !targets.is_empty() {
@@ -277,7 +284,7 @@ pub fn run_line(name: &str, run: usize, m: &Measurement) -> String {
         .map(|o| format!("{} {}×{}", o.status, o.code, o.count))
         .collect();
     format!(
-        "{name} run {run} (load avg {:.1} before): {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms, start-up {:.0} ms, RSS {:.0}→{:.0} MiB, server {:.2} cores {:.1} µs/req, generator {:.1} µs/req [{}]",
+        "{name} run {run} (load avg {:.1} before): {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms, start-up {:.0} ms, RSS {:.0}→{:.0} MiB, server {:.2} cores {:.1} µs/req, generator {:.1} µs/req, steal {:.1}% [{}]",
         m.load_average_before.unwrap_or(f64::NAN),
         n.throughput_rps,
         n.p50_ms,
@@ -289,6 +296,7 @@ pub fn run_line(name: &str, run: usize, m: &Measurement) -> String {
         n.server_cores,
         n.server_cpu_us_per_request,
         n.generator_cpu_us_per_request,
+        n.steal_percent,
         answers.join(", ")
     )
 }
