@@ -21,6 +21,7 @@
 //! as in SQLite, so the two backends read alike; JSON values are JSONB.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +30,7 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use keysmith_core::wire::{License, LicenseSummary, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
 use keysmith_core::{Code, LicenseKey, Status};
 use tokio_postgres::types::{Json, ToSql};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::{
     event_names, from_unix, opt_time, status_of, AttemptResult, Deactivated, DeliveryAttempt,
@@ -189,33 +190,238 @@ pub struct PostgresStore {
     pool: Pool,
 }
 
-/// Splits Keysmith's own `pool_size=N` parameter off a connection URL; the
-/// rest is libpq syntax, which tokio-postgres parses.
-fn split_pool_size(url: &str) -> anyhow::Result<(String, Option<usize>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), None));
+/// How the connections to PostgreSQL use TLS: the URL's `sslmode`, with
+/// libpq's names and meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, else plain TCP; the certificate is not
+    /// checked (libpq's default).
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS, with a certificate that chains to a trusted root.
+    VerifyCa,
+    /// TLS, with a certificate that chains to a trusted root and names the
+    /// host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> anyhow::Result<SslMode> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => anyhow::bail!(
+                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ),
+        })
+    }
+}
+
+/// A connection URL with Keysmith's own parameters taken off: `pool_size=N`,
+/// and `sslmode` / `sslrootcert`, which Keysmith applies itself (libpq's
+/// meanings; tokio-postgres knows only three of the five modes). The rest
+/// is libpq syntax, which tokio-postgres parses.
+#[derive(Debug, PartialEq, Eq)]
+struct UrlOptions {
+    url: String,
+    pool_size: Option<usize>,
+    ssl_mode: SslMode,
+    /// PEM file of the roots to trust instead of the built-in ones.
+    ssl_root_cert: Option<String>,
+}
+
+fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
+    let mut options = UrlOptions {
+        url: url.to_owned(),
+        pool_size: None,
+        ssl_mode: SslMode::Prefer,
+        ssl_root_cert: None,
     };
-    let mut size = None;
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok(options);
+    };
     let mut kept = Vec::new();
     for pair in query.split('&') {
-        match pair.strip_prefix("pool_size=") {
-            Some(n) => {
-                let n: usize = n
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| anyhow::anyhow!("pool_size must be a positive number"))?;
-                size = Some(n);
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "pool_size" => {
+                let n = value.parse().ok().filter(|n| *n > 0);
+                options.pool_size =
+                    Some(n.ok_or_else(|| anyhow::anyhow!("pool_size must be a positive number"))?);
             }
-            None => kept.push(pair),
+            "sslmode" => options.ssl_mode = SslMode::parse(value)?,
+            "sslrootcert" => {
+                let path = percent_encoding::percent_decode_str(value)
+                    .decode_utf8()
+                    .map_err(|_| anyhow::anyhow!("sslrootcert is not a valid path"))?;
+                options.ssl_root_cert = Some(path.into_owned());
+            }
+            _ => kept.push(pair),
         }
     }
-    let url = if kept.is_empty() {
+    options.url = if kept.is_empty() {
         base.to_owned()
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    Ok((url, size))
+    Ok(options)
+}
+
+/// The TLS settings of `mode`: rustls (the webhooks' TLS stack too) with
+/// Mozilla's roots, or only those of `root_cert`.
+fn tls_connector(
+    mode: SslMode,
+    root_cert: Option<&str>,
+) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::client::WebPkiServerVerifier;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("reading sslrootcert {path}: {e}"))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            anyhow::ensure!(added > 0, "sslrootcert {path} holds no certificate");
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(tls::Unchecked(provider)),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+            if mode == SslMode::VerifyCa {
+                Arc::new(tls::ChainOnly(webpki))
+            } else {
+                webpki
+            }
+        }
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The two certificate checks libpq has and rustls does not: none
+/// (`require`), and the chain without the host name (`verify-ca`).
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
+
+    /// Any certificate: the connection is encrypted, not authenticated. The
+    /// handshake's signatures are still checked.
+    #[derive(Debug)]
+    pub struct Unchecked(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Unchecked {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// The chain to a trusted root, whatever host name the certificate holds.
+    #[derive(Debug)]
+    pub struct ChainOnly(pub Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            match self
+                .0
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
 }
 
 impl PostgresStore {
@@ -223,9 +429,15 @@ impl PostgresStore {
     /// any libpq URL parameter, plus `pool_size`) and applies the migrations
     /// it lacks.
     pub async fn connect(url: &str) -> anyhow::Result<PostgresStore> {
-        let (url, pool_size) = split_pool_size(url)?;
-        let mut config = tokio_postgres::Config::from_str(&url)
+        let options = split_options(url)?;
+        let mut config = tokio_postgres::Config::from_str(&options.url)
             .map_err(|e| anyhow::anyhow!("the PostgreSQL URL is not valid: {}", with_causes(&e)))?;
+        config.ssl_mode(match options.ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = tls_connector(options.ssl_mode, options.ssl_root_cert.as_deref())?;
         if config.get_application_name().is_none() {
             config.application_name("keysmith-server");
         }
@@ -234,13 +446,13 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(pool_size.unwrap_or(DEFAULT_POOL_SIZE))
+            .max_size(options.pool_size.unwrap_or(DEFAULT_POOL_SIZE))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(30)))
             .create_timeout(Some(Duration::from_secs(10)))
@@ -1421,21 +1633,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pool_size_is_taken_off_the_url() {
-        let split = |u: &str| split_pool_size(u).unwrap();
-        assert_eq!(split("postgres://h/db"), ("postgres://h/db".into(), None));
+    fn keysmiths_own_parameters_are_taken_off_the_url() {
+        let split = |u: &str| split_options(u).unwrap();
+        let plain = |url: &str, pool_size, ssl_mode| UrlOptions {
+            url: url.into(),
+            pool_size,
+            ssl_mode,
+            ssl_root_cert: None,
+        };
+        assert_eq!(
+            split("postgres://h/db"),
+            plain("postgres://h/db", None, SslMode::Prefer)
+        );
         assert_eq!(
             split("postgres://h/db?pool_size=4"),
-            ("postgres://h/db".into(), Some(4))
+            plain("postgres://h/db", Some(4), SslMode::Prefer)
         );
         assert_eq!(
             split("postgres://h/db?sslmode=disable&pool_size=4&application_name=x"),
-            (
-                "postgres://h/db?sslmode=disable&application_name=x".into(),
-                Some(4)
+            plain(
+                "postgres://h/db?application_name=x",
+                Some(4),
+                SslMode::Disable
             )
         );
-        assert!(split_pool_size("postgres://h/db?pool_size=0").is_err());
-        assert!(split_pool_size("postgres://h/db?pool_size=many").is_err());
+        assert_eq!(
+            split("postgres://h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"),
+            UrlOptions {
+                ssl_root_cert: Some("/etc/ca.pem".into()),
+                ..plain("postgres://h/db", None, SslMode::VerifyFull)
+            }
+        );
+        for bad in [
+            "postgres://h/db?pool_size=0",
+            "postgres://h/db?pool_size=many",
+            "postgres://h/db?sslmode=verify",
+            "postgres://h/db?sslrootcert=%FF",
+        ] {
+            assert!(split_options(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_root_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let path = empty.to_str().unwrap();
+        let e = tls_connector(SslMode::VerifyFull, Some(path))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+        let missing = dir.path().join("missing.pem");
+        let e = tls_connector(SslMode::VerifyCa, missing.to_str())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("reading sslrootcert"), "{e}");
+        assert!(tls_connector(SslMode::VerifyFull, None).is_ok());
     }
 }
