@@ -295,18 +295,18 @@ fn tls_connector(
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(tls::Unchecked(provider)),
-        SslMode::VerifyCa | SslMode::VerifyFull => {
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-            if mode == SslMode::VerifyCa {
-                Arc::new(tls::ChainOnly(webpki))
-            } else {
-                webpki
-            }
-        }
+    let chain = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
+        SslMode::VerifyCa | SslMode::VerifyFull => Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()?,
+        ),
     };
+    let verifier = Arc::new(tls::Verifier {
+        provider,
+        chain,
+        check_name: mode == SslMode::VerifyFull,
+    });
     let config = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier)
@@ -314,8 +314,9 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// The two certificate checks libpq has and rustls does not: none
-/// (`require`), and the chain without the host name (`verify-ca`).
+/// The certificate check of an `sslmode`: rustls's own (`verify-full`),
+/// or the two libpq has and rustls does not: the chain without the host
+/// name (`verify-ca`), and none (`require`, `prefer`).
 mod tls {
     use std::sync::Arc;
 
@@ -325,61 +326,16 @@ mod tls {
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 
-    /// Any certificate: the connection is encrypted, not authenticated. The
-    /// handshake's signatures are still checked.
     #[derive(Debug)]
-    pub struct Unchecked(pub Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for Unchecked {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
+    pub struct Verifier {
+        pub provider: Arc<CryptoProvider>,
+        /// `None`: any certificate (encrypted, not authenticated).
+        pub chain: Option<Arc<WebPkiServerVerifier>>,
+        /// Whether the certificate must name the host connected to.
+        pub check_name: bool,
     }
 
-    /// The chain to a trusted root, whatever host name the certificate holds.
-    #[derive(Debug)]
-    pub struct ChainOnly(pub Arc<WebPkiServerVerifier>);
-
-    impl ServerCertVerifier for ChainOnly {
+    impl ServerCertVerifier for Verifier {
         fn verify_server_cert(
             &self,
             end_entity: &CertificateDer<'_>,
@@ -388,25 +344,27 @@ mod tls {
             ocsp: &[u8],
             now: UnixTime,
         ) -> Result<ServerCertVerified, Error> {
-            match self
-                .0
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            {
+            let Some(chain) = &self.chain else {
+                return Ok(ServerCertVerified::assertion());
+            };
+            match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
                 Err(Error::InvalidCertificate(
                     CertificateError::NotValidForName
                     | CertificateError::NotValidForNameContext { .. },
-                )) => Ok(ServerCertVerified::assertion()),
-                other => other,
+                )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+                checked => checked,
             }
         }
 
+        // The handshake's signatures are checked in every mode.
         fn verify_tls12_signature(
             &self,
             message: &[u8],
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, Error> {
-            self.0.verify_tls12_signature(message, cert, dss)
+            let algorithms = &self.provider.signature_verification_algorithms;
+            verify_tls12_signature(message, cert, dss, algorithms)
         }
 
         fn verify_tls13_signature(
@@ -415,11 +373,14 @@ mod tls {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, Error> {
-            self.0.verify_tls13_signature(message, cert, dss)
+            let algorithms = &self.provider.signature_verification_algorithms;
+            verify_tls13_signature(message, cert, dss, algorithms)
         }
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_verify_schemes()
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
         }
     }
 }

@@ -62,6 +62,26 @@ macro_rules! kept_seats {
     };
 }
 
+/// A trigger that sets `seats` again when a seat row of the license
+/// `$seq` is inserted or deleted.
+macro_rules! seats_trigger {
+    ($name:literal, $event:literal, $table:literal, $seq:literal) => {
+        concat!(
+            "CREATE TRIGGER ",
+            $name,
+            " AFTER ",
+            $event,
+            " ON ",
+            $table,
+            " BEGIN UPDATE licenses SET seats = ",
+            kept_seats!($seq),
+            " WHERE seq = ",
+            $seq,
+            "; END;\n"
+        )
+    };
+}
+
 /// Versioned migrations; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -215,27 +235,31 @@ UPDATE licenses SET seats = "#,
 WHERE seq IN (SELECT license_seq FROM license_domains UNION SELECT license_seq FROM license_machines);
 CREATE INDEX licenses_validate ON licenses
     (key, seq, id, status, plan, max_domains, max_machines, expires_at, activated_at, seats);
-CREATE TRIGGER seats_domain_taken AFTER INSERT ON license_domains BEGIN
-    UPDATE licenses SET seats = "#,
-        kept_seats!("NEW.license_seq"),
-        r#" WHERE seq = NEW.license_seq;
-END;
-CREATE TRIGGER seats_domain_freed AFTER DELETE ON license_domains BEGIN
-    UPDATE licenses SET seats = "#,
-        kept_seats!("OLD.license_seq"),
-        r#" WHERE seq = OLD.license_seq;
-END;
-CREATE TRIGGER seats_machine_taken AFTER INSERT ON license_machines BEGIN
-    UPDATE licenses SET seats = "#,
-        kept_seats!("NEW.license_seq"),
-        r#" WHERE seq = NEW.license_seq;
-END;
-CREATE TRIGGER seats_machine_freed AFTER DELETE ON license_machines BEGIN
-    UPDATE licenses SET seats = "#,
-        kept_seats!("OLD.license_seq"),
-        r#" WHERE seq = OLD.license_seq;
-END;
-"#
+"#,
+        seats_trigger!(
+            "seats_domain_taken",
+            "INSERT",
+            "license_domains",
+            "NEW.license_seq"
+        ),
+        seats_trigger!(
+            "seats_domain_freed",
+            "DELETE",
+            "license_domains",
+            "OLD.license_seq"
+        ),
+        seats_trigger!(
+            "seats_machine_taken",
+            "INSERT",
+            "license_machines",
+            "NEW.license_seq"
+        ),
+        seats_trigger!(
+            "seats_machine_freed",
+            "DELETE",
+            "license_machines",
+            "OLD.license_seq"
+        ),
     ),
 ];
 
