@@ -36,7 +36,9 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
 
     /// Database URL: `sqlite://PATH`, or `postgres://user:password@host:port/db` for
-    /// several servers on one database. Default: SQLite at <data-dir>/keysmith.db.
+    /// several servers on one database (TLS by `?sslmode=`: disable, prefer (the
+    /// default), require, verify-ca, verify-full; `&sslrootcert=PATH` for a private
+    /// CA). Default: SQLite at <data-dir>/keysmith.db.
     #[arg(long, env = "KEYSMITH_DATABASE", hide_env_values = true)]
     pub database: Option<DatabaseUrl>,
 
