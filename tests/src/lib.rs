@@ -298,8 +298,31 @@ impl TestServer {
         self.database.as_deref()
     }
 
+    /// Registers a webhook for every event type on a receiver that answers
+    /// 200, so that the server keeps every event (it keeps only those an
+    /// endpoint subscribes to). Keep the receiver alive for the test.
+    pub fn keep_every_event(&self) -> receiver::Receiver {
+        let receiver = receiver::Receiver::start();
+        let events = [
+            "license.created",
+            "license.activated",
+            "license.updated",
+            "license.suspended",
+            "license.reinstated",
+            "license.expired",
+            "license.revoked",
+        ];
+        let (status, hook) = self.admin(
+            "POST",
+            "/webhooks",
+            Some(serde_json::json!({"url": receiver.url, "events": events})),
+        );
+        assert_eq!(status, 201, "{hook}");
+        receiver
+    }
+
     /// The types of the events recorded for a license, oldest first, read
-    /// from the database itself (either backend).
+    /// from the database itself (either backend); see `keep_every_event`.
     pub fn event_types(&self, license_id: &str) -> Vec<String> {
         const SQL: &str = "SELECT type FROM events WHERE license_id = $1 ORDER BY seq";
         match &self.pg {

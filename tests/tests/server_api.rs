@@ -696,6 +696,7 @@ fn the_expiry_sweep_marks_licenses_expired_within_its_interval(backend: Backend)
         args: vec!["--expiry-interval".into(), "1".into()],
         ..Default::default()
     });
+    let _receiver = server.keep_every_event();
     server.plan("p", json!({"features": []}));
     let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
     let license = server.license(

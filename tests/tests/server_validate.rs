@@ -406,6 +406,7 @@ fn clients_over_the_rate_limit_get_429_with_retry_after(backend: Backend) {
 
 fn first_valid_fires_license_activated_once(backend: Backend) {
     let server = TestServer::start_on(backend);
+    let _receiver = server.keep_every_event();
     server.plan("p", json!({"features": []}));
     let license = server.license("p", json!({}));
     let key = key_of(&license);

@@ -17,6 +17,7 @@ keysmith_tests::on_both_backends!(
     undelivered_events_go_out_after_a_restart,
     a_dead_endpoint_does_not_slow_validation,
     webhook_endpoints_are_managed_and_the_secret_is_shown_once,
+    only_events_an_endpoint_subscribes_to_are_kept,
 );
 
 const ALL_EVENTS: [&str; 7] = [
@@ -487,4 +488,33 @@ fn webhook_endpoints_are_managed_and_the_secret_is_shown_once(backend: Backend) 
             .0,
         404
     );
+}
+
+fn only_events_an_endpoint_subscribes_to_are_kept(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = fast_retry_server(backend, &[]);
+    server.plan("p", json!({"features": []}));
+    let before = server.license("p", json!({}));
+    let before_id = before["id"].as_str().unwrap();
+    assert_eq!(
+        server.validate(json!({"key": before["key"]})).1["code"],
+        "VALID"
+    );
+    assert!(
+        server.event_types(before_id).is_empty(),
+        "no endpoint: nothing kept"
+    );
+
+    register(&server, &receiver.url, &["license.suspended"]);
+    let license = server.license("p", json!({}));
+    let id = license["id"].as_str().unwrap();
+    let path = format!("/licenses/{id}");
+    server.admin("PUT", &path, Some(json!({"status": "suspended"})));
+    server.admin("PUT", &path, Some(json!({"status": "active"})));
+    assert_eq!(server.event_types(id), ["license.suspended"]);
+    let got = receiver.wait_until(Duration::from_secs(20), "the suspension", |r| !r.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(receiver.received().len(), 1, "{got:?}");
+    assert!(got[0].body.contains("license.suspended"));
+    assert!(server.event_types(before_id).is_empty());
 }

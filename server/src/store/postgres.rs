@@ -604,7 +604,9 @@ async fn plan_must_exist(c: &impl GenericClient, name: &str) -> Result<Plan> {
 }
 
 /// Writes an event to the outbox and queues it for every enabled endpoint
-/// that subscribes to it, in the caller's transaction (one statement).
+/// that subscribes to it, in the caller's transaction (one statement). An
+/// event no enabled endpoint subscribes to is not kept (see the SQLite
+/// store's `record_event`).
 async fn record_event(
     c: &impl GenericClient,
     kind: EventType,
@@ -614,11 +616,11 @@ async fn record_event(
     let data = serde_json::json!({ "license": license });
     let stmt = c
         .prepare_cached(
-            "WITH e AS (INSERT INTO events (id, type, license_id, created_at, data) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING seq) \
+            "WITH w AS (SELECT seq FROM webhooks WHERE enabled AND events ? $2), \
+             e AS (INSERT INTO events (id, type, license_id, created_at, data) \
+             SELECT $1::text, $2::text, $3::text, $4::bigint, $5::jsonb WHERE EXISTS (SELECT 1 FROM w) RETURNING seq) \
              INSERT INTO deliveries (event_seq, webhook_seq, license_id, state, next_attempt_ms) \
-             SELECT e.seq, w.seq, $3, 'pending', $6 FROM e, webhooks w \
-             WHERE w.enabled AND w.events ? $2",
+             SELECT e.seq, w.seq, $3, 'pending', $6 FROM e, w",
         )
         .await?;
     c.execute(

@@ -1086,13 +1086,25 @@ fn plan_must_exist(conn: &Connection, name: &str) -> Result<Plan> {
 }
 
 /// Writes an event to the outbox and queues it for every enabled endpoint
-/// that subscribes to it, in the caller's transaction.
+/// that subscribes to it, in the caller's transaction. An event no enabled
+/// endpoint subscribes to is not kept: only its deliveries ever read it, and
+/// one `license.created` per license would otherwise be most of the
+/// database (about 1 GB at a million licenses).
 fn record_event(
     conn: &Connection,
     kind: EventType,
     license: &License,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let subscribed: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM webhooks w WHERE w.enabled = 1 \
+             AND EXISTS (SELECT 1 FROM json_each(w.events) WHERE value = ?1))",
+        )?
+        .query_row([kind.as_str()], |r| r.get(0))?;
+    if !subscribed {
+        return Ok(());
+    }
     let data = serde_json::json!({ "license": license });
     conn.prepare_cached(
         "INSERT INTO events (id, type, license_id, created_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
