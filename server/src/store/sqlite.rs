@@ -1984,8 +1984,22 @@ impl Store for SqliteStore {
         limit: u32,
         lease: chrono::Duration,
     ) -> Result<Vec<DeliveryJob>> {
+        // Asked four times a second. Looked at on a read connection first:
+        // through the writer, every poll would commit, copying the usage
+        // journal and emptying every reader's page cache each time.
+        let now_ms = now.timestamp_millis();
+        let due = self.readers.run(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries \
+                     WHERE state = 'pending' AND next_attempt_ms <= ?1 AND locked_until_ms <= ?1)",
+                )?
+                .query_row([now_ms], |r| r.get::<_, bool>(0))?)
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
         self.write(move |conn| {
-            let now_ms = now.timestamp_millis();
             let jobs: Vec<DeliveryJob> = conn
                 .prepare_cached(
                     "SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, d.first_attempt_ms \
@@ -2552,6 +2566,77 @@ mod tests {
             (3, Some(2_001))
         );
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
+    }
+
+    /// The webhook worker asks for due deliveries four times a second. With
+    /// none due, asking must not make the writer commit: each commit copies
+    /// the usage journal and empties every reader's page cache.
+    #[tokio::test]
+    async fn asking_for_deliveries_when_none_are_due_writes_nothing() {
+        let tuning = Tuning {
+            ingest_every: Duration::from_secs(3600),
+            fold_every: Duration::from_secs(3600),
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let (_dir, path, store, license) = store_with_license(tuning).await;
+        // Activate the license, so that later validations go to the journal.
+        store
+            .validate(validation(&license.key, 1_000))
+            .await
+            .unwrap();
+        store
+            .validate(validation(&license.key, 1_001))
+            .await
+            .unwrap();
+        assert!(journal_bytes(&path) > 0);
+        let usage_rows = count(&path, "SELECT COUNT(*) FROM usage");
+        let lease = chrono::Duration::seconds(40);
+        for _ in 0..3 {
+            let jobs = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+            assert!(jobs.is_empty());
+        }
+        assert_eq!(
+            count(&path, "SELECT COUNT(*) FROM usage"),
+            usage_rows,
+            "a poll with nothing due went through the writer"
+        );
+
+        // A due delivery is still claimed, once, with the journal copied.
+        let hook = store
+            .create_webhook(
+                NewWebhook {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    events: vec![EventType::Updated],
+                    enabled: true,
+                    secret: "whsec_test".into(),
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        store
+            .update_license(
+                license.id.clone(),
+                LicensePatch {
+                    customer_email: Some("a@example.com".into()),
+                    ..LicensePatch::default()
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let jobs = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+        assert_eq!(jobs.len(), 1, "{hook:?}");
+        assert!(
+            jobs[0].data.contains("\"validation_count\":2"),
+            "{}",
+            jobs[0].data
+        );
+        assert!(store
+            .claim_deliveries(Utc::now(), 64, lease)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     /// A validation that takes a seat (or activates the license) commits
