@@ -1814,6 +1814,16 @@ impl Store for SqliteStore {
     }
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize> {
+        // Looked at on a read connection first, as `claim_deliveries`: a
+        // sweep with nothing due does not make the writer commit.
+        let due = self.readers.run(|conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT EXISTS ({DUE_LICENSES})"))?
+                .query_row([now.timestamp()], |r| r.get::<_, bool>(0))?)
+        })?;
+        if !due {
+            return Ok(0);
+        }
         self.write(move |conn| {
             let ids: Vec<String> = conn
                 .prepare_cached(DUE_LICENSES)?
@@ -2637,6 +2647,44 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// Same for the expiry sweep (every 15 s): nothing due, nothing written;
+    /// a license past its date is still expired.
+    #[tokio::test]
+    async fn a_sweep_with_nothing_due_writes_nothing() {
+        let tuning = Tuning {
+            ingest_every: Duration::from_secs(3600),
+            fold_every: Duration::from_secs(3600),
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let (_dir, path, store, license) = store_with_license(tuning).await;
+        store
+            .validate(validation(&license.key, 1_000))
+            .await
+            .unwrap();
+        store
+            .validate(validation(&license.key, 1_001))
+            .await
+            .unwrap();
+        let usage_rows = count(&path, "SELECT COUNT(*) FROM usage");
+        assert_eq!(store.expire_due(Utc::now()).await.unwrap(), 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), usage_rows);
+
+        let past = Utc::now() - chrono::Duration::seconds(5);
+        let due = store
+            .create_license(
+                NewLicense {
+                    expires_at: Some(Some(past)),
+                    ..new_license(1)
+                },
+                past - chrono::Duration::seconds(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.expire_due(Utc::now()).await.unwrap(), 1);
+        let expired = store.get_license(due.id).await.unwrap();
+        assert_eq!(expired.status, Status::Expired);
     }
 
     /// A validation that takes a seat (or activates the license) commits
