@@ -102,6 +102,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_EXPIRY_INTERVAL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub expiry_interval: u64,
 
+    /// Days of usage history (`GET /licenses/:id/usage`) to keep; older records
+    /// are deleted, oldest first, at start-up and every minute. 0 keeps every
+    /// record forever. Validation counts are kept whatever this is.
+    #[arg(long, env = "KEYSMITH_USAGE_RETENTION_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub usage_retention_days: u32,
+
     /// Seconds one webhook delivery attempt may take.
     #[arg(long, env = "KEYSMITH_WEBHOOK_TIMEOUT", default_value_t = 10)]
     pub webhook_timeout: u64,

@@ -10,6 +10,7 @@ pub mod expiry;
 pub mod http;
 pub mod ids;
 pub mod license;
+pub mod retention;
 pub mod signing;
 pub mod store;
 pub mod webhooks;
@@ -141,6 +142,8 @@ pub async fn serve(
         store.clone(),
         std::time::Duration::from_secs(args.expiry_interval),
     ));
+    let retention = (args.usage_retention_days > 0)
+        .then(|| tokio::spawn(retention::run(store.clone(), args.usage_retention_days)));
     let state = api::AppState::new(store.clone(), Arc::new(signer), admin, &args);
     let deliverer = tokio::spawn(webhooks::run(store.clone(), args.delivery_policy()));
     let limits = state.limits.clone();
@@ -168,7 +171,7 @@ pub async fn serve(
         std::time::Duration::from_secs(30),
     )
     .await;
-    for task in [sweeper, forgetter, deliverer] {
+    for task in [sweeper, forgetter, deliverer].into_iter().chain(retention) {
         task.abort();
         let _ = task.await;
     }

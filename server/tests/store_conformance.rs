@@ -180,6 +180,7 @@ conformance!(
     events_are_queued_only_for_subscribed_enabled_endpoints,
     the_admin_token_hash_is_kept,
     reopening_keeps_everything,
+    usage_past_the_retention_is_pruned_and_counts_stay,
 );
 
 // ---------------------------------------------------------------------------
@@ -1553,6 +1554,56 @@ async fn events_are_queued_only_for_subscribed_enabled_endpoints(f: &Fixture) {
     s.update_webhook(off.clone(), enable).await.unwrap();
     assert!(claim(s.as_ref(), t(4)).await.is_empty());
     assert_eq!(count(off).await, 0);
+}
+
+async fn usage_past_the_retention_is_pruned_and_counts_stay(f: &Fixture) {
+    let s = store_with_plan(f, plan("p", None, None)).await;
+    let a = s.create_license(new_license("p"), t(0)).await.unwrap();
+    let b = s.create_license(new_license("p"), t(0)).await.unwrap();
+    for (license, at) in [(&a, 10), (&b, 20), (&a, 30), (&b, 40), (&a, 50)] {
+        let answer = s
+            .validate(check(&license.key, None, None, t(at)))
+            .await
+            .unwrap();
+        assert_eq!(answer.code, Code::Valid);
+    }
+    let times = |id: &str| {
+        let (s, id) = (s.clone(), id.to_owned());
+        async move {
+            let page = s.usage(id, page(10)).await.unwrap();
+            let at: Vec<i64> = page
+                .records
+                .iter()
+                .map(|r| r.at.timestamp() - t(0).timestamp())
+                .collect();
+            at
+        }
+    };
+    // Nothing recorded before t(5): nothing goes.
+    assert_eq!(s.prune_usage(t(5), 100).await.unwrap(), 0);
+    // The oldest first, at most `limit` a step, only before the cut-off.
+    assert_eq!(s.prune_usage(t(35), 2).await.unwrap(), 2);
+    assert_eq!(s.prune_usage(t(35), 2).await.unwrap(), 1);
+    assert_eq!(s.prune_usage(t(35), 2).await.unwrap(), 0);
+    assert_eq!(times(&a.id).await, [50]);
+    assert_eq!(times(&b.id).await, [40]);
+    // The counts do not come from the history.
+    let counted = |l: keysmith_core::wire::License| (l.validation_count, l.last_validated_at);
+    assert_eq!(
+        counted(s.get_license(a.id.clone()).await.unwrap()),
+        (3, Some(t(50)))
+    );
+    assert_eq!(
+        counted(s.get_license(b.id.clone()).await.unwrap()),
+        (2, Some(t(40)))
+    );
+    // Recording goes on after a prune.
+    s.validate(check(&b.key, None, None, t(60))).await.unwrap();
+    assert_eq!(times(&b.id).await, [60, 40]);
+    assert_eq!(
+        counted(s.get_license(b.id.clone()).await.unwrap()),
+        (3, Some(t(60)))
+    );
 }
 
 async fn the_admin_token_hash_is_kept(f: &Fixture) {

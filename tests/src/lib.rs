@@ -298,6 +298,25 @@ impl TestServer {
         self.database.as_deref()
     }
 
+    /// Runs SQL on the server's database behind its back (either backend;
+    /// `?`-free statements only), e.g. to plant rows no API call can make.
+    pub fn execute_sql(&self, sql: &str) {
+        match &self.pg {
+            Some(pg) => pg_execute(&pg.url, sql),
+            None if self.backend == Backend::Postgres => {
+                panic!("execute_sql needs a server that owns its PostgreSQL schema")
+            }
+            None => {
+                let db = rusqlite::Connection::open(self.data_path("keysmith.db"))
+                    .expect("open keysmith.db");
+                db.busy_timeout(Duration::from_secs(10))
+                    .expect("busy timeout");
+                db.execute_batch(sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+
     /// Registers a webhook for every event type on a receiver that answers
     /// 200, so that the server keeps every event (it keeps only those an
     /// endpoint subscribes to). Keep the receiver alive for the test.

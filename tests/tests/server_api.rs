@@ -15,6 +15,7 @@ keysmith_tests::on_both_backends!(
     usage_history_is_newest_first_paginated_with_totals,
     seats_are_freed_by_admins_and_by_apps,
     the_expiry_sweep_marks_licenses_expired_within_its_interval,
+    usage_past_the_retention_is_deleted_and_counts_stay,
 );
 
 fn id(license: &Value) -> String {
@@ -730,4 +731,62 @@ fn the_expiry_sweep_marks_licenses_expired_within_its_interval(backend: Backend)
         .filter(|t| t == "license.expired")
         .count();
     assert_eq!(expired_events, 1);
+}
+
+fn usage_past_the_retention_is_deleted_and_counts_stay(backend: Backend) {
+    let mut server = TestServer::start_with(keysmith_tests::ServerOptions {
+        backend,
+        args: vec!["--usage-retention-days".into(), "30".into()],
+        ..Default::default()
+    });
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let key = license["key"].clone();
+    for _ in 0..2 {
+        assert_eq!(server.validate(json!({"key": key})).1["code"], "VALID");
+    }
+    // History from before the server kept any: two records 40 days old and
+    // one 20 days old, planted below the live rows' sequence numbers.
+    assert_eq!(server.terminate(), Some(0));
+    let now = chrono::Utc::now().timestamp();
+    let day = 86_400;
+    let rows: Vec<String> = [
+        (-3, now - 40 * day),
+        (-2, now - 40 * day),
+        (-1, now - 20 * day),
+    ]
+    .iter()
+    .map(|(seq, at)| {
+        format!(
+            "INSERT INTO usage (seq, license_seq, at, code) \
+                 SELECT {seq}, seq, {at}, 'VALID' FROM licenses WHERE id = '{}';",
+            id(&license)
+        )
+    })
+    .collect();
+    server.execute_sql(&rows.concat());
+    let usage = |server: &TestServer| {
+        let (status, page) =
+            server.admin("GET", &format!("/licenses/{}/usage", id(&license)), None);
+        assert_eq!(status, 200, "{page}");
+        page["data"].as_array().unwrap().len()
+    };
+    server.restart();
+    // The pass at start-up deletes the two records past 30 days.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while usage(&server) != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} records",
+            usage(&server)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(server
+        .log()
+        .contains("usage records past the retention deleted"));
+    let (_, after) = server.admin("GET", &format!("/licenses/{}", id(&license)), None);
+    assert_eq!(after["validation_count"], 2, "{after}");
+    assert_eq!(server.validate(json!({"key": key})).1["code"], "VALID");
+    assert_eq!(usage(&server), 4);
 }

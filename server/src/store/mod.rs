@@ -337,6 +337,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks active licenses whose expiry has passed as expired; returns how many.
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize>;
+    /// Deletes the oldest usage records, at most `limit`, of those recorded
+    /// before `before` (`--usage-retention-days`); returns how many. The
+    /// licenses' validation counts are kept: they do not come from these rows.
+    async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
 
     async fn create_webhook(&self, new: NewWebhook, now: DateTime<Utc>) -> Result<Webhook>;
     async fn list_webhooks(&self, page: PageRequest) -> Result<(Vec<Webhook>, Option<i64>)>;

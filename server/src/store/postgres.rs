@@ -1327,6 +1327,31 @@ impl Store for PostgresStore {
         Ok(rows.len())
     }
 
+    async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let client = self.client().await?;
+        // The oldest rows, and of them the leading run recorded before the
+        // cut-off. `at < $2` again in the delete: a row whose transaction
+        // took a lower seq but committed after the first query is new.
+        let oldest = client
+            .prepare_cached("SELECT seq, at FROM usage ORDER BY seq LIMIT $1")
+            .await?;
+        let cutoff = before.timestamp();
+        let mut last = None;
+        for row in client.query(&oldest, &[&i64::from(limit)]).await? {
+            if row.try_get::<_, i64>(1)? >= cutoff {
+                break;
+            }
+            last = Some(row.try_get::<_, i64>(0)?);
+        }
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let delete = client
+            .prepare_cached("DELETE FROM usage WHERE seq <= $1 AND at < $2")
+            .await?;
+        Ok(client.execute(&delete, &[&last, &cutoff]).await?)
+    }
+
     async fn create_webhook(&self, new: NewWebhook, now: DateTime<Utc>) -> Result<Webhook> {
         let client = self.client().await?;
         let stmt = client

@@ -1841,6 +1841,33 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        self.write(move |conn| {
+            // Counted first: a license's count is its folded counter plus its
+            // rows past the fold's watermark, so only folded rows may go.
+            fold_usage(conn)?;
+            // The oldest rows, and of them the leading run recorded before
+            // the cut-off. Never the newest row: without it SQLite would
+            // hand out its seq again, below the fold's watermark.
+            let rows: Vec<(i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT seq, at FROM usage WHERE seq <= (SELECT through_seq FROM usage_folded) \
+                     AND seq < (SELECT MAX(seq) FROM usage) ORDER BY seq LIMIT ?1",
+                )?
+                .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let cutoff = before.timestamp();
+            let Some(last) = rows.iter().take_while(|(_, at)| *at < cutoff).last() else {
+                return Ok(0);
+            };
+            let deleted = conn
+                .prepare_cached("DELETE FROM usage WHERE seq <= ?1 AND at < ?2")?
+                .execute(params![last.0, cutoff])?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
     async fn create_webhook(&self, new: NewWebhook, now: DateTime<Utc>) -> Result<Webhook> {
         self.write(move |conn| {
             let id = ids::webhook_id();
@@ -2647,6 +2674,58 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// Retention deletes the oldest records recorded before the cut-off,
+    /// never the newest one, and leaves every count as it was.
+    #[tokio::test]
+    async fn pruning_usage_keeps_the_counts_and_the_newest_row() {
+        let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        for at in [1_000, 2_000, 3_000] {
+            store.validate(validation(&license.key, at)).await.unwrap();
+        }
+        let before = |at| DateTime::from_timestamp(at, 0).unwrap();
+        assert_eq!(store.prune_usage(before(2_500), 100).await.unwrap(), 2);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1);
+        let id = license.id.clone();
+        assert_eq!(
+            counted(&store.get_license(id.clone()).await.unwrap()),
+            (3, Some(3_000))
+        );
+        // Everything is past the cut-off now, but the newest row stays.
+        assert_eq!(store.prune_usage(before(10_000), 100).await.unwrap(), 0);
+        store
+            .validate(validation(&license.key, 4_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            counted(&store.get_license(id.clone()).await.unwrap()),
+            (4, Some(4_000))
+        );
+        let page = store
+            .usage(
+                id,
+                PageRequest {
+                    limit: 10,
+                    before: None,
+                },
+            )
+            .await
+            .unwrap();
+        let at: Vec<i64> = page.records.iter().map(|r| r.at.timestamp()).collect();
+        assert_eq!(at, [4_000, 3_000]);
+        // A step takes at most `limit` records.
+        for at in [5_000, 6_000, 7_000] {
+            store.validate(validation(&license.key, at)).await.unwrap();
+        }
+        assert_eq!(store.prune_usage(before(10_000), 2).await.unwrap(), 2);
+        assert_eq!(store.prune_usage(before(10_000), 2).await.unwrap(), 2);
+        assert_eq!(store.prune_usage(before(10_000), 2).await.unwrap(), 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1);
+        assert_eq!(
+            counted(&store.get_license(license.id).await.unwrap()),
+            (7, Some(7_000))
+        );
     }
 
     /// Same for the expiry sweep (every 15 s): nothing due, nothing written;
