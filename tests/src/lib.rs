@@ -37,6 +37,17 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// Every webhook event type (SPEC §6).
+pub const ALL_EVENTS: [&str; 7] = [
+    "license.created",
+    "license.activated",
+    "license.updated",
+    "license.suspended",
+    "license.reinstated",
+    "license.expired",
+    "license.revoked",
+];
+
 /// The environment variable naming the PostgreSQL server tests may use.
 pub const DATABASE_ENV: &str = "KEYSMITH_TEST_DATABASE_URL";
 
@@ -322,19 +333,10 @@ impl TestServer {
     /// endpoint subscribes to). Keep the receiver alive for the test.
     pub fn keep_every_event(&self) -> receiver::Receiver {
         let receiver = receiver::Receiver::start();
-        let events = [
-            "license.created",
-            "license.activated",
-            "license.updated",
-            "license.suspended",
-            "license.reinstated",
-            "license.expired",
-            "license.revoked",
-        ];
         let (status, hook) = self.admin(
             "POST",
             "/webhooks",
-            Some(serde_json::json!({"url": receiver.url, "events": events})),
+            Some(serde_json::json!({"url": receiver.url, "events": ALL_EVENTS})),
         );
         assert_eq!(status, 201, "{hook}");
         receiver

@@ -11,18 +11,8 @@ use std::time::{Duration, Instant};
 
 use keysmith_core::token::KeySet;
 use keysmith_tests::receiver::Receiver;
-use keysmith_tests::{Backend, PgDatabase, ServerOptions, TestServer};
+use keysmith_tests::{Backend, PgDatabase, ServerOptions, TestServer, ALL_EVENTS};
 use serde_json::{json, Value};
-
-const ALL_EVENTS: [&str; 7] = [
-    "license.created",
-    "license.activated",
-    "license.updated",
-    "license.suspended",
-    "license.reinstated",
-    "license.expired",
-    "license.revoked",
-];
 
 fn options(db: &PgDatabase, signing_key: &std::path::Path) -> ServerOptions {
     ServerOptions {

@@ -2605,28 +2605,38 @@ mod tests {
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
     }
 
-    /// The webhook worker asks for due deliveries four times a second. With
-    /// none due, asking must not make the writer commit: each commit copies
-    /// the usage journal and empties every reader's page cache.
-    #[tokio::test]
-    async fn asking_for_deliveries_when_none_are_due_writes_nothing() {
+    /// A store whose writer copies the journal only when asked to, with an
+    /// activated license and a validation waiting in the journal; returns
+    /// the usage rows in the table.
+    async fn store_with_usage_in_the_journal() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        SqliteStore,
+        License,
+        i64,
+    ) {
         let tuning = Tuning {
             ingest_every: Duration::from_secs(3600),
             fold_every: Duration::from_secs(3600),
             ..test_tuning(WAL_RESTART_PAGES)
         };
-        let (_dir, path, store, license) = store_with_license(tuning).await;
-        // Activate the license, so that later validations go to the journal.
-        store
-            .validate(validation(&license.key, 1_000))
-            .await
-            .unwrap();
-        store
-            .validate(validation(&license.key, 1_001))
-            .await
-            .unwrap();
+        let (dir, path, store, license) = store_with_license(tuning).await;
+        // The first validation activates the license (a write); the second
+        // goes to the journal.
+        for at in [1_000, 1_001] {
+            store.validate(validation(&license.key, at)).await.unwrap();
+        }
         assert!(journal_bytes(&path) > 0);
         let usage_rows = count(&path, "SELECT COUNT(*) FROM usage");
+        (dir, path, store, license, usage_rows)
+    }
+
+    /// The webhook worker asks for due deliveries four times a second. With
+    /// none due, asking must not make the writer commit: each commit copies
+    /// the usage journal and empties every reader's page cache.
+    #[tokio::test]
+    async fn asking_for_deliveries_when_none_are_due_writes_nothing() {
+        let (_dir, path, store, license, usage_rows) = store_with_usage_in_the_journal().await;
         let lease = chrono::Duration::seconds(40);
         for _ in 0..3 {
             let jobs = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
@@ -2732,21 +2742,7 @@ mod tests {
     /// a license past its date is still expired.
     #[tokio::test]
     async fn a_sweep_with_nothing_due_writes_nothing() {
-        let tuning = Tuning {
-            ingest_every: Duration::from_secs(3600),
-            fold_every: Duration::from_secs(3600),
-            ..test_tuning(WAL_RESTART_PAGES)
-        };
-        let (_dir, path, store, license) = store_with_license(tuning).await;
-        store
-            .validate(validation(&license.key, 1_000))
-            .await
-            .unwrap();
-        store
-            .validate(validation(&license.key, 1_001))
-            .await
-            .unwrap();
-        let usage_rows = count(&path, "SELECT COUNT(*) FROM usage");
+        let (_dir, path, store, _license, usage_rows) = store_with_usage_in_the_journal().await;
         assert_eq!(store.expire_due(Utc::now()).await.unwrap(), 0);
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), usage_rows);
 
