@@ -309,8 +309,9 @@ impl TestServer {
         self.database.as_deref()
     }
 
-    /// Runs SQL on the server's database behind its back (either backend;
-    /// `?`-free statements only), e.g. to plant rows no API call can make.
+    /// Runs SQL statements, without parameters, on the server's database
+    /// behind its back (either backend), e.g. to plant rows no API call can
+    /// make.
     pub fn execute_sql(&self, sql: &str) {
         match &self.pg {
             Some(pg) => pg_execute(&pg.url, sql),
