@@ -725,7 +725,9 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
 /// worker, so the time appends are held is a stall of every request on
 /// both workers: copying the records that came in during the fsync while
 /// holding them took ~60 ms at 20,000 validations a second.
-fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()> {
+///
+/// Returns how many journal bytes it copied with appends held.
+fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     std::fs::File::open(wal)
         .and_then(|f| f.sync_data())
@@ -740,7 +742,8 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()
     }
     let mut appender = journal.lock();
     let held = std::time::Instant::now();
-    in_transaction(conn, |c| ingest(c, journal))?;
+    let before = ingested_through(conn)?;
+    let copied = in_transaction(conn, |c| ingest(c, journal))? - before;
     appender.truncate(journal, 0).map_err(storage)?;
     // Appends wait until the watermark agrees with the empty file.
     let mut tries = 0;
@@ -751,8 +754,8 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()
     }
     drop(appender);
     let held_us = held.elapsed().as_micros() as u64;
-    tracing::debug!(held_us, "usage journal emptied");
-    Ok(())
+    tracing::debug!(held_us, copied, "usage journal emptied");
+    Ok(copied)
 }
 
 fn run_writer(
@@ -819,7 +822,7 @@ fn run_writer(
             ingested = through;
             if ingested >= tuning.rotate_bytes {
                 match rotate_journal(&conn, &journal, &wal) {
-                    Ok(()) => ingested = 0,
+                    Ok(_) => ingested = 0,
                     Err(e) => tracing::warn!(error = %e, "emptying the usage journal failed"),
                 }
             }
@@ -2623,6 +2626,27 @@ mod tests {
             (3, Some(2_001))
         );
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
+    }
+
+    /// Emptying the journal copies its backlog before holding appends off:
+    /// every request that records usage waits while they are held.
+    #[tokio::test]
+    async fn emptying_the_journal_copies_the_backlog_before_holding_appends() {
+        let (_dir, path, store, _license) =
+            store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        drop(store);
+        let seq = count(&path, "SELECT seq FROM licenses");
+        let journal = Journal::open(&path, false).unwrap();
+        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        for at in 0..1_000 {
+            journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
+        }
+        let wal = path.with_extension("db-wal");
+        let held = rotate_journal(&conn, &journal, &wal).unwrap();
+        assert_eq!(held, 0, "bytes copied with appends held");
+        assert_eq!(journal.len(), 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_000);
+        assert_eq!(ingested_through(&conn).unwrap(), 0);
     }
 
     /// A store whose writer copies the journal only when asked to, with an
