@@ -349,6 +349,17 @@ impl ReadPool {
         }
     }
 
+    /// Whether `query` (with `?1` bound to `param`) finds a row, on a pooled
+    /// connection on this thread: how the background workers look for work
+    /// without making the writer commit.
+    fn finds(&self, query: &str, param: i64) -> Result<bool> {
+        self.run(|conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT EXISTS ({query})"))?
+                .query_row([param], |r| r.get(0))?)
+        })
+    }
+
     /// Runs `f` on a pooled connection on this thread.
     fn run<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
         let conn = self.take()?;
@@ -1841,12 +1852,7 @@ impl Store for SqliteStore {
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize> {
         // Looked at on a read connection first, as `claim_deliveries`: a
         // sweep with nothing due does not make the writer commit.
-        let due = self.readers.run(|conn| {
-            Ok(conn
-                .prepare_cached(&format!("SELECT EXISTS ({DUE_LICENSES})"))?
-                .query_row([now.timestamp()], |r| r.get::<_, bool>(0))?)
-        })?;
-        if !due {
+        if !self.readers.finds(DUE_LICENSES, now.timestamp())? {
             return Ok(0);
         }
         self.write(move |conn| {
@@ -2050,15 +2056,9 @@ impl Store for SqliteStore {
         // through the writer, every poll would commit, copying the usage
         // journal and emptying every reader's page cache each time.
         let now_ms = now.timestamp_millis();
-        let due = self.readers.run(|conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries \
-                     WHERE state = 'pending' AND next_attempt_ms <= ?1 AND locked_until_ms <= ?1)",
-                )?
-                .query_row([now_ms], |r| r.get::<_, bool>(0))?)
-        })?;
-        if !due {
+        let due = "SELECT 1 FROM deliveries \
+                   WHERE state = 'pending' AND next_attempt_ms <= ?1 AND locked_until_ms <= ?1";
+        if !self.readers.finds(due, now_ms)? {
             return Ok(Vec::new());
         }
         self.write(move |conn| {
