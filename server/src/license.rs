@@ -45,6 +45,16 @@ pub struct Decision {
     pub take_machine_seat: bool,
 }
 
+impl Decision {
+    /// Whether the validation changes more than the history: it takes a
+    /// seat, or is the first valid one of a license not `activated` yet.
+    /// One that does not can be decided on a snapshot with no lock: it
+    /// takes nothing another validation could race it for.
+    pub fn writes(&self, activated: bool) -> bool {
+        self.take_domain_seat || self.take_machine_seat || (self.code == Code::Valid && !activated)
+    }
+}
+
 /// Decides a validation. `domain` / `machine` are `None` when the request
 /// named none. Seats are taken only when the whole answer is `VALID`.
 pub fn decide(status: Status, domain: Option<Seats>, machine: Option<Seats>) -> Decision {

@@ -161,6 +161,17 @@ pub struct ValidationOutcome {
     pub offline_grace_days: u32,
 }
 
+impl ValidationOutcome {
+    /// No license has the key: nothing is recorded, no license shown.
+    pub fn not_found() -> ValidationOutcome {
+        ValidationOutcome {
+            code: Code::LicenseNotFound,
+            license: None,
+            offline_grace_days: keysmith_core::wire::DEFAULT_OFFLINE_GRACE_DAYS,
+        }
+    }
+}
+
 /// One validation in a license's history.
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageRecord {

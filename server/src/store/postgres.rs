@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use keysmith_core::wire::{License, LicenseSummary, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
+use keysmith_core::wire::{License, LicenseSummary, Plan};
 use keysmith_core::{Code, LicenseKey, Status};
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
@@ -39,7 +39,7 @@ use super::{
     ValidationInput, ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
 };
 use crate::ids;
-use crate::license::{decide, default_expiry, effective_status, transition, Seats};
+use crate::license::{decide, default_expiry, effective_status, transition, Decision, Seats};
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
@@ -750,27 +750,120 @@ async fn insert_license(
     ))
 }
 
-/// What a validation reads once it holds the license's lock: the license,
-/// its plan, and its seats as far as the request's domain and fingerprint
-/// need them. A seat table is counted only when its count can decide
-/// anything: a limit is set, the request names a value, and that value does
-/// not hold a seat already (as `seats` does on SQLite).
-const VALIDATION_VIEW: &str = "SELECT l.id, l.status, l.plan, l.max_domains, l.max_machines, \
-     l.expires_at, p.features, p.offline_grace_days, \
-     h.domain_held, \
-     CASE WHEN l.max_domains IS NULL OR $2::text IS NULL OR h.domain_held THEN 0::bigint \
-          ELSE (SELECT count(*) FROM license_domains s WHERE s.license_seq = l.seq) END, \
-     h.machine_held, \
-     CASE WHEN l.max_machines IS NULL OR $3::text IS NULL OR h.machine_held THEN 0::bigint \
-          ELSE (SELECT count(*) FROM license_machines s WHERE s.license_seq = l.seq) END \
-     FROM licenses l JOIN plans p ON p.name = l.plan \
-     CROSS JOIN LATERAL (SELECT \
-         EXISTS (SELECT 1 FROM license_domains s WHERE s.license_seq = l.seq AND s.domain = $2) \
-             AS domain_held, \
-         EXISTS (SELECT 1 FROM license_machines s WHERE s.license_seq = l.seq AND s.fingerprint = $3) \
-             AS machine_held) h \
-     WHERE l.seq = $1";
+/// What a validation reads of its license, its plan, and its seats as far
+/// as the request's domain and fingerprint need them: by key on a snapshot
+/// (`VALIDATION_VIEW_BY_KEY`), or by seq once it holds the license's lock. A
+/// seat table is counted only when its count can decide anything: a limit is
+/// set, the request names a value, and that value does not hold a seat
+/// already (as `seats` does on SQLite).
+macro_rules! validation_view {
+    ($by:literal) => {
+        concat!(
+            "SELECT l.id, l.status, l.plan, l.max_domains, l.max_machines, \
+             l.expires_at, p.features, p.offline_grace_days, \
+             h.domain_held, \
+             CASE WHEN l.max_domains IS NULL OR $2::text IS NULL OR h.domain_held THEN 0::bigint \
+                  ELSE (SELECT count(*) FROM license_domains s WHERE s.license_seq = l.seq) END, \
+             h.machine_held, \
+             CASE WHEN l.max_machines IS NULL OR $3::text IS NULL OR h.machine_held THEN 0::bigint \
+                  ELSE (SELECT count(*) FROM license_machines s WHERE s.license_seq = l.seq) END, \
+             l.seq, l.activated_at IS NOT NULL \
+             FROM licenses l JOIN plans p ON p.name = l.plan \
+             CROSS JOIN LATERAL (SELECT \
+                 EXISTS (SELECT 1 FROM license_domains s WHERE s.license_seq = l.seq AND s.domain = $2) \
+                     AS domain_held, \
+                 EXISTS (SELECT 1 FROM license_machines s WHERE s.license_seq = l.seq AND s.fingerprint = $3) \
+                     AS machine_held) h \
+             WHERE ",
+            $by
+        )
+    };
+}
+const VALIDATION_VIEW: &str = validation_view!("l.seq = $1");
+const VALIDATION_VIEW_BY_KEY: &str = validation_view!("l.key = $1");
 
+/// Counts a validation that takes no seat and records it, in one statement
+/// (so in one transaction of its own): the count's row lock is held only
+/// for that statement.
+const COUNT_AND_RECORD: &str = "WITH counted AS ( \
+     UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = $2 \
+     WHERE seq = $1 RETURNING seq) \
+     INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
+     SELECT seq, $2, $3, $4, $5, $6, $7, $8 FROM counted";
+
+/// A row of `validation_view!`, decided.
+struct View {
+    seq: i64,
+    activated: bool,
+    decision: Decision,
+    summary: LicenseSummary,
+    grace: u32,
+}
+
+impl View {
+    fn read(row: &Row, v: &ValidationInput) -> Result<View> {
+        let max_domains = opt_u32(row.try_get(3)?)?;
+        let max_machines = opt_u32(row.try_get(4)?)?;
+        let expires_at = opt_time(row.try_get(5)?);
+        let Json(features): Json<Vec<String>> = row.try_get(6)?;
+        let status = effective_status(status_of(row.try_get(1)?)?, expires_at, v.now);
+        let seats_of = |held: usize, taken: usize, max| -> Result<Seats> {
+            Ok(Seats {
+                held: row.try_get(held)?,
+                taken: row.try_get::<_, i64>(taken)? as u64,
+                max,
+            })
+        };
+        let domain_seats = v
+            .domain
+            .as_ref()
+            .map(|_| seats_of(8, 9, max_domains))
+            .transpose()?;
+        let machine_seats = v
+            .fingerprint
+            .as_ref()
+            .map(|_| seats_of(10, 11, max_machines))
+            .transpose()?;
+        Ok(View {
+            seq: row.try_get(12)?,
+            activated: row.try_get(13)?,
+            decision: decide(status, domain_seats, machine_seats),
+            summary: LicenseSummary {
+                id: row.try_get(0)?,
+                status,
+                plan: row.try_get(2)?,
+                expires_at,
+                features,
+            },
+            grace: to_u32(row.try_get(7)?)?,
+        })
+    }
+
+    fn outcome(self) -> ValidationOutcome {
+        ValidationOutcome {
+            code: self.decision.code,
+            license: Some(self.summary),
+            offline_grace_days: self.grace,
+        }
+    }
+}
+
+/// The usage row's values after its `license_seq` and `at` (`$3`…`$8` of
+/// `COUNT_AND_RECORD` and of the locked path's insert).
+fn usage_values<'a>(code: &'a &'static str, v: &'a ValidationInput) -> [&'a (dyn ToSql + Sync); 6] {
+    [
+        code,
+        &v.domain,
+        &v.fingerprint,
+        &v.ip,
+        &v.user_agent,
+        &v.country,
+    ]
+}
+
+/// A validation that takes a seat or activates the license, decided again
+/// under the license's row lock, so that two validations racing for the
+/// last seat cannot both take it.
 async fn validate_in(
     tx: &deadpool_postgres::Transaction<'_>,
     v: &ValidationInput,
@@ -782,47 +875,20 @@ async fn validate_in(
     let count = tx
         .prepare_cached(
             "UPDATE licenses SET validation_count = validation_count + 1, last_validated_at = $2 \
-             WHERE key = $1 RETURNING seq, activated_at IS NOT NULL",
+             WHERE key = $1 RETURNING seq",
         )
         .await?;
     let Some(counted) = tx.query_opt(&count, &[&v.key, &now]).await? else {
-        return Ok(ValidationOutcome {
-            code: Code::LicenseNotFound,
-            license: None,
-            offline_grace_days: DEFAULT_OFFLINE_GRACE_DAYS,
-        });
+        return Ok(ValidationOutcome::not_found());
     };
-    let (seq, activated): (i64, bool) = (counted.try_get(0)?, counted.try_get(1)?);
+    let seq: i64 = counted.try_get(0)?;
     let view = tx.prepare_cached(VALIDATION_VIEW).await?;
     let row = tx
         .query_one(&view, &[&seq, &v.domain, &v.fingerprint])
         .await?;
-    let id: String = row.try_get(0)?;
-    let max_domains = opt_u32(row.try_get(3)?)?;
-    let max_machines = opt_u32(row.try_get(4)?)?;
-    let expires_at = opt_time(row.try_get(5)?);
-    let Json(features): Json<Vec<String>> = row.try_get(6)?;
-    let grace = to_u32(row.try_get(7)?)?;
-    let status = effective_status(status_of(row.try_get(1)?)?, expires_at, v.now);
-    let seats_of = |held: usize, taken: usize, max| -> Result<Seats> {
-        Ok(Seats {
-            held: row.try_get(held)?,
-            taken: row.try_get::<_, i64>(taken)? as u64,
-            max,
-        })
-    };
-    let domain_seats = v
-        .domain
-        .as_ref()
-        .map(|_| seats_of(8, 9, max_domains))
-        .transpose()?;
-    let machine_seats = v
-        .fingerprint
-        .as_ref()
-        .map(|_| seats_of(10, 11, max_machines))
-        .transpose()?;
-    let decision = decide(status, domain_seats, machine_seats);
-    let first_valid = decision.code == Code::Valid && !activated;
+    let view = View::read(&row, v)?;
+    let decision = view.decision;
+    let first_valid = decision.code == Code::Valid && !view.activated;
 
     // The writes don't depend on each other: send them pipelined.
     let take_domain = async {
@@ -847,6 +913,7 @@ async fn validate_in(
         }
         Ok::<_, StoreError>(())
     };
+    let code = decision.code.as_str();
     let record = async {
         let stmt = tx
             .prepare_cached(
@@ -854,20 +921,9 @@ async fn validate_in(
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .await?;
-        tx.execute(
-            &stmt,
-            &[
-                &seq,
-                &now,
-                &decision.code.as_str(),
-                &v.domain,
-                &v.fingerprint,
-                &v.ip,
-                &v.user_agent,
-                &v.country,
-            ],
-        )
-        .await?;
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&seq, &now];
+        values.extend(usage_values(&code, v));
+        tx.execute(&stmt, &values).await?;
         Ok::<_, StoreError>(())
     };
     let activate = async {
@@ -884,17 +940,7 @@ async fn validate_in(
         let license = load_license_seq(tx, seq).await?;
         record_event(tx, EventType::Activated, &license, v.now).await?;
     }
-    Ok(ValidationOutcome {
-        code: decision.code,
-        license: Some(LicenseSummary {
-            id,
-            status,
-            plan: row.try_get(2)?,
-            expires_at,
-            features,
-        }),
-        offline_grace_days: grace,
-    })
+    Ok(view.outcome())
 }
 
 async fn update_in(
@@ -1254,10 +1300,31 @@ impl Store for PostgresStore {
 
     async fn validate(&self, input: ValidationInput) -> Result<ValidationOutcome> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let outcome = validate_in(&tx, &input).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        // Most validations take no seat and activate nothing. Those are
+        // decided on a snapshot and counted and recorded in one statement:
+        // two round trips, where the locked transaction takes five. Nothing
+        // they decide can be raced for; a change committed between the two
+        // statements orders after this validation, as on SQLite's read path.
+        let by_key = client.prepare_cached(VALIDATION_VIEW_BY_KEY).await?;
+        let row = client
+            .query_opt(&by_key, &[&input.key, &input.domain, &input.fingerprint])
+            .await?;
+        let Some(row) = row else {
+            return Ok(ValidationOutcome::not_found());
+        };
+        let view = View::read(&row, &input)?;
+        if view.decision.writes(view.activated) {
+            let tx = client.transaction().await?;
+            let outcome = validate_in(&tx, &input).await?;
+            tx.commit().await?;
+            return Ok(outcome);
+        }
+        let record = client.prepare_cached(COUNT_AND_RECORD).await?;
+        let (seq, at, code) = (view.seq, input.now.timestamp(), view.decision.code.as_str());
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&seq, &at];
+        values.extend(usage_values(&code, &input));
+        client.execute(&record, &values).await?;
+        Ok(view.outcome())
     }
 
     async fn deactivate(

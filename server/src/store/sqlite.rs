@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keysmith_core::wire::{License, LicenseSummary, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
+use keysmith_core::wire::{License, LicenseSummary, Plan};
 use keysmith_core::{Code, LicenseKey, Status};
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
@@ -1345,8 +1345,7 @@ impl Seen {
     /// Whether the validation changes more than the history: it takes a
     /// seat, or activates the license. Only the writer may do that.
     fn writes(&self) -> bool {
-        let d = &self.decision;
-        d.take_domain_seat || d.take_machine_seat || (d.code == Code::Valid && !self.activated)
+        self.decision.writes(self.activated)
     }
 
     fn outcome(self) -> Result<(i64, ValidationOutcome)> {
@@ -1362,14 +1361,6 @@ impl Seen {
             offline_grace_days: self.grace,
         };
         Ok((self.seq, outcome))
-    }
-}
-
-fn not_found() -> ValidationOutcome {
-    ValidationOutcome {
-        code: Code::LicenseNotFound,
-        license: None,
-        offline_grace_days: DEFAULT_OFFLINE_GRACE_DAYS,
     }
 }
 
@@ -1790,7 +1781,7 @@ impl Store for SqliteStore {
         // takes microseconds, less than a hand-off to another thread); only
         // a validation that takes a seat or activates goes to the writer.
         match self.readers.run(|conn| look_up_read(conn, &input))? {
-            None => Ok(not_found()),
+            None => Ok(ValidationOutcome::not_found()),
             Some(seen) if !seen.writes() => {
                 let (seq, outcome) = seen.outcome()?;
                 self.record_usage(usage_entry(&input, seq, outcome.code))
@@ -1800,7 +1791,7 @@ impl Store for SqliteStore {
             Some(_) => Ok(self
                 .write(move |conn| validate_in(conn, &input))
                 .await?
-                .unwrap_or_else(not_found)),
+                .unwrap_or_else(ValidationOutcome::not_found)),
         }
     }
 
