@@ -108,6 +108,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_USAGE_RETENTION_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
     pub usage_retention_days: u32,
 
+    /// Days to keep webhook events that are settled (every delivery
+    /// delivered or given up), with their delivery attempts; older ones are
+    /// deleted at start-up and every minute. Events still being delivered
+    /// are kept. 0 keeps them forever.
+    #[arg(long, env = "KEYSMITH_WEBHOOK_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub webhook_retention_days: u32,
+
     /// Seconds one webhook delivery attempt may take.
     #[arg(long, env = "KEYSMITH_WEBHOOK_TIMEOUT", default_value_t = 10)]
     pub webhook_timeout: u64,

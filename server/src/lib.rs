@@ -142,8 +142,13 @@ pub async fn serve(
         store.clone(),
         std::time::Duration::from_secs(args.expiry_interval),
     ));
-    let retention = (args.usage_retention_days > 0)
-        .then(|| tokio::spawn(retention::run(store.clone(), args.usage_retention_days)));
+    let retention = tokio::spawn(retention::run(
+        store.clone(),
+        retention::Days {
+            usage: args.usage_retention_days,
+            events: args.webhook_retention_days,
+        },
+    ));
     let state = api::AppState::new(store.clone(), Arc::new(signer), admin, &args);
     let deliverer = tokio::spawn(webhooks::run(store.clone(), args.delivery_policy()));
     let limits = state.limits.clone();
@@ -171,7 +176,7 @@ pub async fn serve(
         std::time::Duration::from_secs(30),
     )
     .await;
-    for task in [sweeper, forgetter, deliverer].into_iter().chain(retention) {
+    for task in [sweeper, forgetter, deliverer, retention] {
         task.abort();
         let _ = task.await;
     }

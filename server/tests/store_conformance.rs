@@ -181,6 +181,7 @@ conformance!(
     the_admin_token_hash_is_kept,
     reopening_keeps_everything,
     usage_past_the_retention_is_pruned_and_counts_stay,
+    settled_events_past_the_retention_are_pruned_with_their_deliveries,
 );
 
 // ---------------------------------------------------------------------------
@@ -1638,4 +1639,82 @@ async fn reopening_keeps_everything(f: &Fixture) {
         (vec!["a.example".to_owned()], 1)
     );
     assert_eq!(reopened.list_plans().await.unwrap().len(), 1);
+}
+
+async fn settled_events_past_the_retention_are_pruned_with_their_deliveries(f: &Fixture) {
+    let s = store_with_plan(f, plan("p", None, None)).await;
+    let wh = hook(
+        s.as_ref(),
+        &[EventType::Created, EventType::Suspended],
+        t(0),
+    )
+    .await;
+    // Three creations before the cut-off at t(10): one delivered, one given
+    // up, one still being retried; and one event after the cut-off.
+    let delivered_license = s.create_license(new_license("p"), t(0)).await.unwrap();
+    let failed_license = s.create_license(new_license("p"), t(1)).await.unwrap();
+    let retried_license = s.create_license(new_license("p"), t(2)).await.unwrap();
+    let suspend = LicensePatch {
+        status: Some(Status::Suspended),
+        ..Default::default()
+    };
+    s.update_license(delivered_license.id.clone(), suspend, t(20))
+        .await
+        .unwrap();
+    let mut event_of = std::collections::HashMap::new();
+    for job in claim(s.as_ref(), t(3)).await {
+        let data: serde_json::Value = serde_json::from_str(&job.data).unwrap();
+        let license = data["license"]["id"].as_str().unwrap().to_owned();
+        event_of.insert(license.clone(), job.event_id.clone());
+        let result = if license == delivered_license.id {
+            delivered(t(3))
+        } else if license == failed_license.id {
+            failed_attempt(t(3), DeliveryNext::Failed)
+        } else {
+            failed_attempt(t(3), DeliveryNext::RetryAt(t(500)))
+        };
+        s.finish_delivery(job, result).await.unwrap();
+    }
+    assert_eq!(event_of.len(), 3, "one creation per license is due");
+    let attempted = |attempts: &[keysmith_server::store::DeliveryAttempt]| {
+        let mut ids: Vec<String> = attempts.iter().map(|a| a.event_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let (before, _) = s.delivery_attempts(wh.clone(), page(10)).await.unwrap();
+    assert_eq!(before.len(), 3);
+
+    // One at a time (the limit), oldest first.
+    assert_eq!(s.prune_events(t(10), 1).await.unwrap(), 1);
+    let (after_one, _) = s.delivery_attempts(wh.clone(), page(10)).await.unwrap();
+    assert!(!attempted(&after_one).contains(&event_of[&delivered_license.id]));
+    assert!(attempted(&after_one).contains(&event_of[&failed_license.id]));
+    assert_eq!(s.prune_events(t(10), 100).await.unwrap(), 1);
+    assert_eq!(s.prune_events(t(10), 100).await.unwrap(), 0);
+
+    // Left: the retried event's attempt; the given-up one is gone for good.
+    let (left, _) = s.delivery_attempts(wh.clone(), page(10)).await.unwrap();
+    assert_eq!(
+        attempted(&left),
+        vec![event_of[&retried_license.id].clone()]
+    );
+    assert_eq!(
+        refusal(
+            s.redeliver(wh.clone(), event_of[&failed_license.id].clone(), t(30))
+                .await
+        ),
+        "NotFound:DELIVERY_NOT_FOUND"
+    );
+    // What is still queued goes out as before, in order.
+    let rest = drain(s.as_ref(), t(600)).await;
+    assert_eq!(count_of(&rest, &retried_license.id, "license.created"), 1);
+    assert_eq!(
+        count_of(&rest, &delivered_license.id, "license.suspended"),
+        1
+    );
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    // Once settled and past the cut-off, those go too.
+    assert_eq!(s.prune_events(t(10_000), 100).await.unwrap(), 2);
+    let (none, _) = s.delivery_attempts(wh, page(10)).await.unwrap();
+    assert!(none.is_empty(), "{none:?}");
 }

@@ -273,7 +273,7 @@ fn servers_starting_together_migrate_once() {
         "SELECT version::text FROM schema_version ORDER BY version",
         &[],
     );
-    assert_eq!(versions, ["1", "2"]);
+    assert_eq!(versions, ["1", "2", "3"]);
     servers[0].plan("p", json!({"features": []}));
     let license = servers[1].license("p", json!({}));
     assert_eq!(

@@ -18,6 +18,7 @@ keysmith_tests::on_both_backends!(
     a_dead_endpoint_does_not_slow_validation,
     webhook_endpoints_are_managed_and_the_secret_is_shown_once,
     only_events_an_endpoint_subscribes_to_are_kept,
+    settled_events_past_the_retention_are_deleted,
 );
 
 /// A server whose retries come fast: first retry after 100–200 ms.
@@ -496,4 +497,62 @@ fn only_events_an_endpoint_subscribes_to_are_kept(backend: Backend) {
     assert_eq!(receiver.received().len(), 1, "{got:?}");
     assert!(got[0].body.contains("license.suspended"));
     assert!(server.event_types(before_id).is_empty());
+}
+
+/// The default `--webhook-retention-days` (30): at start-up, a delivered
+/// event older than that goes with its attempts; a newer one stays.
+fn settled_events_past_the_retention_are_deleted(backend: Backend) {
+    let receiver = Receiver::start();
+    let mut server = fast_retry_server(backend, &[]);
+    let hook = register(&server, &receiver.url, &["license.created"]);
+    let id = hook["id"].as_str().unwrap().to_owned();
+    server.plan("p", json!({"features": []}));
+    let old = server.license("p", json!({}));
+    server.license("p", json!({}));
+    let attempts = |server: &TestServer| {
+        let (status, page) = server.admin("GET", &format!("/webhooks/{id}/deliveries"), None);
+        assert_eq!(status, 200, "{page}");
+        page["data"].as_array().unwrap().clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while attempts(&server)
+        .iter()
+        .filter(|a| a["state"] == "delivered")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered: {:?}",
+            attempts(&server)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(server.terminate(), Some(0));
+    // The first license's creation, 40 days old.
+    server.execute_sql(&format!(
+        "UPDATE events SET created_at = created_at - 40 * 86400 WHERE license_id = '{}';",
+        old["id"].as_str().unwrap()
+    ));
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while attempts(&server).len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the old event is still listed: {:?}",
+            attempts(&server)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, left) = server.admin(
+        "GET",
+        &format!("/licenses/{}", old["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(left["id"], old["id"], "the license itself stays");
+    let log = server.log();
+    assert!(
+        log.contains("webhook events past the retention deleted"),
+        "the deletion is logged: {log}"
+    );
 }

@@ -352,6 +352,11 @@ pub trait Store: Send + Sync + 'static {
     /// before `before` (`--usage-retention-days`); returns how many. The
     /// licenses' validation counts are kept: they do not come from these rows.
     async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
+    /// Deletes the oldest webhook events raised before `before` that no
+    /// endpoint still waits to receive (every delivery `delivered` or
+    /// `failed`, or none left), at most `limit`, with their deliveries and
+    /// attempts (`--webhook-retention-days`); returns how many events.
+    async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
 
     async fn create_webhook(&self, new: NewWebhook, now: DateTime<Utc>) -> Result<Webhook>;
     async fn list_webhooks(&self, page: PageRequest) -> Result<(Vec<Webhook>, Option<i64>)>;

@@ -177,6 +177,13 @@ CREATE TABLE delivery_attempts (
 );
 CREATE INDEX attempts_by_webhook ON delivery_attempts(webhook_seq, seq);
 "#,
+    // Webhook retention (`prune_events`) finds old events by time, and
+    // deleting a delivery deletes its attempts (ON DELETE CASCADE) by
+    // `delivery_seq`: both read an index rather than the whole table.
+    r#"
+CREATE INDEX events_by_time ON events(created_at);
+CREATE INDEX attempts_by_delivery ON delivery_attempts(delivery_seq);
+"#,
 ];
 
 /// Connections per server process unless the URL sets `pool_size`.
@@ -1392,6 +1399,28 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(rows.len())
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let client = self.client().await?;
+        // SKIP LOCKED: servers pruning at once take different events. A
+        // delivery redelivered meanwhile is kept, and then so must its event
+        // be: the statement fails on the foreign key and the next pass skips it.
+        let stmt = client
+            .prepare_cached(
+                "WITH old AS ( \
+                     SELECT e.seq FROM events e WHERE e.created_at < $1 AND NOT EXISTS \
+                     (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state = 'pending') \
+                     ORDER BY e.created_at, e.seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 gone AS (DELETE FROM deliveries d USING old \
+                     WHERE d.event_seq = old.seq AND d.state <> 'pending') \
+                 DELETE FROM events e USING old WHERE e.seq = old.seq",
+            )
+            .await?;
+        let deleted = client
+            .execute(&stmt, &[&before.timestamp(), &i64::from(limit)])
+            .await?;
+        Ok(deleted)
     }
 
     async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {

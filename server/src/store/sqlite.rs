@@ -261,6 +261,13 @@ CREATE INDEX licenses_validate ON licenses
             "OLD.license_seq"
         ),
     ),
+    // Webhook retention (`prune_events`) finds old events by time, and
+    // deleting a delivery deletes its attempts (ON DELETE CASCADE) by
+    // `delivery_seq`: both read an index rather than the whole table.
+    r#"
+CREATE INDEX events_by_time ON events(created_at);
+CREATE INDEX attempts_by_delivery ON delivery_attempts(delivery_seq);
+"#,
 ];
 
 /// At most this many seats of a license are kept in its row (`seats`);
@@ -377,6 +384,15 @@ const READER_CACHE_KIB: i64 = -4 * 1024;
 /// The sweep's query. `INDEXED BY` because the planner otherwise prefers
 /// `licenses_by_status` and visits every active license (1.85 s at 1M,
 /// stalling every write behind it).
+/// Whether any event was raised before `?1` (`prune_events`).
+const EVENTS_BEFORE: &str = "SELECT 1 FROM events INDEXED BY events_by_time WHERE created_at < ?1";
+/// The oldest events raised before `?1` that no delivery still waits to
+/// send, at most `?2`.
+const SETTLED_EVENTS_BEFORE: &str = "SELECT e.seq FROM events e INDEXED BY events_by_time \
+     WHERE e.created_at < ?1 AND NOT EXISTS \
+     (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state = 'pending') \
+     ORDER BY e.created_at, e.seq LIMIT ?2";
+
 const DUE_LICENSES: &str = "SELECT id FROM licenses INDEXED BY licenses_due \
      WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 500";
 
@@ -1886,6 +1902,29 @@ impl Store for SqliteStore {
                 .prepare_cached("DELETE FROM usage WHERE seq <= ?1 AND at < ?2")?
                 .execute(params![last.0, cutoff])?;
             Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let cutoff = before.timestamp();
+        // Looked at on a read connection first, as `expire_due`.
+        if !self.readers.finds(EVENTS_BEFORE, cutoff)? {
+            return Ok(0);
+        }
+        self.write(move |conn| {
+            let seqs: Vec<i64> = conn
+                .prepare_cached(SETTLED_EVENTS_BEFORE)?
+                .query_map(params![cutoff, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for seq in &seqs {
+                // Their attempts go with them (ON DELETE CASCADE).
+                conn.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?
+                    .execute([seq])?;
+                conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?
+                    .execute([seq])?;
+            }
+            Ok(seqs.len() as u64)
         })
         .await
     }
