@@ -745,8 +745,9 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
 }
 
 /// Empties the journal once it is large and every record in it has been
-/// copied: the copied rows are made durable (the WAL fsynced) and what was
-/// appended meanwhile is copied, without holding up appends; then, with
+/// copied: the copied rows are made durable (the WAL fsynced), what was
+/// appended meanwhile is copied and the durably copied part's blocks are
+/// freed (`Journal::free_through`), without holding up appends; then, with
 /// appends held off for a moment, the few records since are copied, the
 /// file is cut to nothing and the watermark goes back to 0.
 ///
@@ -755,9 +756,19 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
 /// both workers: copying the records that came in during the fsync while
 /// holding them took ~60 ms at 20,000 validations a second.
 ///
-/// Returns how many journal bytes it copied with appends held.
-fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
+/// What emptying the journal did, in journal bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct Rotated {
+    /// Freed before appends were held.
+    freed_first: u64,
+    /// Copied with appends held.
+    copied_held: u64,
+}
+
+fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<Rotated> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
+    // Committed before the fsync, so durable after it.
+    let durable = ingested_through(conn)?;
     std::fs::File::open(wal)
         .and_then(|f| f.sync_data())
         .map_err(storage)?;
@@ -769,6 +780,13 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u6
             break;
         }
     }
+    // Freeing the blocks of what is durably copied, appends going on, leaves
+    // little to free when the file is cut with them held.
+    let freed_first = if journal.free_through(durable) {
+        durable / 4096 * 4096
+    } else {
+        0
+    };
     let mut appender = journal.lock();
     let held = std::time::Instant::now();
     let before = ingested_through(conn)?;
@@ -783,8 +801,11 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u6
     }
     drop(appender);
     let held_us = held.elapsed().as_micros() as u64;
-    tracing::debug!(held_us, copied, "usage journal emptied");
-    Ok(copied)
+    tracing::debug!(held_us, copied, freed_first, "usage journal emptied");
+    Ok(Rotated {
+        freed_first,
+        copied_held: copied,
+    })
 }
 
 fn run_writer(
@@ -2674,11 +2695,44 @@ mod tests {
             journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
         }
         let wal = path.with_extension("db-wal");
-        let held = rotate_journal(&conn, &journal, &wal).unwrap();
-        assert_eq!(held, 0, "bytes copied with appends held");
+        let rotated = rotate_journal(&conn, &journal, &wal).unwrap();
+        assert_eq!(rotated.copied_held, 0, "bytes copied with appends held");
         assert_eq!(journal.len(), 0);
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_000);
         assert_eq!(ingested_through(&conn).unwrap(), 0);
+    }
+
+    /// What was copied and committed before emptying began is freed before
+    /// appends are held, so that cutting the file with them held frees
+    /// little (~30 ms for 64 MiB on ext4 otherwise); what was only copied
+    /// during the emptying is not, as its copy may not be durable yet.
+    #[tokio::test]
+    async fn emptying_the_journal_frees_what_was_durably_copied_first() {
+        let (_dir, path, store, _license) =
+            store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        drop(store);
+        let seq = count(&path, "SELECT seq FROM licenses");
+        let journal = Journal::open(&path, false).unwrap();
+        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        for at in 0..1_000 {
+            journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
+        }
+        let committed = in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        for at in 1_000..1_100 {
+            journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
+        }
+        let wal = path.with_extension("db-wal");
+        let rotated = rotate_journal(&conn, &journal, &wal).unwrap();
+        assert_eq!(
+            rotated,
+            Rotated {
+                freed_first: committed / 4096 * 4096,
+                copied_held: 0
+            }
+        );
+        assert!(rotated.freed_first > 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_100);
+        assert_eq!(journal.len(), 0);
     }
 
     /// A store whose writer copies the journal only when asked to, with an

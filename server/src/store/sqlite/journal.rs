@@ -51,7 +51,8 @@ const HEADER: usize = 8;
 const MAX_RECORD: usize = 64 * 1024;
 
 pub struct Journal {
-    /// The writer's handle for reading (`pread`: no lock needed).
+    /// The writer's handle for reading (`pread`: no lock needed) and for
+    /// freeing copied blocks (`free_through`); it never writes.
     reader: File,
     appender: Mutex<Appender>,
     /// Bytes of complete records (the appender's `len`, readable without
@@ -130,7 +131,8 @@ impl Journal {
             None
         };
         Ok(Journal {
-            reader: File::open(&path)?,
+            // Writable only so that `free_through` may punch holes in it.
+            reader: OpenOptions::new().read(true).write(true).open(&path)?,
             appender: Mutex::new(Appender {
                 file,
                 len,
@@ -208,6 +210,36 @@ impl Journal {
                 "fsync of the usage journal: {}",
                 seen.error
             )))
+        }
+    }
+
+    /// Gives the file system back the blocks of the first `end` bytes,
+    /// which the writer has copied and committed: the file keeps its length
+    /// and every offset, and reads there would see zeros. Emptying the
+    /// journal then frees only what came after, with appends held (freeing
+    /// 64 MiB of written-back blocks takes ~30 ms on ext4). Returns whether
+    /// the file system could; where it cannot, emptying frees it all.
+    pub fn free_through(&self, end: u64) -> bool {
+        const BLOCK: u64 = 4096;
+        let end = end / BLOCK * BLOCK;
+        if end == 0 {
+            return true;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use rustix::fs::{fallocate, FallocateFlags};
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            match fallocate(&self.reader, flags, 0, end) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot free the usage journal's copied blocks");
+                    false
+                }
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            false
         }
     }
 
@@ -394,6 +426,44 @@ mod tests {
         assert_eq!(fsyncs(), 2);
         let (read, _) = journal.read(0, journal.len()).unwrap();
         assert_eq!(read.len(), 9);
+    }
+
+    #[test]
+    fn copied_bytes_are_freed_and_the_rest_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let journal = Journal::open(&db, false).unwrap();
+        for n in 0..20_000 {
+            journal.append(&entry(n)).unwrap();
+        }
+        let copied = journal.len();
+        for n in 20_000..20_010 {
+            journal.append(&entry(n)).unwrap();
+        }
+        let file = path_for(&db);
+        let allocated = || {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&file).unwrap().blocks() * 512
+        };
+        assert!(allocated() >= copied, "{} < {copied}", allocated());
+        assert!(
+            journal.free_through(copied),
+            "this file system punches holes"
+        );
+        // The length and every offset stay; only the copied blocks are gone.
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), journal.len());
+        assert!(
+            allocated() < 64 * 1024,
+            "{} bytes still allocated",
+            allocated()
+        );
+        let (rest, end) = journal.read(copied, journal.len()).unwrap();
+        assert_eq!(rest, (20_000..20_010).map(entry).collect::<Vec<_>>());
+        assert_eq!(end, journal.len());
+        // Appends go on after the hole.
+        journal.append(&entry(7)).unwrap();
+        let (last, _) = journal.read(end, journal.len()).unwrap();
+        assert_eq!(last, vec![entry(7)]);
     }
 
     #[test]
