@@ -38,7 +38,8 @@ pub struct ServeArgs {
     /// Database URL: `sqlite://PATH`, or `postgres://user:password@host:port/db` for
     /// several servers on one database (TLS by `?sslmode=`: disable, prefer (the
     /// default), require, verify-ca, verify-full; `&sslrootcert=PATH` for a private
-    /// CA). Default: SQLite at <data-dir>/keysmith.db.
+    /// CA, `&sslrootcert=system` for a public one, i.e. verify-full against
+    /// Mozilla's roots). Default: SQLite at <data-dir>/keysmith.db.
     #[arg(long, env = "KEYSMITH_DATABASE", hide_env_values = true)]
     pub database: Option<DatabaseUrl>,
 

@@ -174,3 +174,42 @@ fn a_bad_sslmode_or_root_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// libpq's rules: `sslrootcert=system` means `verify-full` against the
+/// built-in (Mozilla's) roots, and weaker modes are refused; `require` with
+/// a root file checks the chain, as `verify-ca` does.
+#[test]
+fn sslrootcert_system_and_require_with_a_root_file_check_the_certificate() {
+    let Some((db, cert)) = tls_database() else {
+        return;
+    };
+    // A self-signed test certificate is in no public root set.
+    let stderr = refusal(&db, "sslrootcert=system");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    let stderr = refusal(&db, "sslmode=require&sslrootcert=system");
+    assert!(
+        stderr.contains("sslmode=require cannot be used with sslrootcert=system"),
+        "{stderr}"
+    );
+    // The server's own certificate as the root: the chain checks out.
+    let app = application_name();
+    let _server = serve(
+        &db,
+        &format!(
+            "sslmode=require&sslrootcert={}&application_name={app}",
+            encoded(&cert)
+        ),
+    );
+    assert!(connections_by_tls(&db, &app).0 > 0);
+    // Public roots only: it does not.
+    let public = "/etc/ssl/certs/ca-certificates.crt";
+    if std::fs::metadata(public).is_err() {
+        eprintln!("skipped the last case: no {public} to use as a root file");
+        return;
+    }
+    let stderr = refusal(
+        &db,
+        &format!("sslmode=require&sslrootcert={}", encoded(public)),
+    );
+    assert!(stderr.contains("certificate"), "{stderr}");
+}

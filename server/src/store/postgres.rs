@@ -228,6 +228,16 @@ impl SslMode {
             ),
         })
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// A connection URL with Keysmith's own parameters taken off: `pool_size=N`,
@@ -239,9 +249,13 @@ struct UrlOptions {
     url: String,
     pool_size: Option<usize>,
     ssl_mode: SslMode,
-    /// PEM file of the roots to trust instead of the built-in ones.
+    /// PEM file of the roots to trust instead of the built-in ones
+    /// (`sslrootcert=system` asks for the built-in ones).
     ssl_root_cert: Option<String>,
 }
+
+/// `sslrootcert`'s value that means the TLS implementation's own roots.
+const SYSTEM_ROOTS: &str = "system";
 
 fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
     let mut options = UrlOptions {
@@ -254,6 +268,8 @@ fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
         return Ok(options);
     };
     let mut kept = Vec::new();
+    let mut mode = None;
+    let mut root_cert = None;
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
@@ -262,16 +278,35 @@ fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
                 options.pool_size =
                     Some(n.ok_or_else(|| anyhow::anyhow!("pool_size must be a positive number"))?);
             }
-            "sslmode" => options.ssl_mode = SslMode::parse(value)?,
+            "sslmode" => mode = Some(SslMode::parse(value)?),
             "sslrootcert" => {
                 let path = percent_encoding::percent_decode_str(value)
                     .decode_utf8()
                     .map_err(|_| anyhow::anyhow!("sslrootcert is not a valid path"))?;
-                options.ssl_root_cert = Some(path.into_owned());
+                root_cert = Some(path.into_owned());
             }
             _ => kept.push(pair),
         }
     }
+    // libpq's rules: `system` (the TLS implementation's roots, here
+    // Mozilla's, as without `sslrootcert`) makes `verify-full` the default
+    // and refuses weaker modes; with a root file, `require` checks the
+    // chain as `verify-ca` does.
+    let system = root_cert.as_deref() == Some(SYSTEM_ROOTS);
+    options.ssl_mode = match (mode, system) {
+        (None, true) => SslMode::VerifyFull,
+        (Some(SslMode::VerifyFull), true) => SslMode::VerifyFull,
+        (Some(weaker), true) => anyhow::bail!(
+            "sslmode={} cannot be used with sslrootcert=system: a public CA signs \
+             certificates for any name its holder controls, so only verify-full checks \
+             the server (as in libpq)",
+            weaker.name()
+        ),
+        (Some(SslMode::Require), false) if root_cert.is_some() => SslMode::VerifyCa,
+        (Some(mode), false) => mode,
+        (None, false) => SslMode::Prefer,
+    };
+    options.ssl_root_cert = root_cert.filter(|_| !system);
     options.url = if kept.is_empty() {
         base.to_owned()
     } else {
@@ -1748,6 +1783,35 @@ mod tests {
                 ..plain("postgres://h/db", None, SslMode::VerifyFull)
             }
         );
+        // libpq's rules for `sslrootcert=system` and for `require` with a
+        // root file.
+        assert_eq!(
+            split("postgres://h/db?sslrootcert=system"),
+            plain("postgres://h/db", None, SslMode::VerifyFull)
+        );
+        assert_eq!(
+            split("postgres://h/db?sslrootcert=system&sslmode=verify-full"),
+            plain("postgres://h/db", None, SslMode::VerifyFull)
+        );
+        assert_eq!(
+            split("postgres://h/db?sslmode=require&sslrootcert=%2Fca.pem"),
+            UrlOptions {
+                ssl_root_cert: Some("/ca.pem".into()),
+                ..plain("postgres://h/db", None, SslMode::VerifyCa)
+            }
+        );
+        for weak in ["disable", "prefer", "require", "verify-ca"] {
+            let e = split_options(&format!(
+                "postgres://h/db?sslmode={weak}&sslrootcert=system"
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "sslmode={weak} cannot be used with sslrootcert=system"
+                )),
+                "{e}"
+            );
+        }
         for bad in [
             "postgres://h/db?pool_size=0",
             "postgres://h/db?pool_size=many",
