@@ -1385,7 +1385,8 @@ async fn deliveries_go_out_in_order_per_license_with_retries(f: &Fixture) {
     assert_eq!((rest.len(), end), (3, None));
 }
 
-async fn failed_deliveries_can_be_redelivered(f: &Fixture) {
+/// A store with plan `p` and an endpoint for creations and suspensions.
+async fn store_with_hook(f: &Fixture) -> (Arc<dyn Store>, String) {
     let s = store_with_plan(f, plan("p", None, None)).await;
     let wh = hook(
         s.as_ref(),
@@ -1393,6 +1394,11 @@ async fn failed_deliveries_can_be_redelivered(f: &Fixture) {
         t(0),
     )
     .await;
+    (s, wh)
+}
+
+async fn failed_deliveries_can_be_redelivered(f: &Fixture) {
+    let (s, wh) = store_with_hook(f).await;
     let l = s.create_license(new_license("p"), t(0)).await.unwrap();
     let suspend = LicensePatch {
         status: Some(Status::Suspended),
@@ -1642,13 +1648,7 @@ async fn reopening_keeps_everything(f: &Fixture) {
 }
 
 async fn settled_events_past_the_retention_are_pruned_with_their_deliveries(f: &Fixture) {
-    let s = store_with_plan(f, plan("p", None, None)).await;
-    let wh = hook(
-        s.as_ref(),
-        &[EventType::Created, EventType::Suspended],
-        t(0),
-    )
-    .await;
+    let (s, wh) = store_with_hook(f).await;
     // Three creations before the cut-off at t(10): one delivered, one given
     // up, one still being retried; and one event after the cut-off.
     let delivered_license = s.create_license(new_license("p"), t(0)).await.unwrap();

@@ -2681,19 +2681,27 @@ mod tests {
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
     }
 
-    /// Emptying the journal copies its backlog before holding appends off:
-    /// every request that records usage waits while they are held.
-    #[tokio::test]
-    async fn emptying_the_journal_copies_the_backlog_before_holding_appends() {
-        let (_dir, path, store, _license) =
-            store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+    /// A writer connection and the journal of a database with one license,
+    /// and `records` usage records of it in the journal, none copied.
+    async fn writer_with_journal(
+        records: i64,
+    ) -> (tempfile::TempDir, std::path::PathBuf, Journal, Connection) {
+        let (dir, path, store, _license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
         drop(store);
         let seq = count(&path, "SELECT seq FROM licenses");
         let journal = Journal::open(&path, false).unwrap();
         let conn = open_writer(&path, Synchronous::Normal).unwrap();
-        for at in 0..1_000 {
+        for at in 0..records {
             journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
         }
+        (dir, path, journal, conn)
+    }
+
+    /// Emptying the journal copies its backlog before holding appends off:
+    /// every request that records usage waits while they are held.
+    #[tokio::test]
+    async fn emptying_the_journal_copies_the_backlog_before_holding_appends() {
+        let (_dir, path, journal, conn) = writer_with_journal(1_000).await;
         let wal = path.with_extension("db-wal");
         let rotated = rotate_journal(&conn, &journal, &wal).unwrap();
         assert_eq!(rotated.copied_held, 0, "bytes copied with appends held");
@@ -2708,16 +2716,9 @@ mod tests {
     /// during the emptying is not, as its copy may not be durable yet.
     #[tokio::test]
     async fn emptying_the_journal_frees_what_was_durably_copied_first() {
-        let (_dir, path, store, _license) =
-            store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
-        drop(store);
-        let seq = count(&path, "SELECT seq FROM licenses");
-        let journal = Journal::open(&path, false).unwrap();
-        let conn = open_writer(&path, Synchronous::Normal).unwrap();
-        for at in 0..1_000 {
-            journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
-        }
+        let (_dir, path, journal, conn) = writer_with_journal(1_000).await;
         let committed = in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        let seq = count(&path, "SELECT seq FROM licenses");
         for at in 1_000..1_100 {
             journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
         }
