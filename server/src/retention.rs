@@ -48,9 +48,9 @@ pub async fn run(store: Arc<dyn Store>, days: Days) {
 }
 
 /// One pass: `step` until it deletes less than a full step, logging what went.
-async fn prune<'a, F>(what: &str, days: u32, step: impl Fn(DateTime<Utc>) -> F)
+async fn prune<F>(what: &str, days: u32, step: impl Fn(DateTime<Utc>) -> F)
 where
-    F: std::future::Future<Output = Result<u64>> + 'a,
+    F: std::future::Future<Output = Result<u64>>,
 {
     let before = Utc::now() - chrono::Duration::days(i64::from(days));
     let mut pruned = 0u64;

@@ -381,9 +381,6 @@ impl ReadPool {
 const WRITER_CACHE_KIB: i64 = -32 * 1024;
 const READER_CACHE_KIB: i64 = -4 * 1024;
 
-/// The sweep's query. `INDEXED BY` because the planner otherwise prefers
-/// `licenses_by_status` and visits every active license (1.85 s at 1M,
-/// stalling every write behind it).
 /// Whether any event was raised before `?1` (`prune_events`).
 const EVENTS_BEFORE: &str = "SELECT 1 FROM events INDEXED BY events_by_time WHERE created_at < ?1";
 /// The oldest events raised before `?1` that no delivery still waits to
@@ -393,6 +390,9 @@ const SETTLED_EVENTS_BEFORE: &str = "SELECT e.seq FROM events e INDEXED BY event
      (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state = 'pending') \
      ORDER BY e.created_at, e.seq LIMIT ?2";
 
+/// The sweep's query. `INDEXED BY` because the planner otherwise prefers
+/// `licenses_by_status` and visits every active license (1.85 s at 1M,
+/// stalling every write behind it).
 const DUE_LICENSES: &str = "SELECT id FROM licenses INDEXED BY licenses_due \
      WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 500";
 
@@ -744,6 +744,15 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
     Ok(())
 }
 
+/// What emptying the journal did, in journal bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct Rotated {
+    /// Freed before appends were held.
+    freed_first: u64,
+    /// Copied with appends held.
+    copied_held: u64,
+}
+
 /// Empties the journal once it is large and every record in it has been
 /// copied: the copied rows are made durable (the WAL fsynced), what was
 /// appended meanwhile is copied and the durably copied part's blocks are
@@ -755,16 +764,6 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
 /// worker, so the time appends are held is a stall of every request on
 /// both workers: copying the records that came in during the fsync while
 /// holding them took ~60 ms at 20,000 validations a second.
-///
-/// What emptying the journal did, in journal bytes.
-#[derive(Debug, PartialEq, Eq)]
-struct Rotated {
-    /// Freed before appends were held.
-    freed_first: u64,
-    /// Copied with appends held.
-    copied_held: u64,
-}
-
 fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<Rotated> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     // Committed before the fsync, so durable after it.
