@@ -216,17 +216,23 @@ enum SslMode {
 }
 
 impl SslMode {
+    const ALL: [SslMode; 5] = [
+        SslMode::Disable,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+
     fn parse(value: &str) -> anyhow::Result<SslMode> {
-        Ok(match value {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            other => anyhow::bail!(
-                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-            ),
-        })
+        SslMode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == value)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "sslmode {value:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                )
+            })
     }
 
     fn name(self) -> &'static str {
