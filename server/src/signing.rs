@@ -61,8 +61,18 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
 /// Writes a new key to a temporary file beside `path` and links it into
 /// place only once it is complete and on disk: a crash never leaves an
 /// empty or half-written key behind, and of servers starting at once on a
-/// fresh data dir the first link wins and the others load its key.
+/// fresh data dir the first link wins and the others load its key. Where
+/// the file system has no hard links, the key is created in place with
+/// `O_EXCL` instead (see `create_linking`).
 fn create(path: &Path) -> anyhow::Result<SigningKey> {
+    create_linking(path, |from, to| std::fs::hard_link(from, to))
+}
+
+/// `create`, with `link` in place of `hard_link`.
+fn create_linking(
+    path: &Path,
+    link: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> anyhow::Result<SigningKey> {
     let mut seed = [0u8; 32];
     OsRng.fill_bytes(&mut seed);
     let mut name = path.as_os_str().to_owned();
@@ -72,7 +82,21 @@ fn create(path: &Path) -> anyhow::Result<SigningKey> {
         OsRng.next_u64()
     ));
     let temp = std::path::PathBuf::from(name);
-    let written = write_new(&temp, &seed).and_then(|()| std::fs::hard_link(&temp, path));
+    let written = write_new(&temp, &seed).and_then(|()| match link(&temp, path) {
+        // A file system without hard links (FAT, some network and FUSE
+        // ones): the key is created in place, still exclusively. A crash
+        // while writing it leaves a short file, which the next start names.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            tracing::debug!(error = %e, "no hard links here: creating the signing key in place");
+            write_new(path, &seed)
+        }
+        linked => linked,
+    });
     let _ = std::fs::remove_file(&temp);
     match written {
         Ok(()) => {
@@ -125,6 +149,37 @@ fn check_permissions(_: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_system_without_hard_links_gets_the_key_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        for refusal in [libc_eperm(), std::io::ErrorKind::Unsupported.into()] {
+            let _ = std::fs::remove_file(&path);
+            let no_links = |_: &Path, _: &Path| Err(std::io::Error::new(refusal.kind(), "no"));
+            let created = create_linking(&path, no_links).unwrap();
+            assert_eq!(
+                load_or_create(&path).unwrap().to_bytes(),
+                created.to_bytes()
+            );
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
+            // A second server finds it there and loads it.
+            let again = create_linking(&path, no_links).unwrap();
+            assert_eq!(again.to_bytes(), created.to_bytes());
+            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+        }
+    }
+
+    /// What `link(2)` answers on FAT: EPERM.
+    fn libc_eperm() -> std::io::Error {
+        std::io::Error::from_raw_os_error(1)
+    }
 
     #[test]
     fn creates_0600_and_reuses() {
