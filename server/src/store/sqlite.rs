@@ -781,11 +781,7 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<Ro
     }
     // Freeing the blocks of what is durably copied, appends going on, leaves
     // little to free when the file is cut with them held.
-    let freed_first = if journal.free_through(durable) {
-        durable / 4096 * 4096
-    } else {
-        0
-    };
+    let freed_first = journal.free_through(durable);
     let mut appender = journal.lock();
     let held = std::time::Instant::now();
     let before = ingested_through(conn)?;
