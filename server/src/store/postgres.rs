@@ -896,10 +896,17 @@ impl View {
     }
 }
 
-/// The usage row's values after its `license_seq` and `at` (`$3`…`$8` of
-/// `COUNT_AND_RECORD` and of the locked path's insert).
-fn usage_values<'a>(code: &'a &'static str, v: &'a ValidationInput) -> [&'a (dyn ToSql + Sync); 6] {
+/// A usage row's eight values, in the column order of `COUNT_AND_RECORD`
+/// and of the locked path's insert.
+fn usage_row<'a>(
+    seq: &'a i64,
+    at: &'a i64,
+    code: &'a &'static str,
+    v: &'a ValidationInput,
+) -> [&'a (dyn ToSql + Sync); 8] {
     [
+        seq,
+        at,
         code,
         &v.domain,
         &v.fingerprint,
@@ -969,9 +976,7 @@ async fn validate_in(
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .await?;
-        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&seq, &now];
-        values.extend(usage_values(&code, v));
-        tx.execute(&stmt, &values).await?;
+        tx.execute(&stmt, &usage_row(&seq, &now, &code, v)).await?;
         Ok::<_, StoreError>(())
     };
     let activate = async {
@@ -1369,9 +1374,9 @@ impl Store for PostgresStore {
         }
         let record = client.prepare_cached(COUNT_AND_RECORD).await?;
         let (seq, at, code) = (view.seq, input.now.timestamp(), view.decision.code.as_str());
-        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&seq, &at];
-        values.extend(usage_values(&code, &input));
-        client.execute(&record, &values).await?;
+        client
+            .execute(&record, &usage_row(&seq, &at, &code, &input))
+            .await?;
         Ok(view.outcome())
     }
 
