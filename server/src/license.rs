@@ -51,7 +51,13 @@ impl Decision {
     /// One that does not can be decided on a snapshot with no lock: it
     /// takes nothing another validation could race it for.
     pub fn writes(&self, activated: bool) -> bool {
-        self.take_domain_seat || self.take_machine_seat || (self.code == Code::Valid && !activated)
+        self.take_domain_seat || self.take_machine_seat || self.activates(activated)
+    }
+
+    /// Whether this is the first valid validation of a license not yet
+    /// `activated`: it activates the license.
+    pub fn activates(&self, activated: bool) -> bool {
+        self.code == Code::Valid && !activated
     }
 }
 

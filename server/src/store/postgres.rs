@@ -943,7 +943,7 @@ async fn validate_in(
         .await?;
     let view = View::read(&row, v)?;
     let decision = view.decision;
-    let first_valid = decision.code == Code::Valid && !view.activated;
+    let first_valid = decision.activates(view.activated);
 
     // The writes don't depend on each other: send them pipelined.
     let take_domain = async {

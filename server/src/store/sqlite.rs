@@ -1498,7 +1498,7 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<Option<Validati
             .execute(params![seen.seq, fp, now])?;
     }
     insert_usage(conn, &usage_entry(v, seen.seq, seen.decision.code))?;
-    if seen.decision.code == Code::Valid && !seen.activated {
+    if seen.decision.activates(seen.activated) {
         conn.prepare_cached("UPDATE licenses SET activated_at = ?2 WHERE seq = ?1")?
             .execute(params![seen.seq, now])?;
         // The event's license counts this validation (its row is in).
