@@ -446,8 +446,9 @@ fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     // WAL: a commit is in the log before any answer that depends on it
     // leaves the server; group commit keeps that cheap. Checkpoints are the
     // checkpointer thread's, not the commit's (wal_autocheckpoint = 0). The
-    // log file keeps its size across restarts (up to 4× the restart size):
-    // regrowing it each time makes every fsync flush its new blocks too.
+    // log file keeps its size when the log starts over (up to 4× the restart
+    // size): regrowing it each time makes every fsync flush its new blocks
+    // too. Only a clean stop cuts it to nothing (`close_writer`).
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
          PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
@@ -873,9 +874,29 @@ fn run_writer(
             }
         }
     }
-    // Closing: what the journal still holds goes into the table now.
-    if let Err(e) = in_transaction(&conn, |c| ingest(c, &journal)) {
-        tracing::warn!(error = %e, "copying the usage journal at shutdown failed");
+    close_writer(&conn, &journal, &wal);
+}
+
+/// At a clean stop, with no request left to append: copies what the
+/// journal holds into `usage` and empties it, then copies the whole log
+/// into the database and cuts it to nothing. `keysmith.db` alone then
+/// holds everything (a backup of that one file, taken with the server
+/// stopped, is whole), and the next start has no log to read: SQLite
+/// checkpoints on close only in the last connection, and the readers close
+/// after the writer. A failure here loses nothing; the next start
+/// recovers from the log and the journal as after a crash.
+fn close_writer(conn: &Connection, journal: &Journal, wal: &Path) {
+    if let Err(e) = rotate_journal(conn, journal, wal) {
+        tracing::warn!(error = %e, "emptying the usage journal at shutdown failed");
+        return;
+    }
+    let truncated = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    match truncated {
+        Ok(0) => tracing::debug!("log copied into the database at shutdown"),
+        Ok(_) => tracing::warn!("a reader kept the log from being copied in at shutdown"),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint at shutdown failed"),
     }
 }
 
@@ -2332,6 +2353,41 @@ mod tests {
             .unwrap();
         assert_eq!(found, 1);
         drop(store);
+    }
+
+    /// A clean stop leaves everything in the database file: the log copied
+    /// in and cut to nothing, the usage journal copied and emptied. A
+    /// backup of `keysmith.db` alone, taken with the server stopped, is
+    /// whole, and the next start has no log to read.
+    #[tokio::test]
+    async fn a_clean_stop_leaves_everything_in_the_database_file() {
+        // Checkpoints every minute: none runs while the store is open.
+        let tuning = Tuning {
+            checkpoint_every: Duration::from_secs(60),
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let (dir, path, store, license) = store_with_license(tuning).await;
+        for at in 1..=20 {
+            store
+                .validate(validation(&license.key, 1_000 + at))
+                .await
+                .unwrap();
+        }
+        assert!(
+            journal_bytes(&path) > 0,
+            "the validations went to the journal"
+        );
+        drop(store);
+        assert_eq!(wal_bytes(&path), 0, "the log is copied in and cut");
+        assert_eq!(journal_bytes(&path), 0, "the journal is emptied");
+        let copy = dir.path().join("alone.db");
+        std::fs::copy(&path, &copy).unwrap();
+        assert_eq!(count(&copy, "SELECT COUNT(*) FROM licenses"), 1);
+        assert_eq!(count(&copy, "SELECT COUNT(*) FROM usage"), 20);
+        // And the store opens again with every count.
+        let store = store_tuned(&path, tuning).await;
+        let got = store.get_license(license.id.clone()).await.unwrap();
+        assert_eq!(counted(&got), (20, Some(1_020)));
     }
 
     fn validation(key: &str, at: i64) -> ValidationInput {
