@@ -268,6 +268,11 @@ CREATE INDEX licenses_validate ON licenses
 CREATE INDEX events_by_time ON events(created_at);
 CREATE INDEX attempts_by_delivery ON delivery_attempts(delivery_seq);
 "#,
+    // No change to the tables: the usage journal's files now start with a
+    // header and `ingested_through` counts offsets that never go back
+    // (`journal`). A server from before would misread both, so this step
+    // makes it refuse the database instead.
+    "UPDATE usage_journal SET ingested_through = ingested_through;",
 ];
 
 /// At most this many seats of a license are kept in its row (`seats`);
@@ -421,8 +426,8 @@ const FOLD_EVERY: Duration = Duration::from_millis(1000);
 /// How often, at the least, the writer copies the usage journal into the
 /// `usage` table (it also does at every batch of writes).
 const INGEST_EVERY: Duration = Duration::from_millis(1000);
-/// Journal bytes past which the writer empties it once all of it has been
-/// copied (about 400,000 validations).
+/// Journal bytes past which the writer moves appends to a new file once
+/// all of the current one has been copied (about 400,000 validations).
 const JOURNAL_ROTATE_BYTES: u64 = 64 << 20;
 
 /// Journal bytes not yet copied below which `rotate_journal` holds appends
@@ -722,15 +727,27 @@ fn in_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>
 
 /// At start-up: cuts off a record torn by a crash at the journal's end
 /// (its validation was never answered) and copies the rest into `usage`.
-/// A journal shorter than the watermark was emptied after its records had
-/// been copied (a crash inside `rotate_journal`): the watermark starts over.
+///
+/// A journal that ends before the watermark was emptied in place after its
+/// records had been copied, by a server from before the journal's header
+/// (a crash inside its emptying), or was replaced: everything in it is new.
+/// One that starts past the watermark lost the records in between (a
+/// power cut that kept the switch to a new file but not the commit of the
+/// copy before it): they are gone, the rest is copied.
 fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
-    let through = ingested_through(conn)?;
-    let len = journal.len();
-    if len < through {
-        set_ingested_through(conn, 0)?;
-        return Ok(());
+    let mut through = ingested_through(conn)?;
+    let (start, len) = (journal.start(), journal.len());
+    if through < start {
+        tracing::error!(
+            from = through,
+            to = start,
+            "usage journal records were lost; the rest is copied"
+        );
+    }
+    if len < through || through < start {
+        set_ingested_through(conn, start)?;
+        through = start;
     }
     let (entries, good) = journal.read(through, len).map_err(storage)?;
     if good < len {
@@ -745,33 +762,30 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
     Ok(())
 }
 
-/// What emptying the journal did, in journal bytes.
+/// What moving appends to a new journal file did, in journal bytes.
 #[derive(Debug, PartialEq, Eq)]
 struct Rotated {
-    /// Freed before appends were held.
-    freed_first: u64,
     /// Copied with appends held.
     copied_held: u64,
 }
 
-/// Empties the journal once it is large and every record in it has been
-/// copied: the copied rows are made durable (the WAL fsynced), what was
-/// appended meanwhile is copied and the durably copied part's blocks are
-/// freed (`Journal::free_through`), without holding up appends; then, with
-/// appends held off for a moment, the few records since are copied, the
-/// file is cut to nothing and the watermark goes back to 0.
+/// Moves appends to a fresh journal file once the current one is large and
+/// every record in it has been copied: what was appended meanwhile is
+/// copied and the copies made durable (the WAL fsynced) without holding up
+/// appends; then, with appends held off for a moment, the few records
+/// since are copied and committed and the new file takes the journal's
+/// name (`Appender::switch_to`). The old file's blocks are freed as its
+/// last handle closes, after appends go on. The watermark needs no reset:
+/// offsets go on from where the old file ended.
 ///
 /// Every validation that takes no seat appends to the journal on its tokio
 /// worker, so the time appends are held is a stall of every request on
 /// both workers: copying the records that came in during the fsync while
-/// holding them took ~60 ms at 20,000 validations a second.
+/// holding them took ~60 ms at 20,000 validations a second, cutting the
+/// file in place ~30 ms more, and a watermark reset that failed (a full
+/// disk) held them until it worked.
 fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<Rotated> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
-    // Committed before the fsync, so durable after it.
-    let durable = ingested_through(conn)?;
-    std::fs::File::open(wal)
-        .and_then(|f| f.sync_data())
-        .map_err(storage)?;
     // Each copy takes longer the more came in during the one before; a
     // few rounds leave little for the copy with appends held.
     for _ in 0..3 {
@@ -780,26 +794,23 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<Ro
             break;
         }
     }
-    // Freeing the blocks of what is durably copied, appends going on, leaves
-    // little to free when the file is cut with them held.
-    let freed_first = journal.free_through(durable);
+    // The old file goes with the switch: what it held must be in the
+    // database to stay, also across a power cut (but the last few records,
+    // as with any commit under `synchronous = NORMAL`).
+    std::fs::File::open(wal)
+        .and_then(|f| f.sync_data())
+        .map_err(storage)?;
+    let next = journal.next_file().map_err(storage)?;
     let mut appender = journal.lock();
     let held = std::time::Instant::now();
     let before = ingested_through(conn)?;
     let copied = in_transaction(conn, |c| ingest(c, journal))? - before;
-    appender.truncate(journal, 0).map_err(storage)?;
-    // Appends wait until the watermark agrees with the empty file.
-    let mut tries = 0;
-    while let Err(e) = set_ingested_through(conn, 0) {
-        tries += 1;
-        tracing::error!(error = %e, tries, "cannot reset the usage journal's watermark");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let retired = appender.switch_to(journal, next).map_err(storage)?;
     drop(appender);
     let held_us = held.elapsed().as_micros() as u64;
-    tracing::debug!(held_us, copied, freed_first, "usage journal emptied");
+    drop(retired);
+    tracing::debug!(held_us, copied, "usage journal moved to a new file");
     Ok(Rotated {
-        freed_first,
         copied_held: copied,
     })
 }
@@ -866,10 +877,10 @@ fn run_writer(
         }
         if let (Ok(()), Some(through)) = (&commit, through) {
             ingested = through;
-            if ingested >= tuning.rotate_bytes {
+            if ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
                 match rotate_journal(&conn, &journal, &wal) {
-                    Ok(_) => ingested = 0,
-                    Err(e) => tracing::warn!(error = %e, "emptying the usage journal failed"),
+                    Ok(_) => ingested = ingested_through(&conn).unwrap_or(ingested),
+                    Err(e) => tracing::warn!(error = %e, "moving the usage journal failed"),
                 }
             }
         }
@@ -2437,8 +2448,10 @@ mod tests {
         }
     }
 
+    /// Bytes of records in the journal's file (past its 16-byte header).
     fn journal_bytes(db: &Path) -> u64 {
-        std::fs::metadata(journal::path_for(db)).map_or(0, |m| m.len())
+        let len = std::fs::metadata(journal::path_for(db)).map_or(0, |m| m.len());
+        len.saturating_sub(16)
     }
 
     fn counted(l: &License) -> (u64, Option<i64>) {
@@ -2748,43 +2761,120 @@ mod tests {
         (dir, path, journal, conn)
     }
 
-    /// Emptying the journal copies its backlog before holding appends off:
-    /// every request that records usage waits while they are held.
+    /// Moving appends to a new journal file copies the backlog before
+    /// holding appends off: every request that records usage waits while
+    /// they are held.
     #[tokio::test]
-    async fn emptying_the_journal_copies_the_backlog_before_holding_appends() {
+    async fn moving_the_journal_copies_the_backlog_before_holding_appends() {
         let (_dir, path, journal, conn) = writer_with_journal(1_000).await;
+        let end = journal.len();
         let wal = path.with_extension("db-wal");
         let rotated = rotate_journal(&conn, &journal, &wal).unwrap();
         assert_eq!(rotated.copied_held, 0, "bytes copied with appends held");
-        assert_eq!(journal.len(), 0);
+        assert_eq!((journal.start(), journal.len()), (end, end));
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_000);
-        assert_eq!(ingested_through(&conn).unwrap(), 0);
+        assert_eq!(ingested_through(&conn).unwrap(), end);
     }
 
-    /// What was copied and committed before emptying began is freed before
-    /// appends are held, so that cutting the file with them held frees
-    /// little (~30 ms for 64 MiB on ext4 otherwise); what was only copied
-    /// during the emptying is not, as its copy may not be durable yet.
+    /// A write that fails while appends move to a new journal file (a full disk) holds
+    /// no append: every validation that records usage would wait, on both
+    /// tokio workers, for as long as it failed. Here the watermark cannot
+    /// go back to 0 (the reset the emptying used to need).
     #[tokio::test]
-    async fn emptying_the_journal_frees_what_was_durably_copied_first() {
+    async fn a_failing_write_while_moving_the_journal_holds_no_append() {
         let (_dir, path, journal, conn) = writer_with_journal(1_000).await;
-        let committed = in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER full_disk BEFORE UPDATE ON usage_journal \
+             WHEN NEW.ingested_through = 0 BEGIN SELECT RAISE(FAIL, 'disk full'); END",
+        )
+        .unwrap();
+        let journal = Arc::new(journal);
+        let (done, rotated) = std::sync::mpsc::channel();
+        let wal = path.with_extension("db-wal");
+        let theirs = journal.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(rotate_journal(&conn, &theirs, &wal).map(|_| conn));
+        });
+        let seq = count(&path, "SELECT seq FROM licenses");
+        let (appended, append) = std::sync::mpsc::channel();
+        let theirs = journal.clone();
+        std::thread::spawn(move || {
+            for at in 1_000..1_010 {
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = appended.send(theirs.append(&valid_usage(seq, 2_000 + at)).is_ok());
+            }
+        });
+        for n in 0..10 {
+            let ok = append.recv_timeout(Duration::from_secs(5));
+            assert_eq!(ok, Ok(true), "append {n} held");
+        }
+        let conn = rotated
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the emptying ends")
+            .unwrap();
+        conn.execute_batch("DROP TRIGGER full_disk").unwrap();
+        in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_010);
+    }
+
+    /// After appends move to a new file, the old one (its name taken) is
+    /// gone and its space given back; new records go to the new file and
+    /// are copied once, also across a restart.
+    #[tokio::test]
+    async fn appends_go_on_in_the_new_journal_file_and_count_once() {
+        let (_dir, path, journal, conn) = writer_with_journal(1_000).await;
+        let full = journal_bytes(&path);
+        let wal = path.with_extension("db-wal");
+        rotate_journal(&conn, &journal, &wal).unwrap();
+        assert_eq!(journal_bytes(&path), 0, "of {full} bytes");
         let seq = count(&path, "SELECT seq FROM licenses");
         for at in 1_000..1_100 {
             journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
         }
-        let wal = path.with_extension("db-wal");
-        let rotated = rotate_journal(&conn, &journal, &wal).unwrap();
-        assert_eq!(
-            rotated,
-            Rotated {
-                freed_first: committed / 4096 * 4096,
-                copied_held: 0
-            }
-        );
-        assert!(rotated.freed_first > 0);
+        in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_100);
-        assert_eq!(journal.len(), 0);
+        for at in 1_100..1_110 {
+            journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
+        }
+        drop((journal, conn));
+        let journal = Journal::open(&path, false).unwrap();
+        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        recover_journal(&conn, &journal).unwrap();
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_110);
+        assert_eq!(
+            count(&path, "SELECT COUNT(DISTINCT at) FROM usage"),
+            1_110,
+            "no record copied twice"
+        );
+    }
+
+    /// A journal written before files had a header, with records not yet
+    /// copied, is read from offset 0 as before; the first move gives the
+    /// next file a header, and the offsets go on.
+    #[tokio::test]
+    async fn a_journal_from_before_the_header_is_read_and_moved_on_from() {
+        let (_dir, path, journal, conn) = writer_with_journal(0).await;
+        drop(journal);
+        let seq = count(&path, "SELECT seq FROM licenses");
+        // Two records as a server from before wrote them: no header.
+        let mut legacy = Vec::new();
+        for at in [2_000, 2_001] {
+            let payload = serde_json::to_vec(&valid_usage(seq, at)).unwrap();
+            legacy.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            legacy.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            legacy.extend_from_slice(&payload);
+        }
+        std::fs::write(journal::path_for(&path), &legacy).unwrap();
+        let journal = Journal::open(&path, false).unwrap();
+        assert_eq!((journal.start(), journal.len()), (0, legacy.len() as u64));
+        recover_journal(&conn, &journal).unwrap();
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2);
+        let wal = path.with_extension("db-wal");
+        rotate_journal(&conn, &journal, &wal).unwrap();
+        journal.append(&valid_usage(seq, 2_002)).unwrap();
+        in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
+        assert_eq!(journal.start(), legacy.len() as u64);
     }
 
     /// A store whose writer copies the journal only when asked to, with an

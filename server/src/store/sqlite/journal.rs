@@ -12,8 +12,17 @@
 //! transaction that moves the watermark (`usage_journal.ingested_through`),
 //! so a record lands in the table exactly once, whatever crashes when.
 //!
-//! A record is `[len: u32 LE][crc32 of the payload: u32 LE][payload: JSON]`.
-//! Appends are serialised by a mutex that also keeps the length of the
+//! The file starts with a header, `KSUSAGE2` and the offset of its first
+//! record (u64 LE), then records `[len: u32 LE][crc32 of the payload: u32
+//! LE][payload: JSON]`. Offsets count the records ever appended and never
+//! go back: the watermark says how far they have been copied, whichever
+//! file holds them. Once a file is large and copied, the writer moves
+//! appends to a fresh one (`Appender::switch_to`, a rename over the old
+//! name) instead of emptying the file in place, so nothing has to be
+//! written back to the database while appends are held. A file written
+//! before the header existed has none: its offsets start at 0.
+//!
+//! Appends are serialised by a mutex that also keeps the end of the
 //! complete records; the writer reads only that far, so it never sees a
 //! record being written. A record torn by a crash can only be the last one
 //! (its answer never left): opening the journal cuts it off.
@@ -49,14 +58,38 @@ pub struct Entry {
 const HEADER: usize = 8;
 /// No record comes near this; a larger length is damage, not a record.
 const MAX_RECORD: usize = 64 * 1024;
+/// The file's header: these 8 bytes, then the offset of its first record.
+/// (A record of a file without the header starts with a length far above
+/// `MAX_RECORD` only if it is damaged, so the two cannot be confused.)
+const MAGIC: &[u8; 8] = b"KSUSAGE2";
+const FILE_HEADER: u64 = 16;
+
+/// Where a file's records sit in the offsets that never go back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    /// The offset of the file's first record.
+    start: u64,
+    /// Bytes before it in the file: `FILE_HEADER`, or 0 in a file written
+    /// before the header existed.
+    header: u64,
+}
+
+impl Layout {
+    /// The position in the file of the record at `offset`.
+    fn position(self, offset: u64) -> u64 {
+        offset - self.start + self.header
+    }
+}
 
 pub struct Journal {
-    /// The writer's handle for reading (`pread`: no lock needed) and for
-    /// freeing copied blocks (`free_through`); it never writes.
-    reader: File,
+    path: PathBuf,
+    /// The writer's handle for reading (`pread`) the current file, with its
+    /// layout; it never writes. Locked only by the writer (and by a switch,
+    /// which the writer makes).
+    reader: Mutex<(File, Layout)>,
     appender: Mutex<Appender>,
-    /// Bytes of complete records (the appender's `len`, readable without
-    /// its lock).
+    /// The end of the complete records (the appender's `end`, readable
+    /// without its lock).
     complete: AtomicU64,
     /// `--sqlite-synchronous full`: the syncer appends wait for.
     syncer: Option<Syncer>,
@@ -70,6 +103,8 @@ struct Syncer {
 }
 
 struct SyncShared {
+    /// The file appends go to (a switch replaces it).
+    file: Mutex<Arc<File>>,
     /// Bytes ever appended (`Appender::total`).
     appended: AtomicU64,
     /// Whether the journal is closing; the syncer waits on `wake`.
@@ -93,11 +128,20 @@ struct Synced {
 
 pub struct Appender {
     file: File,
-    len: u64,
-    /// Bytes ever appended: unlike `len`, never goes back when the journal
-    /// is emptied, so it orders appends for the fsyncs.
+    layout: Layout,
+    /// The offset past the last complete record.
+    end: u64,
+    /// Bytes appended since the journal was opened, which order appends
+    /// for the fsyncs.
     total: u64,
     buf: Vec<u8>,
+}
+
+/// A fresh file that appends can be moved to (`Appender::switch_to`),
+/// made before appends are held.
+pub struct NextFile {
+    file: File,
+    reader: File,
 }
 
 /// The journal's path for the database at `db`.
@@ -107,46 +151,113 @@ pub fn path_for(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Where a switch makes the next file before it takes the journal's name.
+fn next_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".next");
+    PathBuf::from(name)
+}
+
+fn file_header(start: u64) -> [u8; FILE_HEADER as usize] {
+    let mut header = [0; FILE_HEADER as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&start.to_le_bytes());
+    header
+}
+
+/// Reads the layout of `file`, giving an empty one its header.
+fn layout_of(file: &mut File) -> std::io::Result<Layout> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        file.write_all(&file_header(0))?;
+        return Ok(Layout {
+            start: 0,
+            header: FILE_HEADER,
+        });
+    }
+    let mut header = [0; FILE_HEADER as usize];
+    if len >= FILE_HEADER {
+        file.read_exact_at(&mut header, 0)?;
+    }
+    if &header[..8] == MAGIC {
+        let start = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+        return Ok(Layout {
+            start,
+            header: FILE_HEADER,
+        });
+    }
+    Ok(Layout {
+        start: 0,
+        header: 0,
+    })
+}
+
+/// Opens `path` for appending (creating it) and locks it for this process.
+fn open_locked(path: &Path, truncate: bool) -> std::io::Result<File> {
+    if truncate {
+        // Left by a switch that did not happen: never read.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if let Err(e) = file.try_lock() {
+        return Err(std::io::Error::other(format!(
+            "{} is locked: is another server running on this database? ({e})",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
 impl Journal {
     /// Opens (creating) the journal of the database at `db` and locks it,
     /// so that a second server on the same database fails to start instead
     /// of mixing two journals.
     pub fn open(db: &Path, sync: bool) -> std::io::Result<Journal> {
         let path = path_for(db);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
-        if let Err(e) = file.try_lock() {
-            return Err(std::io::Error::other(format!(
-                "{} is locked: is another server running on this database? ({e})",
-                path.display()
-            )));
-        }
-        let len = file.metadata()?.len();
+        let mut file = open_locked(&path, false)?;
+        let _ = std::fs::remove_file(next_path(&path));
+        let layout = layout_of(&mut file)?;
+        let end = layout.start + (file.metadata()?.len() - layout.header);
         let syncer = if sync {
             Some(Syncer::start(file.try_clone()?)?)
         } else {
             None
         };
         Ok(Journal {
-            // Writable only so that `free_through` may punch holes in it.
-            reader: OpenOptions::new().read(true).write(true).open(&path)?,
+            reader: Mutex::new((File::open(&path)?, layout)),
+            path,
             appender: Mutex::new(Appender {
                 file,
-                len,
+                layout,
+                end,
                 total: 0,
                 buf: Vec::with_capacity(512),
             }),
-            complete: AtomicU64::new(len),
+            complete: AtomicU64::new(end),
             syncer,
         })
     }
 
-    /// Bytes of complete records.
+    /// The offset past the last complete record.
     pub fn len(&self) -> u64 {
         self.complete.load(Ordering::Acquire)
+    }
+
+    /// The offset of the current file's first record: the records before
+    /// it were copied before appends moved to this file.
+    pub fn start(&self) -> u64 {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .start
     }
 
     /// Appends `entry`; when this returns `Ok`, the record survives `kill -9`.
@@ -159,7 +270,8 @@ impl Journal {
             let mut a = self.lock();
             let Appender {
                 file,
-                len,
+                layout,
+                end,
                 total,
                 buf,
             } = &mut *a;
@@ -173,12 +285,12 @@ impl Journal {
             if let Err(e) = file.write_all(buf) {
                 // Cut off whatever part of the record reached the file, so the
                 // next record starts where the writer expects one.
-                let _ = file.set_len(*len);
+                let _ = file.set_len(layout.position(*end));
                 return Err(e);
             }
-            *len += buf.len() as u64;
+            *end += buf.len() as u64;
             *total += buf.len() as u64;
-            self.complete.store(*len, Ordering::Release);
+            self.complete.store(*end, Ordering::Release);
             if let Some(syncer) = &self.syncer {
                 syncer.shared.appended.store(*total, Ordering::Release);
             }
@@ -213,55 +325,44 @@ impl Journal {
         }
     }
 
-    /// Gives the file system back the blocks of the first `end` bytes,
-    /// which the writer has copied and committed: the file keeps its length
-    /// and every offset, and reads there would see zeros. Emptying the
-    /// journal then frees only what came after, with appends held (freeing
-    /// 64 MiB of written-back blocks takes ~30 ms on ext4). Returns the
-    /// bytes freed (whole 4 KiB blocks), 0 where the file system cannot:
-    /// there emptying frees it all.
-    pub fn free_through(&self, end: u64) -> u64 {
-        const BLOCK: u64 = 4096;
-        let end = end / BLOCK * BLOCK;
-        if end == 0 {
-            return 0;
-        }
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            use rustix::fs::{fallocate, FallocateFlags};
-            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-            match fallocate(&self.reader, flags, 0, end) {
-                Ok(()) => end,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot free the usage journal's copied blocks");
-                    0
-                }
-            }
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        {
-            0
-        }
-    }
-
-    /// Holds off every append while the writer empties the journal.
+    /// Holds off every append while the writer moves them to a new file
+    /// or cuts off a torn record.
     pub fn lock(&self) -> MutexGuard<'_, Appender> {
         self.appender.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the complete records in `from..to`; returns them and the
-    /// offset just past the last one that was whole and intact.
+    /// Reads the complete records in `from..to` of the current file;
+    /// returns them and the offset just past the last one that was whole
+    /// and intact.
     pub fn read(&self, from: u64, to: u64) -> std::io::Result<(Vec<Entry>, u64)> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, layout) = &*reader;
+        if from < layout.start {
+            return Err(std::io::Error::other(format!(
+                "offset {from} is before the journal's first record ({})",
+                layout.start
+            )));
+        }
         let mut bytes = vec![0; (to.saturating_sub(from)) as usize];
-        self.reader.read_exact_at(&mut bytes, from)?;
+        file.read_exact_at(&mut bytes, layout.position(from))?;
         let (entries, used) = parse(&bytes);
         Ok((entries, from + used as u64))
+    }
+
+    /// Makes the file that appends will move to (see `Appender::switch_to`),
+    /// without holding them.
+    pub fn next_file(&self) -> std::io::Result<NextFile> {
+        let path = next_path(&self.path);
+        let file = open_locked(&path, true)?;
+        let reader = File::open(&path)?;
+        Ok(NextFile { file, reader })
     }
 }
 
 impl Syncer {
     fn start(file: File) -> std::io::Result<Syncer> {
         let shared = Arc::new(SyncShared {
+            file: Mutex::new(Arc::new(file)),
             appended: AtomicU64::new(0),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -272,7 +373,7 @@ impl Syncer {
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("usage-fsync".into())
-            .spawn(move || run_syncer(&file, &theirs, &tx))?;
+            .spawn(move || run_syncer(&theirs, &tx))?;
         Ok(Syncer {
             shared,
             synced: rx,
@@ -293,7 +394,7 @@ impl Drop for Syncer {
 
 /// Fsyncs whatever was appended since the last fsync, until the journal
 /// closes (after a last fsync of what is still pending).
-fn run_syncer(file: &File, shared: &SyncShared, synced: &tokio::sync::watch::Sender<Synced>) {
+fn run_syncer(shared: &SyncShared, synced: &tokio::sync::watch::Sender<Synced>) {
     let mut through = 0;
     loop {
         {
@@ -309,6 +410,13 @@ fn run_syncer(file: &File, shared: &SyncShared, synced: &tokio::sync::watch::Sen
         // Everything written so far: the appends that woke this pass and
         // those that came in since.
         let covered = shared.appended.load(Ordering::Acquire);
+        // Taken after `covered`: an append to a file that a switch made
+        // current is in that file (the switch synced the one before).
+        let file = shared
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let result = file.sync_data();
         shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         // Past a failure too: its appends were answered with the error.
@@ -324,15 +432,68 @@ fn run_syncer(file: &File, shared: &SyncShared, synced: &tokio::sync::watch::Sen
 }
 
 impl Appender {
-    /// Cuts the journal to `len` bytes (with the lock held, so no append
-    /// runs meanwhile).
-    pub fn truncate(&mut self, journal: &Journal, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)?;
+    /// Cuts the journal at the offset `end` (with the lock held, so no
+    /// append runs meanwhile).
+    pub fn truncate(&mut self, journal: &Journal, end: u64) -> std::io::Result<()> {
+        self.file.set_len(self.layout.position(end))?;
         self.file.sync_all()?;
-        self.len = len;
-        journal.complete.store(len, Ordering::Release);
+        self.end = end;
+        journal.complete.store(end, Ordering::Release);
         Ok(())
     }
+
+    /// Moves appends to `next`, whose first record will be at the current
+    /// end, and gives it the journal's name: the caller, holding the lock,
+    /// has copied every record of the current file, which is then gone.
+    /// Returns its handles, to be closed once appends go on (freeing a
+    /// large file's blocks takes the file system a while). Nothing is
+    /// written to the database, so a full disk cannot hold appends here.
+    pub fn switch_to(&mut self, journal: &Journal, next: NextFile) -> std::io::Result<Retired> {
+        let NextFile {
+            file: mut next_file,
+            reader,
+        } = next;
+        next_file.write_all(&file_header(self.end))?;
+        let syncer = match &journal.syncer {
+            Some(syncer) => {
+                // Durable before the name moves: what the old file holds
+                // and the new one's header.
+                self.file.sync_data()?;
+                next_file.sync_data()?;
+                Some((syncer, Arc::new(next_file.try_clone()?)))
+            }
+            None => None,
+        };
+        std::fs::rename(next_path(&journal.path), &journal.path)?;
+        // The name is the new file's now: appends go there whatever follows.
+        let layout = Layout {
+            start: self.end,
+            header: FILE_HEADER,
+        };
+        self.layout = layout;
+        let appender = std::mem::replace(&mut self.file, next_file);
+        let mut current = journal.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let (reader, _) = std::mem::replace(&mut *current, (reader, layout));
+        drop(current);
+        if let Some((syncer, appends)) = syncer {
+            *syncer.shared.file.lock().unwrap_or_else(|p| p.into_inner()) = appends;
+            let dir = match journal.path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::error!(error = %e, "cannot make the usage journal's new name durable");
+            }
+        }
+        Ok(Retired {
+            _files: [appender, reader],
+        })
+    }
+}
+
+/// The handles of a file appends have left.
+pub struct Retired {
+    _files: [File; 2],
 }
 
 /// Splits `bytes` into records; stops at the first one that is incomplete
@@ -390,7 +551,9 @@ mod tests {
 
         // Half a record at the end, as a crash during a write leaves it,
         // then a record whose payload was damaged.
-        let mut bytes = std::fs::read(path_for(&db)).unwrap();
+        let file = std::fs::read(path_for(&db)).unwrap();
+        assert_eq!(file[..FILE_HEADER as usize], file_header(0));
+        let mut bytes = file[FILE_HEADER as usize..].to_vec();
         let whole = bytes.clone();
         bytes.truncate(bytes.len() - 5);
         let (read, used) = parse(&bytes);
@@ -429,43 +592,55 @@ mod tests {
         assert_eq!(read.len(), 9);
     }
 
+    /// A switch moves appends to a new file under the journal's name whose
+    /// offsets go on from the old one's end; the old file's space goes
+    /// back with its last handle; a reopen finds where the offsets stand.
     #[test]
-    fn copied_bytes_are_freed_and_the_rest_reads_back() {
+    fn a_switch_moves_appends_to_a_new_file_and_the_offsets_go_on() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("k.db");
         let journal = Journal::open(&db, false).unwrap();
-        for n in 0..20_000 {
+        for n in 0..1_000 {
             journal.append(&entry(n)).unwrap();
         }
-        let copied = journal.len();
-        for n in 20_000..20_010 {
-            journal.append(&entry(n)).unwrap();
-        }
+        let end = journal.len();
+        let next = journal.next_file().unwrap();
+        let retired = journal.lock().switch_to(&journal, next).unwrap();
+        drop(retired);
         let file = path_for(&db);
-        let allocated = || {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(&file).unwrap().blocks() * 512
-        };
-        assert!(allocated() >= copied, "{} < {copied}", allocated());
-        assert_eq!(
-            journal.free_through(copied),
-            copied / 4096 * 4096,
-            "this file system punches holes"
-        );
-        // The length and every offset stay; only the copied blocks are gone.
-        assert_eq!(std::fs::metadata(&file).unwrap().len(), journal.len());
-        assert!(
-            allocated() < 64 * 1024,
-            "{} bytes still allocated",
-            allocated()
-        );
-        let (rest, end) = journal.read(copied, journal.len()).unwrap();
-        assert_eq!(rest, (20_000..20_010).map(entry).collect::<Vec<_>>());
-        assert_eq!(end, journal.len());
-        // Appends go on after the hole.
-        journal.append(&entry(7)).unwrap();
-        let (last, _) = journal.read(end, journal.len()).unwrap();
-        assert_eq!(last, vec![entry(7)]);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), FILE_HEADER);
+        assert!(!next_path(&file).exists());
+        assert_eq!((journal.start(), journal.len()), (end, end));
+        assert!(journal.read(0, end).is_err(), "the old records are gone");
+        for n in 1_000..1_003 {
+            journal.append(&entry(n)).unwrap();
+        }
+        let (read, used) = journal.read(end, journal.len()).unwrap();
+        assert_eq!(read, (1_000..1_003).map(entry).collect::<Vec<_>>());
+        assert_eq!(used, journal.len());
+        let len = journal.len();
+        drop(journal);
+        let journal = Journal::open(&db, false).unwrap();
+        assert_eq!((journal.start(), journal.len()), (end, len));
+    }
+
+    /// With `sync`, appends to the new file are fsynced in the new file.
+    #[tokio::test]
+    async fn after_a_switch_the_syncer_syncs_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let journal = Journal::open(&db, true).unwrap();
+        let end = journal.append(&entry(0)).unwrap();
+        journal.synced(end).await.unwrap();
+        let next = journal.next_file().unwrap();
+        drop(journal.lock().switch_to(&journal, next).unwrap());
+        let end = journal.append(&entry(1)).unwrap();
+        journal.synced(end).await.unwrap();
+        let syncer = journal.syncer.as_ref().unwrap();
+        let synced = syncer.shared.file.lock().unwrap().clone();
+        let current = std::fs::metadata(path_for(&db)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(synced.metadata().unwrap().ino(), current.ino());
     }
 
     #[test]
