@@ -430,10 +430,6 @@ const INGEST_EVERY: Duration = Duration::from_millis(1000);
 /// all of the current one has been copied (about 400,000 validations).
 const JOURNAL_ROTATE_BYTES: u64 = 64 << 20;
 
-/// Journal bytes not yet copied below which `rotate_journal` holds appends
-/// off to copy the rest (about 400 validations).
-const CAUGHT_UP_BYTES: u64 = 64 << 10;
-
 /// The checkpoint, fold and journal settings (tests use smaller ones than
 /// `open`).
 #[derive(Debug, Clone, Copy)]
@@ -734,7 +730,7 @@ fn in_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>
 /// One that starts past the watermark lost the records in between (a
 /// power cut that kept the switch to a new file but not the commit of the
 /// copy before it): they are gone, the rest is copied.
-fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
+fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     let mut through = ingested_through(conn)?;
     let (start, len) = (journal.start(), journal.len());
@@ -758,61 +754,59 @@ fn recover_journal(conn: &Connection, journal: &Journal) -> Result<()> {
         journal.lock().truncate(journal, good).map_err(storage)?;
     }
     in_transaction(conn, |c| copy_in(c, entries, good))?;
+    // A switch cut short by a crash: its old file is copied now.
+    finish_switch(journal, wal, good)?;
     tracing::debug!(through = good, "usage journal recovered");
     Ok(())
 }
 
-/// What moving appends to a new journal file did, in journal bytes.
-#[derive(Debug, PartialEq, Eq)]
-struct Rotated {
-    /// Copied with appends held.
-    copied_held: u64,
-}
-
-/// Moves appends to a fresh journal file once the current one is large and
-/// every record in it has been copied: what was appended meanwhile is
-/// copied and the copies made durable (the WAL fsynced) without holding up
-/// appends; then, with appends held off for a moment, the few records
-/// since are copied and committed and the new file takes the journal's
-/// name (`Appender::switch_to`). The old file's blocks are freed as its
-/// last handle closes, after appends go on. The watermark needs no reset:
-/// offsets go on from where the old file ended.
+/// Moves appends to a fresh journal file once the current one is large:
+/// with appends held off for a moment, only the file handles are swapped
+/// (`Appender::switch_to`); then the records the old file still holds are
+/// copied from it, and the new file takes the journal's name
+/// (`finish_switch`). The old file's blocks are freed as its last handle
+/// closes. The watermark needs no reset: offsets go on from where the old
+/// file ended.
 ///
 /// Every validation that takes no seat appends to the journal on its tokio
 /// worker, so the time appends are held is a stall of every request on
-/// both workers: copying the records that came in during the fsync while
-/// holding them took ~60 ms at 20,000 validations a second, cutting the
-/// file in place ~30 ms more, and a watermark reset that failed (a full
-/// disk) held them until it worked.
-fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<Rotated> {
+/// both workers. Emptying the file in place held them while the last
+/// records were copied and committed, the file cut (ext4 freeing its
+/// blocks) and the watermark reset: 3–5 ms, up to 45 ms when the disk was
+/// busy, and for as long as the reset failed (a full disk: the whole
+/// server hung). A switch holds them for microseconds.
+fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
-    // Each copy takes longer the more came in during the one before; a
-    // few rounds leave little for the copy with appends held.
-    for _ in 0..3 {
+    if journal.switching().is_some() {
+        // The last switch did not finish (its rename failed): finish it.
         let through = in_transaction(conn, |c| ingest(c, journal))?;
-        if journal.len().saturating_sub(through) < CAUGHT_UP_BYTES {
-            break;
-        }
+        finish_switch(journal, wal, through)?;
     }
-    // The old file goes with the switch: what it held must be in the
-    // database to stay, also across a power cut (but the last few records,
-    // as with any commit under `synchronous = NORMAL`).
+    let next = journal.next_file().map_err(storage)?;
+    let held = std::time::Instant::now();
+    let retired = journal.lock().switch_to(journal, next).map_err(storage)?;
+    let held_us = held.elapsed().as_micros() as u64;
+    journal.retire(retired);
+    let through = in_transaction(conn, |c| ingest(c, journal))?;
+    finish_switch(journal, wal, through)?;
+    tracing::debug!(held_us, "usage journal moved to a new file");
+    Ok(())
+}
+
+/// Gives the journal's new file its name, which removes the old file,
+/// once the old file's records are copied (the watermark, `through`, is
+/// past them). What the old file held should be in the database across a
+/// power cut too, as far as `synchronous` promises: the WAL is fsynced
+/// first.
+fn finish_switch(journal: &Journal, wal: &Path, through: u64) -> Result<()> {
+    if journal.switching().is_none() {
+        return Ok(());
+    }
+    let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     std::fs::File::open(wal)
         .and_then(|f| f.sync_data())
         .map_err(storage)?;
-    let next = journal.next_file().map_err(storage)?;
-    let mut appender = journal.lock();
-    let held = std::time::Instant::now();
-    let before = ingested_through(conn)?;
-    let copied = in_transaction(conn, |c| ingest(c, journal))? - before;
-    let retired = appender.switch_to(journal, next).map_err(storage)?;
-    drop(appender);
-    let held_us = held.elapsed().as_micros() as u64;
-    drop(retired);
-    tracing::debug!(held_us, copied, "usage journal moved to a new file");
-    Ok(Rotated {
-        copied_held: copied,
-    })
+    journal.name(through).map_err(storage)
 }
 
 fn run_writer(
@@ -879,7 +873,7 @@ fn run_writer(
             ingested = through;
             if ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
                 match rotate_journal(&conn, &journal, &wal) {
-                    Ok(_) => ingested = ingested_through(&conn).unwrap_or(ingested),
+                    Ok(()) => ingested = ingested_through(&conn).unwrap_or(ingested),
                     Err(e) => tracing::warn!(error = %e, "moving the usage journal failed"),
                 }
             }
@@ -989,7 +983,10 @@ impl SqliteStore {
             .map_err(|e| anyhow::anyhow!("opening the usage journal: {e}"))?;
         let journal = Arc::new(journal);
         let conn = open_writer(path, synchronous).map_err(opening)?;
-        recover_journal(&conn, &journal).map_err(opening)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        recover_journal(&conn, &journal, &wal).map_err(opening)?;
         let checkpoint_conn = Connection::open(path)
             .and_then(|c| {
                 c.busy_timeout(Duration::from_secs(5))?;
@@ -1002,9 +999,6 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_restart = restart.clone();
         let writer_journal = journal.clone();
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = std::path::PathBuf::from(wal);
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run_writer(conn, rx, writer_restart, writer_journal, wal, tuning))?;
@@ -2761,17 +2755,16 @@ mod tests {
         (dir, path, journal, conn)
     }
 
-    /// Moving appends to a new journal file copies the backlog before
-    /// holding appends off: every request that records usage waits while
-    /// they are held.
+    /// Moving appends to a new journal file copies every record of the
+    /// old one before the old one goes.
     #[tokio::test]
-    async fn moving_the_journal_copies_the_backlog_before_holding_appends() {
+    async fn moving_the_journal_copies_every_record_of_the_old_file() {
         let (_dir, path, journal, conn) = writer_with_journal(1_000).await;
         let end = journal.len();
         let wal = path.with_extension("db-wal");
-        let rotated = rotate_journal(&conn, &journal, &wal).unwrap();
-        assert_eq!(rotated.copied_held, 0, "bytes copied with appends held");
+        rotate_journal(&conn, &journal, &wal).unwrap();
         assert_eq!((journal.start(), journal.len()), (end, end));
+        assert_eq!(journal.switching(), None, "the new file has the name");
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_000);
         assert_eq!(ingested_through(&conn).unwrap(), end);
     }
@@ -2839,13 +2832,36 @@ mod tests {
         drop((journal, conn));
         let journal = Journal::open(&path, false).unwrap();
         let conn = open_writer(&path, Synchronous::Normal).unwrap();
-        recover_journal(&conn, &journal).unwrap();
+        recover_journal(&conn, &journal, &path.with_extension("db-wal")).unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_110);
         assert_eq!(
             count(&path, "SELECT COUNT(DISTINCT at) FROM usage"),
             1_110,
             "no record copied twice"
         );
+    }
+
+    /// A crash between a switch to a new journal file and its rename, the
+    /// old file's records not copied yet: the restart copies both files'
+    /// records once and gives the new file the name.
+    #[tokio::test]
+    async fn a_switch_cut_short_by_a_crash_is_copied_and_finished_at_start() {
+        let (_dir, path, journal, conn) = writer_with_journal(100).await;
+        let seq = count(&path, "SELECT seq FROM licenses");
+        let next = journal.next_file().unwrap();
+        let retired = journal.lock().switch_to(&journal, next).unwrap();
+        journal.retire(retired);
+        for at in 100..110 {
+            journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
+        }
+        drop((journal, conn));
+        let journal = Journal::open(&path, false).unwrap();
+        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        recover_journal(&conn, &journal, &path.with_extension("db-wal")).unwrap();
+        assert_eq!(count(&path, "SELECT COUNT(DISTINCT at) FROM usage"), 110);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 110);
+        assert_eq!(journal.switching(), None);
+        assert_eq!(journal_bytes(&path), journal.len() - journal.start());
     }
 
     /// A journal written before files had a header, with records not yet
@@ -2867,7 +2883,7 @@ mod tests {
         std::fs::write(journal::path_for(&path), &legacy).unwrap();
         let journal = Journal::open(&path, false).unwrap();
         assert_eq!((journal.start(), journal.len()), (0, legacy.len() as u64));
-        recover_journal(&conn, &journal).unwrap();
+        recover_journal(&conn, &journal, &path.with_extension("db-wal")).unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2);
         let wal = path.with_extension("db-wal");
         rotate_journal(&conn, &journal, &wal).unwrap();
