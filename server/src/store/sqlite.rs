@@ -772,7 +772,7 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
 /// worker, so the time appends are held is a stall of every request on
 /// both workers. Emptying the file in place held them while the last
 /// records were copied and committed, the file cut (ext4 freeing its
-/// blocks) and the watermark reset: 3–5 ms, up to 45 ms when the disk was
+/// blocks) and the watermark reset: 3–5 ms, 28 ms once when the disk was
 /// busy, and for as long as the reset failed (a full disk: the whole
 /// server hung). A switch holds them for microseconds.
 fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()> {
