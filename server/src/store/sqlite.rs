@@ -760,6 +760,25 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
     Ok(())
 }
 
+/// At start-up: frees the deliveries claimed by a server that was killed
+/// with them in flight, so they are retried now rather than when their
+/// lease runs out (up to the delivery timeout + 30 s). A SQLite database
+/// has one server (the journal is locked), so no lease is anyone's now.
+fn release_leases(conn: &Connection) -> Result<()> {
+    let released = conn.execute(
+        "UPDATE deliveries INDEXED BY deliveries_due SET locked_until_ms = 0 \
+         WHERE state = 'pending' AND locked_until_ms > 0",
+        [],
+    )?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "webhook deliveries in flight when the server stopped will be retried"
+        );
+    }
+    Ok(())
+}
+
 /// Moves appends to a fresh journal file once the current one is large:
 /// with appends held off for a moment, only the file handles are swapped
 /// (`Appender::switch_to`); then the records the old file still holds are
@@ -987,6 +1006,7 @@ impl SqliteStore {
         wal.push("-wal");
         let wal = std::path::PathBuf::from(wal);
         recover_journal(&conn, &journal, &wal).map_err(opening)?;
+        release_leases(&conn).map_err(opening)?;
         let checkpoint_conn = Connection::open(path)
             .and_then(|c| {
                 c.busy_timeout(Duration::from_secs(5))?;
@@ -2972,6 +2992,44 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// A delivery claimed when the server was killed is not waited for
+    /// until its lease runs out: one SQLite database has one server (the
+    /// journal's lock), so at start-up no lease is anyone's.
+    #[tokio::test]
+    async fn leases_of_a_killed_server_are_released_at_start_up() {
+        let tuning = test_tuning(WAL_RESTART_PAGES);
+        let (_dir, path, store, license) = store_with_license(tuning).await;
+        store
+            .create_webhook(
+                NewWebhook {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    events: vec![EventType::Updated],
+                    enabled: true,
+                    secret: "whsec_test".into(),
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let patch = LicensePatch {
+            customer_email: Some("a@example.com".into()),
+            ..LicensePatch::default()
+        };
+        store
+            .update_license(license.id.clone(), patch, Utc::now())
+            .await
+            .unwrap();
+        let lease = chrono::Duration::hours(1);
+        let claimed = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        // The worker was killed with its delivery in flight.
+        drop(store);
+        let store = store_tuned(&path, tuning).await;
+        let again = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+        assert_eq!(again.len(), 1, "the delivery waits for a dead lease");
+        assert_eq!(again[0].delivery, claimed[0].delivery);
     }
 
     /// Retention deletes the oldest records recorded before the cut-off,
