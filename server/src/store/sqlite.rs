@@ -2939,6 +2939,32 @@ mod tests {
         (dir, path, store, license, usage_rows)
     }
 
+    /// Registers an endpoint for `license.updated` and updates `license`:
+    /// one delivery due now. Returns the endpoint.
+    async fn a_delivery_due(store: &SqliteStore, license: &License) -> Webhook {
+        let hook = store
+            .create_webhook(
+                NewWebhook {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    events: vec![EventType::Updated],
+                    enabled: true,
+                    secret: "whsec_test".into(),
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let patch = LicensePatch {
+            customer_email: Some("a@example.com".into()),
+            ..LicensePatch::default()
+        };
+        store
+            .update_license(license.id.clone(), patch, Utc::now())
+            .await
+            .unwrap();
+        hook
+    }
+
     /// The webhook worker asks for due deliveries four times a second. With
     /// none due, asking must not make the writer commit: each commit copies
     /// the usage journal and empties every reader's page cache.
@@ -2957,29 +2983,7 @@ mod tests {
         );
 
         // A due delivery is still claimed, once, with the journal copied.
-        let hook = store
-            .create_webhook(
-                NewWebhook {
-                    url: "http://127.0.0.1:9/hook".into(),
-                    events: vec![EventType::Updated],
-                    enabled: true,
-                    secret: "whsec_test".into(),
-                },
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-        store
-            .update_license(
-                license.id.clone(),
-                LicensePatch {
-                    customer_email: Some("a@example.com".into()),
-                    ..LicensePatch::default()
-                },
-                Utc::now(),
-            )
-            .await
-            .unwrap();
+        let hook = a_delivery_due(&store, &license).await;
         let jobs = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
         assert_eq!(jobs.len(), 1, "{hook:?}");
         assert!(
@@ -3001,26 +3005,7 @@ mod tests {
     async fn leases_of_a_killed_server_are_released_at_start_up() {
         let tuning = test_tuning(WAL_RESTART_PAGES);
         let (_dir, path, store, license) = store_with_license(tuning).await;
-        store
-            .create_webhook(
-                NewWebhook {
-                    url: "http://127.0.0.1:9/hook".into(),
-                    events: vec![EventType::Updated],
-                    enabled: true,
-                    secret: "whsec_test".into(),
-                },
-                Utc::now(),
-            )
-            .await
-            .unwrap();
-        let patch = LicensePatch {
-            customer_email: Some("a@example.com".into()),
-            ..LicensePatch::default()
-        };
-        store
-            .update_license(license.id.clone(), patch, Utc::now())
-            .await
-            .unwrap();
+        a_delivery_due(&store, &license).await;
         let lease = chrono::Duration::hours(1);
         let claimed = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
         assert_eq!(claimed.len(), 1);
