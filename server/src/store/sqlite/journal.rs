@@ -181,54 +181,60 @@ fn file_header(start: u64) -> [u8; FILE_HEADER as usize] {
     header
 }
 
+/// The offset of the first record that `file`'s header gives, if it has
+/// a whole one.
+fn header_start(file: &File) -> std::io::Result<Option<u64>> {
+    let mut header = [0; FILE_HEADER as usize];
+    if file.metadata()?.len() < FILE_HEADER {
+        return Ok(None);
+    }
+    file.read_exact_at(&mut header, 0)?;
+    Ok((&header[..8] == MAGIC)
+        .then(|| u64::from_le_bytes(header[8..].try_into().expect("8 bytes"))))
+}
+
 /// Reads the layout of `file`, giving an empty one its header.
 fn layout_of(file: &mut File) -> std::io::Result<Layout> {
-    let len = file.metadata()?.len();
-    if len == 0 {
+    if file.metadata()?.len() == 0 {
         file.write_all(&file_header(0))?;
         return Ok(Layout {
             start: 0,
             header: FILE_HEADER,
         });
     }
-    let mut header = [0; FILE_HEADER as usize];
-    if len >= FILE_HEADER {
-        file.read_exact_at(&mut header, 0)?;
-    }
-    if &header[..8] == MAGIC {
-        let start = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
-        return Ok(Layout {
+    Ok(match header_start(file)? {
+        Some(start) => Layout {
             start,
             header: FILE_HEADER,
-        });
-    }
-    Ok(Layout {
-        start: 0,
-        header: 0,
+        },
+        None => Layout {
+            start: 0,
+            header: 0,
+        },
     })
 }
 
 /// Whether the file at `path` exists and starts with a whole header: a
 /// switch wrote it, under the append lock.
 fn has_header(path: &Path) -> std::io::Result<bool> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let mut header = [0; FILE_HEADER as usize];
-    Ok(file.read_exact_at(&mut header, 0).is_ok() && &header[..8] == MAGIC)
+    match File::open(path) {
+        Ok(file) => Ok(header_start(&file)?.is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `path`, a next file left by a switch that did not happen (it
+/// is never read), if there is one.
+fn remove_unused(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Opens `path` for appending (creating it) and locks it for this process.
-fn open_locked(path: &Path, truncate: bool) -> std::io::Result<File> {
-    if truncate {
-        // Left by a switch that did not happen: never read.
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
+fn open_locked(path: &Path) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -249,7 +255,7 @@ impl Journal {
     /// of mixing two journals.
     pub fn open(db: &Path, sync: bool) -> std::io::Result<Journal> {
         let path = path_for(db);
-        let mut old = open_locked(&path, false)?;
+        let mut old = open_locked(&path)?;
         let next = next_path(&path);
         let (mut file, current, unnamed) = if has_header(&next)? {
             // A switch that stopped before its rename: appends went to the
@@ -263,13 +269,9 @@ impl Journal {
                 layout: old_layout,
                 end: old_end,
             };
-            (open_locked(&next, false)?, next, Some(retired))
+            (open_locked(&next)?, next, Some(retired))
         } else {
-            if let Err(e) = std::fs::remove_file(&next) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(e);
-                }
-            }
+            remove_unused(&next)?;
             (old, path.clone(), None)
         };
         let layout = layout_of(&mut file)?;
@@ -440,7 +442,8 @@ impl Journal {
             ));
         }
         let path = next_path(&self.path);
-        let file = open_locked(&path, true)?;
+        remove_unused(&path)?;
+        let file = open_locked(&path)?;
         let reader = File::open(&path)?;
         let synced = Arc::new(file.try_clone()?);
         Ok(NextFile {
