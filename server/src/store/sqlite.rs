@@ -785,7 +785,7 @@ fn release_leases(conn: &Connection) -> Result<()> {
 /// copied from it, and the new file takes the journal's name
 /// (`finish_switch`). The old file's blocks are freed as its last handle
 /// closes. The watermark needs no reset: offsets go on from where the old
-/// file ended.
+/// file ended. Returns the watermark after the copy.
 ///
 /// Every validation that takes no seat appends to the journal on its tokio
 /// worker, so the time appends are held is a stall of every request on
@@ -794,7 +794,7 @@ fn release_leases(conn: &Connection) -> Result<()> {
 /// blocks) and the watermark reset: 3–5 ms, 28 ms once when the disk was
 /// busy, and for as long as the reset failed (a full disk: the whole
 /// server hung). A switch holds them for microseconds.
-fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()> {
+fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     if journal.switching().is_some() {
         // The last switch did not finish (its rename failed): finish it.
@@ -809,7 +809,7 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()
     let through = in_transaction(conn, |c| ingest(c, journal))?;
     finish_switch(journal, wal, through)?;
     tracing::debug!(held_us, "usage journal moved to a new file");
-    Ok(())
+    Ok(through)
 }
 
 /// Gives the journal's new file its name, which removes the old file,
@@ -892,7 +892,7 @@ fn run_writer(
             ingested = through;
             if ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
                 match rotate_journal(&conn, &journal, &wal) {
-                    Ok(()) => ingested = ingested_through(&conn).unwrap_or(ingested),
+                    Ok(through) => ingested = through,
                     Err(e) => tracing::warn!(error = %e, "moving the usage journal failed"),
                 }
             }
