@@ -779,12 +779,13 @@ fn release_leases(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Moves appends to a fresh journal file once the current one is large:
-/// with appends held off for a moment, only the file handles are swapped
-/// (`Appender::switch_to`); then the records the old file still holds are
-/// copied from it, and the new file takes the journal's name
-/// (`finish_switch`). The old file's blocks are freed as its last handle
-/// closes. The watermark needs no reset: offsets go on from where the old
+/// Moves appends to a fresh journal file (the writer, once the current
+/// one is large, does it in two steps: `switch_journal`, then
+/// `name_beside`; the stop in one): with appends held off for a moment,
+/// only the file handles are swapped (`Appender::switch_to`); then the
+/// records the old file still holds are copied from it, and the new file
+/// takes the journal's name (`finish_switch`). The old file's blocks are
+/// freed as its last handle closes. The watermark needs no reset: offsets go on from where the old
 /// file ended. Returns the watermark after the copy.
 ///
 /// Every validation that takes no seat appends to the journal on its tokio
@@ -795,6 +796,15 @@ fn release_leases(conn: &Connection) -> Result<()> {
 /// busy, and for as long as the reset failed (a full disk: the whole
 /// server hung). A switch holds them for microseconds.
 fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
+    let through = switch_journal(conn, journal, wal)?;
+    finish_switch(journal, wal, through)?;
+    Ok(through)
+}
+
+/// `rotate_journal` without the last step: the new file does not have the
+/// journal's name yet (`finish_switch`, which the writer leaves to a
+/// thread of its own, see `name_beside`).
+fn switch_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     if journal.switching().is_some() {
         // The last switch did not finish (its rename failed): finish it.
@@ -807,9 +817,34 @@ fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u6
     let held_us = held.elapsed().as_micros() as u64;
     journal.retire(retired);
     let through = in_transaction(conn, |c| ingest(c, journal))?;
-    finish_switch(journal, wal, through)?;
     tracing::debug!(held_us, "usage journal moved to a new file");
     Ok(through)
+}
+
+/// Runs `finish_switch` on a thread of its own, so that the writer goes on
+/// committing while the log is fsynced (~100 ms on a busy disk: every
+/// seat-taking validation and admin write waited that long on the writer).
+/// If it fails, or no thread can be started, the switch stays unfinished
+/// and the next one, or the stop, finishes it.
+fn name_beside(
+    journal: Arc<Journal>,
+    wal: std::path::PathBuf,
+    through: u64,
+) -> Option<std::thread::JoinHandle<()>> {
+    let started = std::thread::Builder::new()
+        .name("journal-namer".into())
+        .spawn(move || {
+            if let Err(e) = finish_switch(&journal, &wal, through) {
+                tracing::warn!(error = %e, "naming the usage journal's new file failed");
+            }
+        });
+    match started {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start a thread to name the usage journal's new file");
+            None
+        }
+    }
 }
 
 /// Gives the journal's new file its name, which removes the old file,
@@ -838,6 +873,7 @@ fn run_writer(
 ) {
     let mut folded_at = std::time::Instant::now();
     let mut ingested = 0;
+    let mut naming: Option<std::thread::JoinHandle<()>> = None;
     loop {
         let first = match jobs.recv_timeout(tuning.ingest_every) {
             Ok(job) => Some(job),
@@ -890,13 +926,25 @@ fn run_writer(
         }
         if let (Ok(()), Some(through)) = (&commit, through) {
             ingested = through;
-            if ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
-                match rotate_journal(&conn, &journal, &wal) {
-                    Ok(through) => ingested = through,
+            // While the last switch's new file is being named, `start` is
+            // still the old file's.
+            let named = naming.as_ref().is_none_or(|n| n.is_finished());
+            if named && ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
+                if let Some(namer) = naming.take() {
+                    let _ = namer.join();
+                }
+                match switch_journal(&conn, &journal, &wal) {
+                    Ok(through) => {
+                        ingested = through;
+                        naming = name_beside(journal.clone(), wal.clone(), through);
+                    }
                     Err(e) => tracing::warn!(error = %e, "moving the usage journal failed"),
                 }
             }
         }
+    }
+    if let Some(namer) = naming.take() {
+        let _ = namer.join();
     }
     close_writer(&conn, &journal, &wal);
 }
@@ -2828,6 +2876,75 @@ mod tests {
         conn.execute_batch("DROP TRIGGER full_disk").unwrap();
         in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_010);
+    }
+
+    /// Sends the writer a job that does nothing; the receiver gets whether
+    /// its batch committed.
+    fn empty_write(jobs: &mpsc::Sender<Job>) -> mpsc::Receiver<bool> {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |_| {
+            Box::new(move |commit: Result<()>| {
+                let _ = tx.send(commit.is_ok());
+            })
+        });
+        jobs.send(job).unwrap();
+        rx
+    }
+
+    /// The fsync of the log before a switched journal's new file takes its
+    /// name runs beside the writer, not on it: it took ~100 ms on a busy
+    /// disk, and every write (a seat taken, an admin change) waited that
+    /// long. Here the "log" is a FIFO, so the fsync's open blocks until
+    /// the test lets it go; it then fails (no fsync of a pipe), and the
+    /// stop finishes the switch with a real file.
+    #[tokio::test]
+    async fn writes_go_on_while_the_log_is_synced_for_a_journal_switch() {
+        let (dir, path, journal, conn) = writer_with_journal(1_000).await;
+        let slow_wal = dir.path().join("slow-wal");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&slow_wal)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo");
+        let journal = Arc::new(journal);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let tuning = Tuning {
+            rotate_bytes: 1,
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let writer = {
+            let (journal, wal) = (journal.clone(), slow_wal.clone());
+            let restart = Arc::new(AtomicBool::new(false));
+            std::thread::spawn(move || run_writer(conn, rx, restart, journal, wal, tuning))
+        };
+        let five_s = Duration::from_secs(5);
+        assert_eq!(empty_write(&jobs).recv_timeout(five_s), Ok(true));
+        let switched = std::time::Instant::now();
+        while journal.switching().is_none() && switched.elapsed() < five_s {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(journal.switching().is_some(), "the journal was switched");
+        for n in 0..5 {
+            let committed = empty_write(&jobs).recv_timeout(five_s);
+            assert_eq!(committed, Ok(true), "write {n} waited for the log's fsync");
+        }
+        assert!(journal.switching().is_some(), "named only after the fsync");
+        // Let the open through (its fsync fails), then put a file there.
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&slow_wal)
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::remove_file(&slow_wal).unwrap();
+        std::fs::write(&slow_wal, b"").unwrap();
+        drop(jobs);
+        writer.join().unwrap();
+        assert_eq!(journal.switching(), None, "the stop finished the switch");
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_000);
+        let next = format!("{}.next", journal::path_for(&path).display());
+        assert!(!Path::new(&next).exists(), "no file left unnamed");
     }
 
     /// After appends move to a new file, the old one (its name taken) is
