@@ -39,7 +39,8 @@ pub struct ServeArgs {
     /// several servers on one database (TLS by `?sslmode=`: disable, prefer (the
     /// default), require, verify-ca, verify-full; `&sslrootcert=PATH` for a private
     /// CA, `&sslrootcert=system` for a public one, i.e. verify-full against
-    /// Mozilla's roots). Default: SQLite at <data-dir>/keysmith.db.
+    /// Mozilla's roots; `&sslcert=PATH&sslkey=PATH` for a client certificate).
+    /// Default: SQLite at <data-dir>/keysmith.db.
     #[arg(long, env = "KEYSMITH_DATABASE", hide_env_values = true)]
     pub database: Option<DatabaseUrl>,
 

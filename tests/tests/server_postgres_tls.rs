@@ -1,10 +1,12 @@
 //! TLS between the server and PostgreSQL: the URL's `sslmode` (libpq's
 //! names and meanings) and `sslrootcert`, against the test PostgreSQL's own
-//! certificate.
+//! certificate; `sslcert` / `sslkey`, against a cluster the test starts
+//! that takes only clients with a certificate.
 //!
 //! PostgreSQL only: skipped, saying so, unless `KEYSMITH_TEST_DATABASE_URL` is
 //! set and names a server with `ssl = on` whose certificate file this test
-//! can read (Debian's PostgreSQL has a self-signed "snakeoil" one).
+//! can read (Debian's PostgreSQL has a self-signed "snakeoil" one); the
+//! client-certificate test also needs `pg_config`'s programs and `openssl`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,13 +72,18 @@ fn serve(db: &PgDatabase, params: &str) -> TestServer {
 /// The server's stderr when it refuses to start on `db` with `params`;
 /// panics if it is still running after 30 s (it started).
 fn refusal(db: &PgDatabase, params: &str) -> String {
+    refusal_at(&format!("{}&{params}", db.url()))
+}
+
+/// The server's stderr when it refuses to start on the database `url`.
+fn refusal_at(url: &str) -> String {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(keysmith_tests::bin_path("ks-e2e-server"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .arg("--database")
-        .arg(format!("{}&{params}", db.url()))
+        .arg(url)
         .env("KEYSMITH_ADMIN_TOKEN", ADMIN_TOKEN)
         .env(keysmith_tests::EXIT_WITH_PARENT, "1")
         .stdin(Stdio::piped())
@@ -92,11 +99,11 @@ fn refusal(db: &PgDatabase, params: &str) -> String {
         if Instant::now() > deadline {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("the server started with {params}");
+            panic!("the server started on {url}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(!status.success(), "exited 0 with {params}");
+    assert!(!status.success(), "exited 0 on {url}");
     let mut stderr = String::new();
     child
         .stderr
@@ -211,5 +218,214 @@ fn sslrootcert_system_and_require_with_a_root_file_check_the_certificate() {
         &db,
         &format!("sslmode=require&sslrootcert={}", encoded(public)),
     );
+    assert!(stderr.contains("certificate"), "{stderr}");
+}
+
+/// A PostgreSQL cluster of the test's own that takes only clients with a
+/// certificate its CA signed (`hostssl … cert`), on a free port; stopped
+/// when dropped. Needs PostgreSQL's programs (`pg_config --bindir`) and
+/// `openssl`; as root it runs them as the `postgres` user.
+struct CertCluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+/// Runs `program` with `args` (as `postgres` when this test is root);
+/// panics with its output if it fails.
+fn run_as_postgres(program: &std::path::Path, args: &[&str]) {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let mut command = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let out = command.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program:?} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `openssl` in `dir` with `command`'s words as its arguments.
+fn openssl(dir: &std::path::Path, command: &str) {
+    let out = Command::new("openssl")
+        .args(command.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl CertCluster {
+    fn start() -> Option<CertCluster> {
+        let Some(bin) = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        else {
+            eprintln!("skipped: no pg_config, so no PostgreSQL programs to start a cluster");
+            return None;
+        };
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("skipped: no openssl to make the test certificates");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        // A CA, a server certificate for 127.0.0.1 and a client one for
+        // the user `postgres` (`cert` authentication maps the CN to it).
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        openssl(
+            path,
+            &format!(
+                "req -x509 {ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=keysmith-test-CA \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
+        );
+        for (name, cn, ext) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "postgres", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(path.join(format!("{name}.ext")), ext).unwrap();
+            openssl(
+                path,
+                &format!("req {ec} -keyout {name}.key -out {name}.csr -subj /CN={cn}"),
+            );
+            openssl(
+                path,
+                &format!(
+                    "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+                     -days 2 -out {name}.crt -extfile {name}.ext"
+                ),
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for key in ["server.key", "client.key"] {
+            std::fs::set_permissions(path.join(key), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        // The cluster's files are the postgres user's (a no-op if it is us).
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(path)
+            .status();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = path.join("data");
+        run_as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = path.display();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{p}'\n\
+             ssl = on\nssl_cert_file = '{p}/server.crt'\nssl_key_file = '{p}/server.key'\n\
+             ssl_ca_file = '{p}/ca.crt'\nfsync = off\n"
+        );
+        let mut all = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        all.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), all).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+        )
+        .unwrap();
+        run_as_postgres(
+            &bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                path.join("log").to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        Some(CertCluster { dir, bin, port })
+    }
+
+    /// The cluster's URL, checking its certificate, with `params` added.
+    fn url(&self, params: &str) -> String {
+        let p = self.dir.path().display();
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=verify-full&\
+             sslrootcert={}{params}",
+            self.port,
+            encoded(&format!("{p}/ca.crt")),
+        )
+    }
+
+    fn client_cert(&self) -> String {
+        let p = self.dir.path().display();
+        format!(
+            "&sslcert={}&sslkey={}",
+            encoded(&format!("{p}/client.crt")),
+            encoded(&format!("{p}/client.key"))
+        )
+    }
+}
+
+impl Drop for CertCluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        run_as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+/// `sslcert` / `sslkey` (libpq's names): the server presents a client
+/// certificate, for a PostgreSQL that authenticates clients by one
+/// (`hostssl … cert`, which many hosted offerings can require).
+#[test]
+fn a_client_certificate_from_sslcert_and_sslkey_is_presented() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let Some(cluster) = CertCluster::start() else {
+        return;
+    };
+    let server = TestServer::start_with(ServerOptions {
+        database: Some(cluster.url(&cluster.client_cert())),
+        ..Default::default()
+    });
+    server.plan("basic", json!({"features": ["a"]}));
+    drop(server);
+    // Without one, the cluster turns the connection away.
+    let stderr = refusal_at(&cluster.url(""));
     assert!(stderr.contains("certificate"), "{stderr}");
 }

@@ -247,9 +247,10 @@ impl SslMode {
 }
 
 /// A connection URL with Keysmith's own parameters taken off: `pool_size=N`,
-/// and `sslmode` / `sslrootcert`, which Keysmith applies itself (libpq's
-/// meanings; tokio-postgres knows only three of the five modes). The rest
-/// is libpq syntax, which tokio-postgres parses.
+/// and `sslmode` / `sslrootcert` / `sslcert` / `sslkey`, which Keysmith
+/// applies itself (libpq's meanings; tokio-postgres knows only three of the
+/// five modes and no certificate file). The rest is libpq syntax, which
+/// tokio-postgres parses.
 #[derive(Debug, PartialEq, Eq)]
 struct UrlOptions {
     url: String,
@@ -258,6 +259,24 @@ struct UrlOptions {
     /// PEM file of the roots to trust instead of the built-in ones
     /// (`sslrootcert=system` asks for the built-in ones).
     ssl_root_cert: Option<String>,
+    /// PEM files of the client certificate (its chain) and its private
+    /// key, for a server that authenticates clients by certificate.
+    ssl_client: Option<ClientCert>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ClientCert {
+    cert: String,
+    key: String,
+}
+
+/// A file path given as a URL parameter (percent-encoded).
+fn path_param(name: &str, value: &str) -> anyhow::Result<String> {
+    let path = percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map_err(|_| anyhow::anyhow!("{name} is not a valid path"))?;
+    anyhow::ensure!(!path.is_empty(), "{name} is empty");
+    Ok(path.into_owned())
 }
 
 /// `sslrootcert`'s value that means the TLS implementation's own roots.
@@ -269,6 +288,7 @@ fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
         pool_size: None,
         ssl_mode: SslMode::Prefer,
         ssl_root_cert: None,
+        ssl_client: None,
     };
     let Some((base, query)) = url.split_once('?') else {
         return Ok(options);
@@ -276,6 +296,7 @@ fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
     let mut kept = Vec::new();
     let mut mode = None;
     let mut root_cert = None;
+    let (mut client_cert, mut client_key) = (None, None);
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
@@ -285,12 +306,9 @@ fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
                     Some(n.ok_or_else(|| anyhow::anyhow!("pool_size must be a positive number"))?);
             }
             "sslmode" => mode = Some(SslMode::parse(value)?),
-            "sslrootcert" => {
-                let path = percent_encoding::percent_decode_str(value)
-                    .decode_utf8()
-                    .map_err(|_| anyhow::anyhow!("sslrootcert is not a valid path"))?;
-                root_cert = Some(path.into_owned());
-            }
+            "sslrootcert" => root_cert = Some(path_param(name, value)?),
+            "sslcert" => client_cert = Some(path_param(name, value)?),
+            "sslkey" => client_key = Some(path_param(name, value)?),
             _ => kept.push(pair),
         }
     }
@@ -313,6 +331,18 @@ fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
         (None, false) => SslMode::Prefer,
     };
     options.ssl_root_cert = root_cert.filter(|_| !system);
+    // libpq would look for ~/.postgresql/postgresql.crt and .key; here
+    // the URL names both, so that what a server presents is in its config.
+    options.ssl_client = match (client_cert, client_key) {
+        (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            anyhow::bail!("sslcert needs sslkey: the client certificate's private key")
+        }
+        (None, Some(_)) => {
+            anyhow::bail!("sslkey needs sslcert: the client certificate it is the key of")
+        }
+    };
     options.url = if kept.is_empty() {
         base.to_owned()
     } else {
@@ -322,10 +352,12 @@ fn split_options(url: &str) -> anyhow::Result<UrlOptions> {
 }
 
 /// The TLS settings of `mode`: rustls (the webhooks' TLS stack too) with
-/// Mozilla's roots, or only those of `root_cert`.
+/// Mozilla's roots, or only those of `root_cert`, presenting `client` if
+/// given.
 fn tls_connector(
     mode: SslMode,
     root_cert: Option<&str>,
+    client: Option<&ClientCert>,
 ) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
     use rustls::client::WebPkiServerVerifier;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -355,11 +387,48 @@ fn tls_connector(
         chain,
         check_name: mode == SslMode::VerifyFull,
     });
-    let config = builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(client) => {
+            let (chain, key) = read_client_cert(client)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| anyhow::anyhow!("sslcert {} with sslkey: {e}", client.cert))?
+        }
+    };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The client certificate's chain and its private key (PKCS#8, PKCS#1 or
+/// SEC1 PEM). Like libpq, a key file others can read is refused: group
+/// access only for a file root owns (0640), none for anyone else.
+fn read_client_cert(
+    client: &ClientCert,
+) -> anyhow::Result<(
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use std::os::unix::fs::MetadataExt;
+    let (cert, key) = (&client.cert, &client.key);
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("reading sslcert {cert}: {e}"))?;
+    anyhow::ensure!(!chain.is_empty(), "sslcert {cert} holds no certificate");
+    let meta = std::fs::metadata(key).map_err(|e| anyhow::anyhow!("reading sslkey {key}: {e}"))?;
+    let allowed = if meta.uid() == 0 { 0o640 } else { 0o600 };
+    anyhow::ensure!(
+        meta.mode() & 0o777 & !allowed == 0,
+        "sslkey {key} can be read by others (mode {:o}): chmod 0600 it (0640 if root owns it), as libpq requires",
+        meta.mode() & 0o777
+    );
+    // The error names the file, never the key's bytes.
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("reading sslkey {key}: {e}"))?;
+    Ok((chain, key_der))
 }
 
 /// The certificate check of an `sslmode`: rustls's own (`verify-full`),
@@ -446,7 +515,11 @@ impl PostgresStore {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
-        let tls = tls_connector(options.ssl_mode, options.ssl_root_cert.as_deref())?;
+        let tls = tls_connector(
+            options.ssl_mode,
+            options.ssl_root_cert.as_deref(),
+            options.ssl_client.as_ref(),
+        )?;
         if config.get_application_name().is_none() {
             config.application_name("keysmith-server");
         }
@@ -1770,6 +1843,7 @@ mod tests {
             pool_size,
             ssl_mode,
             ssl_root_cert: None,
+            ssl_client: None,
         };
         assert_eq!(
             split("postgres://h/db"),
@@ -1823,7 +1897,25 @@ mod tests {
                 "{e}"
             );
         }
+        assert_eq!(
+            split("postgres://h/db?sslcert=%2Fc.pem&sslmode=verify-full&sslkey=%2Fk.pem"),
+            UrlOptions {
+                ssl_client: Some(ClientCert {
+                    cert: "/c.pem".into(),
+                    key: "/k.pem".into()
+                }),
+                ..plain("postgres://h/db", None, SslMode::VerifyFull)
+            }
+        );
+        for (alone, says) in [
+            ("sslcert=%2Fc.pem", "sslcert needs sslkey"),
+            ("sslkey=%2Fk.pem", "sslkey needs sslcert"),
+        ] {
+            let e = split_options(&format!("postgres://h/db?{alone}")).unwrap_err();
+            assert!(e.to_string().starts_with(says), "{e}");
+        }
         for bad in [
+            "postgres://h/db?sslcert=&sslkey=%2Fk.pem",
             "postgres://h/db?pool_size=0",
             "postgres://h/db?pool_size=many",
             "postgres://h/db?sslmode=verify",
@@ -1839,15 +1931,72 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
         let path = empty.to_str().unwrap();
-        let e = tls_connector(SslMode::VerifyFull, Some(path))
+        let e = tls_connector(SslMode::VerifyFull, Some(path), None)
             .err()
             .unwrap();
         assert!(e.to_string().contains("holds no certificate"), "{e}");
         let missing = dir.path().join("missing.pem");
-        let e = tls_connector(SslMode::VerifyCa, missing.to_str())
+        let e = tls_connector(SslMode::VerifyCa, missing.to_str(), None)
             .err()
             .unwrap();
         assert!(e.to_string().contains("reading sslrootcert"), "{e}");
-        assert!(tls_connector(SslMode::VerifyFull, None).is_ok());
+        assert!(tls_connector(SslMode::VerifyFull, None, None).is_ok());
+    }
+
+    /// `openssl req -x509 -newkey ec … -subj "/CN=keysmith unit test"`.
+    const SOME_CERTIFICATE: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBjjCCATWgAwIBAgIUIi/lYwRegZ7ijbLMK69CfFZzleMwCgYIKoZIzj0EAwIw\n\
+HTEbMBkGA1UEAwwSa2V5c21pdGggdW5pdCB0ZXN0MB4XDTI2MTIwNjE2MzMwNFoX\n\
+DTM2MTIwMzE2MzMwNFowHTEbMBkGA1UEAwwSa2V5c21pdGggdW5pdCB0ZXN0MFkw\n\
+EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEFwkdo6MxYxO2jlYz10w5F/iTgpfRnKte\n\
+WUkDgJSXR20THQVhF8Xxpy4ct48uWuGU6SkVV541sNCQH5hqlZ0QXaNTMFEwHQYD\n\
+VR0OBBYEFHmo5L8F5zZAgbWq3mhr1LfGQRM7MB8GA1UdIwQYMBaAFHmo5L8F5zZA\n\
+gbWq3mhr1LfGQRM7MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIg\n\
+AiAcv0s5bgDuFdSNzbFZT+urFBJLRFsV1/xpjV7sp28CIHeQyIzGZzcMTVd8Sogl\n\
+tEgd4uHnkNmtOJKkYYdaJAIu\n\
+-----END CERTIFICATE-----\n\
+";
+
+    /// A client key others can read is refused before it is read (libpq's
+    /// rule), and a missing or empty file is named in a clear error that
+    /// shows nothing of the key.
+    #[test]
+    fn a_client_key_others_can_read_or_a_bad_cert_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "").unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let client = ClientCert {
+            cert: cert.to_str().unwrap().into(),
+            key: key.to_str().unwrap().into(),
+        };
+        let refused = |client: &ClientCert| {
+            tls_connector(SslMode::VerifyFull, None, Some(client))
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        assert!(
+            refused(&client).contains("holds no certificate"),
+            "{}",
+            refused(&client)
+        );
+        // A certificate (self-signed, public only; the key is checked first).
+        std::fs::write(&cert, SOME_CERTIFICATE).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = refused(&client);
+        assert!(e.contains("can be read by others (mode 644)"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = refused(&client);
+        assert!(e.contains("sslcert") || e.contains("sslkey"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+        std::fs::remove_file(&key).unwrap();
+        assert!(refused(&client).contains("reading sslkey"));
     }
 }
