@@ -429,6 +429,9 @@ const INGEST_EVERY: Duration = Duration::from_millis(1000);
 /// Journal bytes past which the writer moves appends to a new file once
 /// all of the current one has been copied (about 400,000 validations).
 const JOURNAL_ROTATE_BYTES: u64 = 64 << 20;
+/// How long after a failed naming of a switched journal's new file (its
+/// fsync or rename) the writer tries again.
+const RETRY_NAMING: Duration = Duration::from_secs(10);
 
 /// The checkpoint, fold and journal settings (tests use smaller ones than
 /// `open`).
@@ -439,6 +442,9 @@ struct Tuning {
     fold_every: Duration,
     ingest_every: Duration,
     rotate_bytes: u64,
+    /// How long after a failed naming of a switched journal's new file
+    /// the writer tries again.
+    retry_naming: Duration,
 }
 
 fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
@@ -823,19 +829,22 @@ fn switch_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u6
 
 /// Runs `finish_switch` on a thread of its own, so that the writer goes on
 /// committing while the log is fsynced (~100 ms on a busy disk: every
-/// seat-taking validation and admin write waited that long on the writer).
-/// If it fails, or no thread can be started, the switch stays unfinished
-/// and the next one, or the stop, finishes it.
+/// seat-taking validation and admin write waited that long on the writer);
+/// the thread's result says whether it did. If it fails, or no thread can
+/// be started, the switch stays unfinished: the writer tries again
+/// (`Tuning::retry_naming`), and the stop finishes it.
 fn name_beside(
     journal: Arc<Journal>,
     wal: std::path::PathBuf,
     through: u64,
-) -> Option<std::thread::JoinHandle<()>> {
+) -> Option<std::thread::JoinHandle<bool>> {
     let started = std::thread::Builder::new()
         .name("journal-namer".into())
-        .spawn(move || {
-            if let Err(e) = finish_switch(&journal, &wal, through) {
+        .spawn(move || match finish_switch(&journal, &wal, through) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::warn!(error = %e, "naming the usage journal's new file failed");
+                false
             }
         });
     match started {
@@ -873,7 +882,10 @@ fn run_writer(
 ) {
     let mut folded_at = std::time::Instant::now();
     let mut ingested = 0;
-    let mut naming: Option<std::thread::JoinHandle<()>> = None;
+    // The thread naming the last switch's new file (`name_beside`), and
+    // when naming one last failed.
+    let mut naming: Option<std::thread::JoinHandle<bool>> = None;
+    let mut naming_failed: Option<std::time::Instant> = None;
     loop {
         let first = match jobs.recv_timeout(tuning.ingest_every) {
             Ok(job) => Some(job),
@@ -926,17 +938,27 @@ fn run_writer(
         }
         if let (Ok(()), Some(through)) = (&commit, through) {
             ingested = through;
-            // While the last switch's new file is being named, `start` is
-            // still the old file's.
-            let named = naming.as_ref().is_none_or(|n| n.is_finished());
-            if named && ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
-                if let Some(namer) = naming.take() {
-                    let _ = namer.join();
+            if naming.as_ref().is_some_and(|n| n.is_finished()) {
+                let named = naming.take().is_some_and(|n| n.join().unwrap_or(false));
+                if !named {
+                    naming_failed = Some(std::time::Instant::now());
                 }
+            }
+            if naming.is_some() {
+                // The last switch's new file is being named.
+            } else if journal.switching().is_some() {
+                // Its naming failed: try again, beside the writer, a while
+                // after the failure (the old file's records are copied).
+                if naming_failed.is_none_or(|at| at.elapsed() >= tuning.retry_naming) {
+                    naming = name_beside(journal.clone(), wal.clone(), ingested);
+                    naming_failed = naming.is_none().then(std::time::Instant::now);
+                }
+            } else if ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
                 match switch_journal(&conn, &journal, &wal) {
                     Ok(through) => {
                         ingested = through;
                         naming = name_beside(journal.clone(), wal.clone(), through);
+                        naming_failed = naming.is_none().then(std::time::Instant::now);
                     }
                     Err(e) => tracing::warn!(error = %e, "moving the usage journal failed"),
                 }
@@ -1036,6 +1058,7 @@ impl SqliteStore {
             fold_every: FOLD_EVERY,
             ingest_every: INGEST_EVERY,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
+            retry_naming: RETRY_NAMING,
         };
         SqliteStore::open_tuned(path, synchronous, tuning)
     }
@@ -2360,6 +2383,7 @@ mod tests {
             fold_every: TEST_CHECKPOINT_EVERY,
             ingest_every: TEST_CHECKPOINT_EVERY,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
+            retry_naming: TEST_CHECKPOINT_EVERY,
         }
     }
 
@@ -2895,8 +2919,9 @@ mod tests {
     /// name runs beside the writer, not on it: it took ~100 ms on a busy
     /// disk, and every write (a seat taken, an admin change) waited that
     /// long. Here the "log" is a FIFO, so the fsync's open blocks until
-    /// the test lets it go; it then fails (no fsync of a pipe), and the
-    /// stop finishes the switch with a real file.
+    /// the test lets it go; it then fails (no fsync of a pipe). A failed
+    /// naming is tried again a while later, beside the writer too, until a
+    /// try (with a real file there) finishes the switch.
     #[tokio::test]
     async fn writes_go_on_while_the_log_is_synced_for_a_journal_switch() {
         let (dir, path, journal, conn) = writer_with_journal(1_000).await;
@@ -2929,19 +2954,34 @@ mod tests {
             assert_eq!(committed, Ok(true), "write {n} waited for the log's fsync");
         }
         assert!(journal.switching().is_some(), "named only after the fsync");
-        // Let the open through (its fsync fails), then put a file there.
-        drop(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&slow_wal)
-                .unwrap(),
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        // Let the open through: its fsync fails (a pipe). The writer tries
+        // again a while later, beside it too: writes go on while that
+        // try's open blocks in turn.
+        let let_through = || {
+            let fifo_writer = std::fs::OpenOptions::new().write(true).open(&slow_wal);
+            drop(fifo_writer.unwrap());
+        };
+        let_through();
+        let failed = std::time::Instant::now();
+        while failed.elapsed() < Duration::from_millis(300) {
+            let committed = empty_write(&jobs).recv_timeout(five_s);
+            assert_eq!(committed, Ok(true), "a write waited for the second try");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Fail that try too (the open blocks until it comes), then put a
+        // file there: a third try finishes the switch.
+        let_through();
+        std::thread::sleep(Duration::from_millis(50));
         std::fs::remove_file(&slow_wal).unwrap();
         std::fs::write(&slow_wal, b"").unwrap();
+        let failed = std::time::Instant::now();
+        while journal.switching().is_some() && failed.elapsed() < five_s {
+            assert_eq!(empty_write(&jobs).recv_timeout(five_s), Ok(true));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(journal.switching(), None, "the switch was finished later");
         drop(jobs);
         writer.join().unwrap();
-        assert_eq!(journal.switching(), None, "the stop finished the switch");
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_000);
         let next = format!("{}.next", journal::path_for(&path).display());
         assert!(!Path::new(&next).exists(), "no file left unnamed");
