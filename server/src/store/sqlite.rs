@@ -2957,20 +2957,27 @@ mod tests {
         // Let the open through: its fsync fails (a pipe). The writer tries
         // again a while later, beside it too: writes go on while that
         // try's open blocks in turn.
-        let let_through = || {
-            let fifo_writer = std::fs::OpenOptions::new().write(true).open(&slow_wal);
-            drop(fifo_writer.unwrap());
+        let let_through = {
+            let fifo = slow_wal.clone();
+            move || drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap())
         };
-        let_through();
+        let_through.clone()();
         let failed = std::time::Instant::now();
         while failed.elapsed() < Duration::from_millis(300) {
             let committed = empty_write(&jobs).recv_timeout(five_s);
             assert_eq!(committed, Ok(true), "a write waited for the second try");
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Fail that try too (the open blocks until it comes), then put a
-        // file there: a third try finishes the switch.
-        let_through();
+        // Fail that try too, then put a file there: a third try finishes
+        // the switch. The open waits for the try, which comes after a
+        // batch: writes go on meanwhile.
+        let released = std::thread::spawn(let_through);
+        let waiting = std::time::Instant::now();
+        while !released.is_finished() && waiting.elapsed() < five_s {
+            assert_eq!(empty_write(&jobs).recv_timeout(five_s), Ok(true));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        released.join().expect("the writer tried again");
         std::thread::sleep(Duration::from_millis(50));
         std::fs::remove_file(&slow_wal).unwrap();
         std::fs::write(&slow_wal, b"").unwrap();
