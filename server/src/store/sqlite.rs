@@ -791,8 +791,9 @@ fn release_leases(conn: &Connection) -> Result<()> {
 /// only the file handles are swapped (`Appender::switch_to`); then the
 /// records the old file still holds are copied from it, and the new file
 /// takes the journal's name (`finish_switch`). The old file's blocks are
-/// freed as its last handle closes. The watermark needs no reset: offsets go on from where the old
-/// file ended. Returns the watermark after the copy.
+/// freed as its last handle closes. The watermark needs no reset: offsets
+/// go on from where the old file ended. Returns the watermark after the
+/// copy.
 ///
 /// Every validation that takes no seat appends to the journal on its tokio
 /// worker, so the time appends are held is a stall of every request on
