@@ -1074,9 +1074,7 @@ impl SqliteStore {
             .map_err(|e| anyhow::anyhow!("opening the usage journal: {e}"))?;
         let journal = Arc::new(journal);
         let conn = open_writer(path, synchronous).map_err(opening)?;
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = std::path::PathBuf::from(wal);
+        let wal = journal::with_suffix(path, "-wal");
         recover_journal(&conn, &journal, &wal).map_err(opening)?;
         release_leases(&conn).map_err(opening)?;
         let checkpoint_conn = Connection::open(path)
@@ -2991,8 +2989,8 @@ mod tests {
         drop(jobs);
         writer.join().unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_000);
-        let next = format!("{}.next", journal::path_for(&path).display());
-        assert!(!Path::new(&next).exists(), "no file left unnamed");
+        let next = journal::next_path(&journal::path_for(&path));
+        assert!(!next.exists(), "no file left unnamed");
     }
 
     /// After appends move to a new file, the old one (its name taken) is

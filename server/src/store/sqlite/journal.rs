@@ -83,6 +83,11 @@ impl Layout {
     fn position(self, offset: u64) -> u64 {
         offset - self.start + self.header
     }
+
+    /// The offset past the last record `file` (of this layout) holds.
+    fn end_of(self, file: &File) -> std::io::Result<u64> {
+        Ok(self.start + (file.metadata()?.len() - self.header))
+    }
 }
 
 pub struct Journal {
@@ -160,18 +165,22 @@ pub struct NextFile {
     synced: Arc<File>,
 }
 
-/// The journal's path for the database at `db`.
-pub fn path_for(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-usage");
+/// `path` with `suffix` added to its file name (as SQLite names its
+/// `-wal` and `-shm` files).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     PathBuf::from(name)
 }
 
+/// The journal's path for the database at `db`.
+pub fn path_for(db: &Path) -> PathBuf {
+    with_suffix(db, "-usage")
+}
+
 /// Where a switch makes the next file before it takes the journal's name.
-fn next_path(journal: &Path) -> PathBuf {
-    let mut name = journal.as_os_str().to_owned();
-    name.push(".next");
-    PathBuf::from(name)
+pub fn next_path(journal: &Path) -> PathBuf {
+    with_suffix(journal, ".next")
 }
 
 fn file_header(start: u64) -> [u8; FILE_HEADER as usize] {
@@ -262,12 +271,11 @@ impl Journal {
             // new file. The old one may hold records not copied yet; it
             // keeps its name until they are (`name`).
             let old_layout = layout_of(&mut old)?;
-            let old_end = old_layout.start + (old.metadata()?.len() - old_layout.header);
             let retired = Retired {
+                end: old_layout.end_of(&old)?,
                 _appender: old,
                 reader: File::open(&path)?,
                 layout: old_layout,
-                end: old_end,
             };
             (open_locked(&next)?, next, Some(retired))
         } else {
@@ -275,7 +283,7 @@ impl Journal {
             (old, path.clone(), None)
         };
         let layout = layout_of(&mut file)?;
-        let end = layout.start + (file.metadata()?.len() - layout.header);
+        let end = layout.end_of(&file)?;
         let syncer = if sync {
             Some(Syncer::start(file.try_clone()?)?)
         } else {
@@ -729,8 +737,8 @@ mod tests {
         assert_eq!(read.len(), 9);
     }
 
-    /// Switches `journal` to a new file, as the writer does once every
-    /// record before `copied_through` is copied; returns the old end.
+    /// Switches `journal` to a new file, as the writer does; returns the
+    /// old file's end.
     fn switch(journal: &Journal) -> u64 {
         let end = journal.len();
         let next = journal.next_file().unwrap();
