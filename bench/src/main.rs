@@ -110,8 +110,13 @@ struct Cli {
     data_root: Option<PathBuf>,
 
     /// Load generator threads (each a single-threaded runtime driving its
-    /// share of the connections).
-    #[arg(long, default_value_t = 2)]
+    /// share of the connections). One by default: on two cores shared with
+    /// the server, a second thread makes the generator wait for itself (the
+    /// two take turns at one core's share, a 4 ms scheduler tick each), a
+    /// tail that is the generator's, not the server's: `GET /healthz` p99
+    /// 4.3 ms with 2 threads, 0.8 ms with 1, the server alone on the other
+    /// core (docs/performance.md). Tables before 2026-12-06 19:00 used 2.
+    #[arg(long, default_value_t = 1)]
     client_threads: usize,
 
     /// Connections used to seed a data set.
