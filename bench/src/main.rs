@@ -64,7 +64,8 @@ struct Cli {
     warmup: u64,
 
     /// Runs per scenario, each on a fresh server and a fresh copy of the
-    /// data; the summary holds the medians.
+    /// data, taken in rounds (every scenario's first run, then every
+    /// second run, …); the summary holds the medians.
     #[arg(long, default_value_t = 1)]
     runs: usize,
 
@@ -319,25 +320,28 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         return Ok(true);
     }
 
-    let mut scenarios = Vec::new();
+    // Round robin: the first run of every scenario, then the second, and so
+    // on. These VMs drift by 10–20% within minutes, and scenarios compared
+    // with each other (flatness: 10k against 1M licenses) must not each get
+    // a different stretch of that drift.
+    let mut runs: Vec<Vec<Measurement>> = plans.iter().map(|_| Vec::new()).collect();
     let mut perf_file = cli.perf_record.clone();
-    for plan in &plans {
-        let (_, dataset, workload) = datasets
-            .iter()
-            .find(|(n, ..)| *n == plan.licenses)
-            .expect("prepared above");
-        let target = if plan.healthz {
-            Arc::new(Target::Healthz)
-        } else {
-            workload.clone()
-        };
-        let mut runs = Vec::new();
-        for run in 1..=cli.runs.max(1) {
+    for run in 1..=cli.runs.max(1) {
+        for (plan, runs) in plans.iter().zip(&mut runs) {
+            let (_, dataset, workload) = datasets
+                .iter()
+                .find(|(n, ..)| *n == plan.licenses)
+                .expect("prepared above");
+            let target = if plan.healthz {
+                Arc::new(Target::Healthz)
+            } else {
+                workload.clone()
+            };
             let measurement = measure(
                 &server,
                 usize::from(cli.servers),
                 dataset,
-                target.clone(),
+                target,
                 options(plan.connections),
                 plan.name,
                 perf_file.take(),
@@ -355,16 +359,22 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             runs.push(measurement);
         }
-        let numbers: Vec<Numbers> = runs.iter().map(|m| m.numbers).collect();
-        scenarios.push(ScenarioResult {
-            name: plan.name.to_owned(),
-            target: if plan.healthz { "healthz" } else { "validate" }.to_owned(),
-            licenses: plan.licenses,
-            connections: plan.connections,
-            median: Numbers::median(&numbers),
-            runs,
-        });
     }
+    let scenarios: Vec<ScenarioResult> = plans
+        .iter()
+        .zip(runs)
+        .map(|(plan, runs)| {
+            let numbers: Vec<Numbers> = runs.iter().map(|m| m.numbers).collect();
+            ScenarioResult {
+                name: plan.name.to_owned(),
+                target: if plan.healthz { "healthz" } else { "validate" }.to_owned(),
+                licenses: plan.licenses,
+                connections: plan.connections,
+                median: Numbers::median(&numbers),
+                runs,
+            }
+        })
+        .collect();
 
     let targets = report::check_targets(&scenarios);
     eprintln!();
