@@ -116,7 +116,7 @@ struct Cli {
     /// two take turns at one core's share, a 4 ms scheduler tick each), a
     /// tail that is the generator's, not the server's: `GET /healthz` p99
     /// 4.3 ms with 2 threads, 0.8 ms with 1, the server alone on the other
-    /// core (docs/performance.md). Tables before 2026-12-06 19:00 used 2.
+    /// core (docs/performance.md). Tables of earlier sessions used 2.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
 
