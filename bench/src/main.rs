@@ -236,6 +236,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The order of the measured runs, as (run number from 1, scenario index):
+/// in rounds, the first run of every scenario, then the second, and so on.
+/// These VMs drift by 10–20% within minutes, and scenarios compared with
+/// each other (flatness: 10k against 1M licenses) must not each get a
+/// different stretch of that drift. At least one run each.
+fn run_order(scenarios: usize, runs: usize) -> Vec<(usize, usize)> {
+    (1..=runs.max(1))
+        .flat_map(|run| (0..scenarios).map(move |index| (run, index)))
+        .collect()
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -320,45 +331,40 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         return Ok(true);
     }
 
-    // Round robin: the first run of every scenario, then the second, and so
-    // on. These VMs drift by 10–20% within minutes, and scenarios compared
-    // with each other (flatness: 10k against 1M licenses) must not each get
-    // a different stretch of that drift.
     let mut runs: Vec<Vec<Measurement>> = plans.iter().map(|_| Vec::new()).collect();
     let mut perf_file = cli.perf_record.clone();
-    for run in 1..=cli.runs.max(1) {
-        for (plan, runs) in plans.iter().zip(&mut runs) {
-            let (_, dataset, workload) = datasets
-                .iter()
-                .find(|(n, ..)| *n == plan.licenses)
-                .expect("prepared above");
-            let target = if plan.healthz {
-                Arc::new(Target::Healthz)
-            } else {
-                workload.clone()
-            };
-            let measurement = measure(
-                &server,
-                usize::from(cli.servers),
-                dataset,
-                target,
-                options(plan.connections),
-                plan.name,
-                perf_file.take(),
-            )
-            .await?;
-            eprintln!("{}", report::run_line(plan.name, run, &measurement));
-            if !measurement.is_clean() {
-                eprintln!(
-                    "!! {} unexpected answers, {} connection errors; e.g.:",
-                    measurement.unexpected, measurement.connection_errors
-                );
-                for example in &measurement.examples {
-                    eprintln!("!!   {example}");
-                }
+    for (run, index) in run_order(plans.len(), cli.runs) {
+        let plan = &plans[index];
+        let (_, dataset, workload) = datasets
+            .iter()
+            .find(|(n, ..)| *n == plan.licenses)
+            .expect("prepared above");
+        let target = if plan.healthz {
+            Arc::new(Target::Healthz)
+        } else {
+            workload.clone()
+        };
+        let measurement = measure(
+            &server,
+            usize::from(cli.servers),
+            dataset,
+            target,
+            options(plan.connections),
+            plan.name,
+            perf_file.take(),
+        )
+        .await?;
+        eprintln!("{}", report::run_line(plan.name, run, &measurement));
+        if !measurement.is_clean() {
+            eprintln!(
+                "!! {} unexpected answers, {} connection errors; e.g.:",
+                measurement.unexpected, measurement.connection_errors
+            );
+            for example in &measurement.examples {
+                eprintln!("!!   {example}");
             }
-            runs.push(measurement);
         }
+        runs[index].push(measurement);
     }
     let scenarios: Vec<ScenarioResult> = plans
         .iter()
@@ -493,4 +499,25 @@ async fn record_profile(
     }
     eprintln!("profile written to {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_go_in_rounds_across_scenarios() {
+        assert_eq!(
+            run_order(2, 3),
+            [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+        );
+        assert_eq!(run_order(3, 0), [(1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn the_generator_runs_one_thread_unless_told() {
+        assert_eq!(Cli::parse_from(["keysmith-bench"]).client_threads, 1);
+        let two = Cli::parse_from(["keysmith-bench", "--client-threads", "2"]);
+        assert_eq!(two.client_threads, 2);
+    }
 }
