@@ -364,10 +364,7 @@ fn tls_connector(
     let mut roots = rustls::RootCertStore::empty();
     match root_cert {
         Some(path) => {
-            use rustls::pki_types::{pem::PemObject, CertificateDer};
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow::anyhow!("reading sslrootcert {path}: {e}"))?;
+            let certs = pem_certificates("sslrootcert", path)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             anyhow::ensure!(added > 0, "sslrootcert {path} holds no certificate");
         }
@@ -402,6 +399,18 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// The certificates of the PEM file `path`, given as the URL parameter
+/// `param` (which errors name).
+fn pem_certificates(
+    param: &str,
+    path: &str,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("reading {param} {path}: {e}"))
+}
+
 /// The client certificate's chain and its private key (PKCS#8, PKCS#1 or
 /// SEC1 PEM). Like libpq, a key file others can read is refused: group
 /// access only for a file root owns (0640), none for anyone else.
@@ -411,12 +420,10 @@ fn read_client_cert(
     Vec<rustls::pki_types::CertificateDer<'static>>,
     rustls::pki_types::PrivateKeyDer<'static>,
 )> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
     use std::os::unix::fs::MetadataExt;
     let (cert, key) = (&client.cert, &client.key);
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("reading sslcert {cert}: {e}"))?;
+    let chain = pem_certificates("sslcert", cert)?;
     anyhow::ensure!(!chain.is_empty(), "sslcert {cert} holds no certificate");
     let meta = std::fs::metadata(key).map_err(|e| anyhow::anyhow!("reading sslkey {key}: {e}"))?;
     let allowed = if meta.uid() == 0 { 0o640 } else { 0o600 };
