@@ -3309,16 +3309,20 @@ mod tests {
         assert_eq!(counted(&activated), (3, Some(1_003)));
     }
 
+    /// Only writes copy the journal, and every batch folds.
+    fn folding_at_every_write() -> Tuning {
+        Tuning {
+            ingest_every: Duration::from_secs(3600),
+            fold_every: Duration::ZERO,
+            ..test_tuning(WAL_RESTART_PAGES)
+        }
+    }
+
     /// Every license validated in an interval gets its own count and last
     /// time, whether its counters row is new or already there.
     #[tokio::test]
     async fn a_fold_counts_each_license_of_the_interval() {
-        // Only writes copy the journal, and every batch folds.
-        let tuning = Tuning {
-            ingest_every: Duration::from_secs(3600),
-            fold_every: Duration::ZERO,
-            ..test_tuning(WAL_RESTART_PAGES)
-        };
+        let tuning = folding_at_every_write();
         let (_dir, path, store, first) = store_with_license(tuning).await;
         let mut keys = vec![first.key];
         for n in 1..3 {
@@ -3373,12 +3377,7 @@ mod tests {
     /// validation and the latest time, each counted once.
     #[tokio::test]
     async fn validation_counters_are_exact_across_the_journal_folds_and_restarts() {
-        // Only writes copy the journal, and every batch folds.
-        let tuning = Tuning {
-            ingest_every: Duration::from_secs(3600),
-            fold_every: Duration::ZERO,
-            ..test_tuning(WAL_RESTART_PAGES)
-        };
+        let tuning = folding_at_every_write();
         let (_dir, path, store, license) = store_with_license(tuning).await;
         for at in 1..=3 {
             store
