@@ -929,7 +929,18 @@ fn run_writer(
         if fold {
             folded_at = std::time::Instant::now();
         }
-        let through = match begin_with_usage(&conn, &journal, fold) {
+        // A batch without writes only copies the journal (and folds the
+        // counters). Its rows were appended after a look-up of their
+        // license, and licenses are never deleted, so SQLite's check of
+        // each row's foreign key, a look-up of the license (mostly a page
+        // read at 1M licenses), cannot fail: skip it. Batches with writes
+        // keep it, and so does the copy at start-up, where a database
+        // restored from a backup may lack a record's license. Set before
+        // every batch: a write batch begins only if no transaction is open,
+        // i.e. only if the checks were turned back on.
+        let begun = foreign_keys(&conn, !batch.is_empty())
+            .and_then(|()| begin_with_usage(&conn, &journal, fold));
+        let through = match begun {
             Ok(through) => through,
             Err(e) => {
                 tracing::error!(error = %e, "cannot begin a write transaction");
@@ -982,6 +993,18 @@ fn run_writer(
         let _ = namer.join();
     }
     close_writer(&conn, &journal, &wal);
+}
+
+/// Turns SQLite's foreign-key checks on or off for the writer's next
+/// transaction (outside a transaction: inside one it changes nothing).
+fn foreign_keys(conn: &Connection, on: bool) -> Result<()> {
+    let pragma = if on {
+        "PRAGMA foreign_keys = ON"
+    } else {
+        "PRAGMA foreign_keys = OFF"
+    };
+    conn.prepare_cached(pragma)?.execute([])?;
+    Ok(())
 }
 
 /// At a clean stop, with no request left to append: copies what the
@@ -3316,6 +3339,62 @@ mod tests {
             fold_every: Duration::ZERO,
             ..test_tuning(WAL_RESTART_PAGES)
         }
+    }
+
+    /// A batch that only copies the journal runs without SQLite's foreign-key
+    /// checks; a batch with writes has them.
+    #[tokio::test]
+    async fn only_a_copy_without_writes_skips_the_foreign_key_checks() {
+        // The writer copies the journal every few milliseconds on its own.
+        let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        // Each usage row notes whether the checks were on when it went in.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE checked (at INTEGER, on_ INTEGER); \
+                 CREATE TRIGGER note_checks AFTER INSERT ON usage BEGIN \
+                   INSERT INTO checked SELECT NEW.at, foreign_keys FROM pragma_foreign_keys; \
+                 END;",
+            )
+            .unwrap();
+        let checked = || {
+            let conn = Connection::open(&path).unwrap();
+            let mut rows = conn
+                .prepare("SELECT at, on_ FROM checked ORDER BY at")
+                .unwrap();
+            rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<(i64, bool)>>>()
+                .unwrap()
+        };
+
+        // The activation commits its row in a write batch; the next
+        // validation's row waits in the journal for the writer's copy.
+        for at in [1, 2] {
+            store.validate(validation(&license.key, at)).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        while checked().len() < 2 {
+            assert!(started.elapsed() < Duration::from_secs(10), "not copied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(checked(), [(1, true), (2, false)]);
+
+        // The next write is checked again.
+        let insert = |license_seq: i64, at: i64| {
+            store.write(move |conn| {
+                conn.execute(
+                    "INSERT INTO usage (license_seq, at, code) VALUES (?1, ?2, 'VALID')",
+                    [license_seq, at],
+                )?;
+                Ok(())
+            })
+        };
+        let seq = count(&path, "SELECT seq FROM licenses");
+        insert(seq, 3).await.unwrap();
+        assert_eq!(checked()[2], (3, true));
+        let orphan = insert(seq + 1_000, 4).await;
+        assert!(orphan.is_err(), "{orphan:?}");
     }
 
     /// Every license validated in an interval gets its own count and last
