@@ -164,6 +164,9 @@ pub struct LoadResult {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct CpuTimes {
     pub server_seconds: f64,
+    /// Of which the SQLite writer thread's (`sqlite-writer`; 0 on
+    /// PostgreSQL): the part of a validation that copies its usage row.
+    pub writer_seconds: f64,
     pub generator_seconds: f64,
     /// All CPUs' time (/proc/stat `cpu`: user through steal), in ticks.
     pub machine_ticks: u64,
@@ -184,6 +187,10 @@ impl CpuTimes {
                 .iter()
                 .map(|pid| cpu_seconds(&pid.to_string()).unwrap_or(0.0))
                 .sum(),
+            writer_seconds: server_pids
+                .iter()
+                .map(|&pid| thread_cpu_seconds(pid, WRITER_THREAD))
+                .sum(),
             generator_seconds: cpu_seconds("self").unwrap_or(0.0),
             machine_ticks,
             steal_ticks,
@@ -193,6 +200,7 @@ impl CpuTimes {
     fn since(self, earlier: CpuTimes) -> CpuTimes {
         CpuTimes {
             server_seconds: self.server_seconds - earlier.server_seconds,
+            writer_seconds: self.writer_seconds - earlier.writer_seconds,
             generator_seconds: self.generator_seconds - earlier.generator_seconds,
             machine_ticks: self.machine_ticks.saturating_sub(earlier.machine_ticks),
             steal_ticks: self.steal_ticks.saturating_sub(earlier.steal_ticks),
@@ -219,17 +227,42 @@ fn machine_and_steal_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((ticks.iter().sum(), *ticks.get(7)?))
 }
 
-/// utime + stime of a process from /proc/PID/stat (fields 14 and 15), in
-/// seconds. Linux reports them in USER_HZ ticks, which is 100 on every
-/// architecture Rust targets.
+/// The server's thread that runs SQLite's writes (its name, as in
+/// /proc/PID/task/TID/comm).
+const WRITER_THREAD: &str = "sqlite-writer";
+
+/// utime + stime of a process from /proc/PID/stat, in seconds.
 fn cpu_seconds(pid: &str) -> Option<f64> {
-    const USER_HZ: f64 = 100.0;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; count from after it.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    Some(name_and_cpu_seconds(&stat)?.1)
+}
+
+/// The CPU time of the threads of process `pid` named `name`, in seconds.
+fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    threads
+        .flatten()
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (comm, seconds) = name_and_cpu_seconds(&stat)?;
+            (comm == name).then_some(seconds)
+        })
+        .sum()
+}
+
+/// The command name (field 2) and utime + stime (fields 14 and 15, in
+/// seconds) of a /proc stat line. Linux reports the times in USER_HZ
+/// ticks, which is 100 on every architecture Rust targets.
+fn name_and_cpu_seconds(stat: &str) -> Option<(&str, f64)> {
+    const USER_HZ: f64 = 100.0;
+    // The name may hold spaces and parentheses; it ends at the last ')'.
+    let (start, end) = (stat.find('(')?, stat.rfind(')')?);
+    let mut fields = stat[end + 1..].split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
-    Some((user + system) as f64 / USER_HZ)
+    Some((&stat[start + 1..end], (user + system) as f64 / USER_HZ))
 }
 
 impl LoadResult {
@@ -519,6 +552,34 @@ mod tests {
         assert_eq!(machine_and_steal_ticks(stat), Some((1_000, 30)));
         assert_eq!(machine_and_steal_ticks("cpu0 1 2 3\n"), None);
         assert_eq!(machine_and_steal_ticks("cpu  1 2 3\n"), None);
+    }
+
+    #[test]
+    fn a_stat_line_gives_the_name_and_the_cpu_time() {
+        let stat = "42 (sqlite (w) x) S 1 42 42 0 -1 4194368 100 0 0 0 250 31 0 0 20 0 9 0";
+        assert_eq!(name_and_cpu_seconds(stat), Some(("sqlite (w) x", 2.81)));
+        assert_eq!(name_and_cpu_seconds("42 (short) S 1"), None);
+    }
+
+    #[test]
+    fn a_named_thread_s_cpu_time_is_read_from_proc() {
+        let busy = std::thread::Builder::new()
+            .name("bench-busy".into())
+            .spawn(|| {
+                let started = Instant::now();
+                let mut x = 0u64;
+                while started.elapsed() < Duration::from_millis(300) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                thread_cpu_seconds(std::process::id(), "bench-busy")
+            })
+            .unwrap();
+        let seconds = busy.join().unwrap();
+        assert!((0.1..=1.0).contains(&seconds), "{seconds} s");
+        assert_eq!(
+            thread_cpu_seconds(std::process::id(), "no-such-thread"),
+            0.0
+        );
     }
 
     #[test]

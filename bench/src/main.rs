@@ -86,6 +86,13 @@ struct Cli {
     #[arg(long)]
     server_bin: Option<PathBuf>,
 
+    /// A second server binary to compare with the first, in the same run:
+    /// every scenario runs on both, the two alternating run by run, so
+    /// that both get the same stretch of the machine's drift. Its rows
+    /// are marked `[B]`; the targets are checked on the first binary only.
+    #[arg(long, value_name = "SERVER_BIN")]
+    against: Option<PathBuf>,
+
     /// Do not build the server binary first.
     #[arg(long)]
     no_build: bool,
@@ -140,20 +147,43 @@ enum Scenario {
     Issue,
 }
 
-/// One scenario to run: a name, a data set size, connections, what to send.
+/// One scenario to run: a name, a data set size, connections, what to send,
+/// and on which server binary (`against`: the one of `--against`).
+#[derive(Debug, Clone, PartialEq)]
 struct Plan {
-    name: &'static str,
+    name: String,
     licenses: usize,
     connections: usize,
     healthz: bool,
+    against: bool,
+}
+
+/// The name of a scenario's rows on the `--against` binary.
+const AGAINST: &str = " [B]";
+
+/// With `--against`: each scenario followed by the same on the second
+/// binary, so that a round runs the two back to back.
+fn with_against(plans: Vec<Plan>) -> Vec<Plan> {
+    plans
+        .into_iter()
+        .flat_map(|plan| {
+            let other = Plan {
+                name: format!("{}{AGAINST}", plan.name),
+                against: true,
+                ..plan.clone()
+            };
+            [plan, other]
+        })
+        .collect()
 }
 
 fn plans(cli: &Cli) -> Vec<Plan> {
-    let plan = |name, licenses, connections, healthz| Plan {
-        name,
+    let plan = |name: &str, licenses, connections, healthz| Plan {
+        name: name.to_owned(),
         licenses,
         connections,
         healthz,
+        against: false,
     };
     let (large, small) = (cli.licenses, cli.small_licenses);
     match cli.scenario {
@@ -209,6 +239,9 @@ struct Results {
     command: Vec<String>,
     machine: Machine,
     server_binary: PathBuf,
+    /// `--against`: the binary of the `[B]` rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    against_binary: Option<PathBuf>,
     client_threads: usize,
     /// Server processes on the one database (`--servers`).
     servers: u16,
@@ -298,6 +331,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         database: cli.database.clone(),
         extra_args: cli.server_args.clone(),
     };
+    let against = match &cli.against {
+        Some(path) if !path.exists() => bail!("--against {}: no such file", path.display()),
+        Some(path) => Some(ServerOptions {
+            binary: path.clone(),
+            ..server.clone()
+        }),
+        None => None,
+    };
     let data_root = cli
         .data_root
         .clone()
@@ -309,7 +350,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         duration: Duration::from_secs(cli.duration),
     };
 
-    let plans = plans(&cli);
+    let plans = if against.is_some() {
+        with_against(plans(&cli))
+    } else {
+        plans(&cli)
+    };
     let mut datasets: Vec<(usize, Dataset, Arc<Target>)> = Vec::new();
     for plan in &plans {
         if datasets.iter().any(|(n, ..)| *n == plan.licenses) {
@@ -344,17 +389,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         } else {
             workload.clone()
         };
+        let plan_server = match &against {
+            Some(other) if plan.against => other,
+            _ => &server,
+        };
         let measurement = measure(
-            &server,
+            plan_server,
             usize::from(cli.servers),
             dataset,
             target,
             options(plan.connections),
-            plan.name,
+            &plan.name,
             perf_file.take(),
         )
         .await?;
-        eprintln!("{}", report::run_line(plan.name, run, &measurement));
+        eprintln!("{}", report::run_line(&plan.name, run, &measurement));
         if !measurement.is_clean() {
             eprintln!(
                 "!! {} unexpected answers, {} connection errors; e.g.:",
@@ -372,7 +421,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         .map(|(plan, runs)| {
             let numbers: Vec<Numbers> = runs.iter().map(|m| m.numbers).collect();
             ScenarioResult {
-                name: plan.name.to_owned(),
+                name: plan.name.clone(),
+                against: plan.against,
                 target: if plan.healthz { "healthz" } else { "validate" }.to_owned(),
                 licenses: plan.licenses,
                 connections: plan.connections,
@@ -395,6 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         command: std::env::args().collect(),
         machine: Machine::read(),
         server_binary: binary,
+        against_binary: cli.against.clone(),
         client_threads: cli.client_threads,
         servers: cli.servers,
         warmup_seconds: cli.warmup,
@@ -512,6 +563,24 @@ mod tests {
             [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
         );
         assert_eq!(run_order(3, 0), [(1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn against_runs_each_scenario_on_both_binaries_back_to_back() {
+        let cli = Cli::parse_from(["keysmith-bench", "--scenario", "flatness"]);
+        let plans = with_against(plans(&cli));
+        let names: Vec<_> = plans.iter().map(|p| (p.name.as_str(), p.against)).collect();
+        assert_eq!(
+            names,
+            [
+                ("flatness-small", false),
+                ("flatness-small [B]", true),
+                ("latency", false),
+                ("latency [B]", true),
+            ]
+        );
+        assert_eq!(plans[0].licenses, plans[1].licenses);
+        assert_eq!(plans[2].connections, plans[3].connections);
     }
 
     #[test]
