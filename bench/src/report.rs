@@ -43,12 +43,17 @@ pub struct Numbers {
 }
 
 impl Numbers {
-    /// Each field's median over `runs` (the upper median for an even count).
+    /// Each field's median over `runs` (for an even count, the mean of the
+    /// middle two).
     pub fn median(runs: &[Numbers]) -> Numbers {
         let m = |field: fn(&Numbers) -> f64| {
             let mut values: Vec<f64> = runs.iter().map(field).collect();
             values.sort_by(f64::total_cmp);
-            values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+            match values.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => values[n / 2],
+                n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+            }
         };
         Numbers {
             throughput_rps: m(|n| n.throughput_rps),
@@ -332,6 +337,26 @@ mod tests {
             },
             runs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        let runs = |rates: &[f64]| -> Vec<Numbers> {
+            rates
+                .iter()
+                .map(|&throughput_rps| Numbers {
+                    throughput_rps,
+                    ..Numbers::default()
+                })
+                .collect()
+        };
+        assert_eq!(Numbers::median(&runs(&[3.0, 1.0, 2.0])).throughput_rps, 2.0);
+        assert_eq!(Numbers::median(&runs(&[4.0, 1.0])).throughput_rps, 2.5);
+        assert_eq!(
+            Numbers::median(&runs(&[4.0, 1.0, 2.0, 3.0])).throughput_rps,
+            2.5
+        );
+        assert!(Numbers::median(&[]).throughput_rps.is_nan());
     }
 
     #[test]
