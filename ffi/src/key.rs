@@ -112,8 +112,10 @@ pub unsafe extern "C" fn ks_key_canonicalize(
 /// `*out_len` unless `out_len` is `NULL`. Pass it to `ks_client_validate`
 /// to take a machine seat.
 ///
-/// `KS_NO_MACHINE_ID` where the machine has no id (`/etc/machine-id`,
-/// e.g. in a minimal container): use a fingerprint of your own there.
+/// The machine id is `/etc/machine-id` on Linux, the hardware UUID on
+/// macOS, the `MachineGuid` on Windows, `/etc/hostid` on FreeBSD.
+/// `KS_NO_MACHINE_ID` where the machine has none (e.g. a minimal
+/// container): use a fingerprint of your own there.
 ///
 /// # Safety
 ///
