@@ -1557,78 +1557,113 @@ const VALIDATION_LOOKUP: &str =
      FROM licenses l INDEXED BY licenses_validate \
      JOIN plans p ON p.name = l.plan WHERE l.key = ?1";
 
-/// Looks the key up and decides; `None` for an unknown key.
-fn look_up(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> {
+/// What a validation reads of its license and plan, by key.
+struct ValidationRow {
+    seq: i64,
+    id: String,
+    status: String,
+    plan: String,
+    max_domains: Option<u32>,
+    max_machines: Option<u32>,
+    expires_at: Option<i64>,
+    activated: bool,
+    features: String,
+    grace: u32,
+    /// The seats kept in the row (`seats`); `None` past `KEPT_SEATS`, when
+    /// only the seat tables have them.
+    kept: Option<Vec<String>>,
+}
+
+impl ValidationRow {
+    /// Whether deciding `v` needs the seat tables as well as this row.
+    fn needs_seat_tables(&self, v: &ValidationInput) -> bool {
+        self.kept.is_none() && (v.domain.is_some() || v.fingerprint.is_some())
+    }
+}
+
+fn validation_row(conn: &Connection, key: &str) -> Result<Option<ValidationRow>> {
     let mut stmt = conn.prepare_cached(VALIDATION_LOOKUP)?;
-    let found = stmt
-        .query_row([&v.key], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<u32>>(4)?,
-                r.get::<_, Option<u32>>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-                r.get::<_, bool>(7)?,
-                r.get::<_, String>(8)?,
-                r.get::<_, u32>(9)?,
-                r.get::<_, Option<String>>(10)?,
-            ))
+    let row = stmt
+        .query_row([key], |r| {
+            let row = ValidationRow {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                status: r.get(2)?,
+                plan: r.get(3)?,
+                max_domains: r.get(4)?,
+                max_machines: r.get(5)?,
+                expires_at: r.get(6)?,
+                activated: r.get(7)?,
+                features: r.get(8)?,
+                grace: r.get(9)?,
+                kept: None,
+            };
+            Ok((row, r.get::<_, Option<String>>(10)?))
         })
         .optional()?;
-    let Some((
-        seq,
-        id,
-        status,
-        plan,
-        max_domains,
-        max_machines,
-        expires_at,
-        activated,
-        features,
-        grace,
-        kept,
-    )) = found
-    else {
+    let Some((mut row, kept)) = row else {
         return Ok(None);
     };
-    let expires_at = opt_time(expires_at);
-    let status = effective_status(status_of(&status)?, expires_at, v.now);
-    let kept: Option<Vec<String>> = kept.as_deref().map(serde_json::from_str).transpose()?;
-    let seats_of = |table: &SeatTable, value: &str, max: Option<u32>| match &kept {
+    row.kept = kept.as_deref().map(serde_json::from_str).transpose()?;
+    Ok(Some(row))
+}
+
+/// Looks the key up and decides; `None` for an unknown key.
+fn look_up(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> {
+    validation_row(conn, &v.key)?
+        .map(|row| decide_on(conn, v, row))
+        .transpose()
+}
+
+/// Decides `v` on its license's row, reading the seat tables only when the
+/// row does not keep its seats.
+fn decide_on(conn: &Connection, v: &ValidationInput, row: ValidationRow) -> Result<Seen> {
+    let expires_at = opt_time(row.expires_at);
+    let status = effective_status(status_of(&row.status)?, expires_at, v.now);
+    let seats_of = |table: &SeatTable, value: &str, max: Option<u32>| match &row.kept {
         Some(kept) => Ok(kept_seat(kept, table.kind, value, max)),
-        None => seats(conn, table, seq, value, max),
+        None => seats(conn, table, row.seq, value, max),
     };
     let domain_seats = v
         .domain
         .as_deref()
-        .map(|d| seats_of(&DOMAIN_SEATS, d, max_domains))
+        .map(|d| seats_of(&DOMAIN_SEATS, d, row.max_domains))
         .transpose()?;
     let machine_seats = v
         .fingerprint
         .as_deref()
-        .map(|f| seats_of(&MACHINE_SEATS, f, max_machines))
+        .map(|f| seats_of(&MACHINE_SEATS, f, row.max_machines))
         .transpose()?;
-    Ok(Some(Seen {
-        seq,
-        id,
+    Ok(Seen {
+        seq: row.seq,
+        id: row.id,
         status,
-        plan,
+        plan: row.plan,
         expires_at,
-        activated,
-        features,
-        grace,
+        activated: row.activated,
+        features: row.features,
+        grace: row.grace,
         decision: decide(status, domain_seats, machine_seats),
-    }))
+    })
 }
 
-/// Looks the key up in one snapshot of a read connection.
+/// Looks the key up on a read connection, in one snapshot. The row is one
+/// statement, which reads in a snapshot of its own; that is the whole
+/// look-up unless the license's seats are only in the seat tables, and then
+/// it runs again in a transaction, so that the row and the seats are read
+/// in the same snapshot. (A `BEGIN` and `COMMIT` around every look-up cost
+/// two statements more.)
 fn look_up_read(conn: &Connection, v: &ValidationInput) -> Result<Option<Seen>> {
-    conn.prepare_cached("BEGIN")?.execute([])?;
-    let seen = look_up(conn, v);
-    conn.prepare_cached("COMMIT")?.execute([])?;
-    seen
+    match validation_row(conn, &v.key)? {
+        None => Ok(None),
+        Some(row) if !row.needs_seat_tables(v) => decide_on(conn, v, row).map(Some),
+        Some(_) => {
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            let seen = look_up(conn, v);
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            seen
+        }
+    }
 }
 
 /// The writer's part of a validation that takes a seat or activates the
@@ -2791,6 +2826,69 @@ mod tests {
         );
         let (kept, held) = kept_and_held(&path, &limited.id);
         assert_eq!(kept, Some(held));
+    }
+
+    thread_local! {
+        static TRACED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// The statements `look_up_read` runs for `v` on a read connection:
+    /// `row` for the license's row, `seats` for a seat table, else the SQL.
+    fn statements_of_a_read_look_up(path: &Path, v: &ValidationInput) -> (Code, Vec<String>) {
+        let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        TRACED.with_borrow_mut(Vec::clear);
+        conn.trace(Some(|sql| {
+            TRACED.with_borrow_mut(|t| t.push(sql.to_owned()))
+        }));
+        let seen = look_up_read(&conn, v).unwrap().unwrap();
+        conn.trace(None);
+        assert!(conn.is_autocommit(), "no transaction left open");
+        let label = |sql: String| match sql {
+            _ if sql.contains("INDEXED BY licenses_validate") => "row".to_owned(),
+            _ if sql.contains("FROM license_domains") || sql.contains("FROM license_machines") => {
+                "seats".to_owned()
+            }
+            _ => sql,
+        };
+        let run = TRACED.with_borrow_mut(std::mem::take);
+        (seen.decision.code, run.into_iter().map(label).collect())
+    }
+
+    /// A look-up on a read connection is one statement when the license
+    /// keeps its seats in its row (every license up to `KEPT_SEATS`); past
+    /// that it reads the row and the seat tables in one transaction.
+    #[tokio::test]
+    async fn a_read_look_up_is_one_statement_unless_it_needs_the_seat_tables() {
+        let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        let key = license.key.as_str();
+        let with_seat = seat_validation(key, Some("a.example"), Some("fp-1"));
+        assert_eq!(
+            store.validate(with_seat.clone()).await.unwrap().code,
+            Code::Valid
+        );
+        let (code, run) = statements_of_a_read_look_up(&path, &with_seat);
+        assert_eq!((code, run), (Code::Valid, vec!["row".to_owned()]));
+
+        for n in 0..KEPT_SEATS {
+            let domain = format!("d{n}.example");
+            let v = seat_validation(key, Some(&domain), None);
+            assert_eq!(store.validate(v).await.unwrap().code, Code::Valid);
+        }
+        assert_eq!(
+            kept_and_held(&path, &license.id).0,
+            None,
+            "seats no longer kept"
+        );
+        let (code, run) = statements_of_a_read_look_up(&path, &with_seat);
+        assert_eq!(code, Code::Valid);
+        assert_eq!(
+            run,
+            ["row", "BEGIN", "row", "seats", "seats", "COMMIT"],
+            "{run:?}"
+        );
+        // Without a seat asked about, the row alone decides.
+        let (code, run) = statements_of_a_read_look_up(&path, &validation(key, 1_000));
+        assert_eq!((code, run.len()), (Code::Valid, 1));
     }
 
     /// A database at schema `version` (the first `version` migrations),
