@@ -384,7 +384,7 @@ impl ReadPool {
 /// Page cache sizes, as SQLite takes them (negative: KiB). Together they
 /// stay well under the 150 MB memory budget (16 idle readers at most).
 const WRITER_CACHE_KIB: i64 = -32 * 1024;
-const READER_CACHE_KIB: i64 = -4 * 1024;
+pub const READER_CACHE_KIB: i64 = -4 * 1024;
 
 /// Whether any event was raised before `?1` (`prune_events`).
 const EVENTS_BEFORE: &str = "SELECT 1 FROM events INDEXED BY events_by_time WHERE created_at < ?1";
@@ -1547,11 +1547,12 @@ impl Seen {
     }
 }
 
-/// What a validation reads of its license and plan. `INDEXED BY`: the
-/// planner prefers the unique index on `key`, which then needs the table
-/// row too (one more random page at 1M licenses: 8% of a validation's CPU
-/// in an A/B, docs/performance.md).
-const VALIDATION_LOOKUP: &str =
+/// What a validation reads of its license and plan, by key (`?1`).
+/// `INDEXED BY`: the planner prefers the unique index on `key`, which then
+/// needs the table row too (one more random page at 1M licenses: 8% of a
+/// validation's CPU in an A/B, docs/performance.md). Public for the
+/// micro-benchmarks (bench/benches/store.rs).
+pub const VALIDATION_LOOKUP: &str =
     "SELECT l.seq, l.id, l.status, l.plan, l.max_domains, l.max_machines, l.expires_at, \
      l.activated_at IS NOT NULL, p.features, p.offline_grace_days, l.seats \
      FROM licenses l INDEXED BY licenses_validate \
