@@ -1558,7 +1558,7 @@ pub const VALIDATION_LOOKUP: &str =
      FROM licenses l INDEXED BY licenses_validate \
      JOIN plans p ON p.name = l.plan WHERE l.key = ?1";
 
-/// What a validation reads of its license and plan, by key.
+/// A row of `VALIDATION_LOOKUP`.
 struct ValidationRow {
     seq: i64,
     id: String,
