@@ -88,8 +88,10 @@ struct Cli {
 
     /// A second server binary to compare with the first, in the same run:
     /// every scenario runs on both, the two alternating run by run, so
-    /// that both get the same stretch of the machine's drift. Its rows
-    /// are marked `[B]`; the targets are checked on the first binary only.
+    /// that both get the same stretch of the machine's drift, and which
+    /// goes first swapped every round (A B, B A, A B, …), so that neither
+    /// always gets the first place of a pair. Its rows are marked `[B]`;
+    /// the targets are checked on the first binary only.
     #[arg(long, value_name = "SERVER_BIN")]
     against: Option<PathBuf>,
 
@@ -274,9 +276,17 @@ fn main() -> ExitCode {
 /// These VMs drift by 10–20% within minutes, and scenarios compared with
 /// each other (flatness: 10k against 1M licenses) must not each get a
 /// different stretch of that drift. At least one run each.
-fn run_order(scenarios: usize, runs: usize) -> Vec<(usize, usize)> {
+///
+/// With `against` the scenarios come in pairs (`with_against`: a scenario,
+/// then the same on the second binary), and every second round runs each
+/// pair the other way round: in one session the first run of a pair was
+/// the faster in seven pairs of eight, whichever binary it was.
+fn run_order(scenarios: usize, runs: usize, against: bool) -> Vec<(usize, usize)> {
     (1..=runs.max(1))
-        .flat_map(|run| (0..scenarios).map(move |index| (run, index)))
+        .flat_map(|run| {
+            let swap = against && run % 2 == 0;
+            (0..scenarios).map(move |index| (run, if swap { index ^ 1 } else { index }))
+        })
         .collect()
 }
 
@@ -378,7 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let mut runs: Vec<Vec<Measurement>> = plans.iter().map(|_| Vec::new()).collect();
     let mut perf_file = cli.perf_record.clone();
-    for (run, index) in run_order(plans.len(), cli.runs) {
+    for (run, index) in run_order(plans.len(), cli.runs, against.is_some()) {
         let plan = &plans[index];
         let (_, dataset, workload) = datasets
             .iter()
@@ -559,10 +569,32 @@ mod tests {
     #[test]
     fn runs_go_in_rounds_across_scenarios() {
         assert_eq!(
-            run_order(2, 3),
+            run_order(2, 3, false),
             [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
         );
-        assert_eq!(run_order(3, 0), [(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(run_order(3, 0, false), [(1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn against_swaps_which_binary_goes_first_every_second_round() {
+        // Two scenarios, each followed by its `[B]` run.
+        assert_eq!(
+            run_order(4, 3, true),
+            [
+                (1, 0),
+                (1, 1),
+                (1, 2),
+                (1, 3),
+                (2, 1),
+                (2, 0),
+                (2, 3),
+                (2, 2),
+                (3, 0),
+                (3, 1),
+                (3, 2),
+                (3, 3),
+            ]
+        );
     }
 
     #[test]
