@@ -522,9 +522,10 @@ impl Client {
             .await
             .map_err(network)?;
         let status = response.status();
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let timeout = status == reqwest::StatusCode::REQUEST_TIMEOUT;
+        if timeout || status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(Error::new(
-                Kind::Network { timeout: false },
+                Kind::Network { timeout },
                 format!("the server at {url} answered {status}"),
             ));
         }

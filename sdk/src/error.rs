@@ -92,13 +92,15 @@ impl Error {
     }
 
     /// The server could not be reached, did not answer in time, or answered
-    /// with a server error (5xx) or `429 Too Many Requests` — and no cached
+    /// with a server error (5xx), `408 Request Timeout` or `429 Too Many
+    /// Requests` — and no cached
     /// answer could stand in.
     pub fn is_network(&self) -> bool {
         matches!(self.inner.kind, Kind::Network { .. })
     }
 
-    /// Like [`is_network`](Self::is_network), and it was a time-out.
+    /// Like [`is_network`](Self::is_network), and it was a time-out: no
+    /// answer in time, or the server's own `408 Request Timeout`.
     pub fn is_timeout(&self) -> bool {
         matches!(self.inner.kind, Kind::Network { timeout: true })
     }

@@ -250,6 +250,7 @@ fn a_server_error_or_rate_limit_falls_back_to_the_cache() {
     for (status, body) in [
         (503, "<html>down</html>"),
         (500, ""),
+        (408, r#"{"valid":false,"code":"TIMEOUT","error":"TIMEOUT"}"#),
         (429, r#"{"valid":false,"code":"RATE_LIMITED"}"#),
         (200, "not json"),
     ] {

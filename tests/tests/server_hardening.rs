@@ -14,6 +14,8 @@ keysmith_tests::on_both_backends!(
     without_a_trusted_proxy_header_forwarded_for_is_ignored,
     slow_clients_are_dropped_and_do_not_starve_others,
     hostile_bodies_get_clear_errors_never_500,
+    text_with_a_nul_character_is_refused_never_500,
+    validate_answers_a_timeout_and_a_storage_failure_in_its_own_shape,
 );
 
 fn validate_as(server: &TestServer, ip: &str, key: &str) -> (u16, Value, Option<String>) {
@@ -194,4 +196,162 @@ fn hostile_bodies_get_clear_errors_never_500(backend: Backend) {
     }
     let (_, list) = server.admin("GET", "/licenses", None);
     assert_eq!(list["data"], json!([]), "nothing was stored");
+}
+
+/// PostgreSQL refuses a NUL character in text and in `jsonb`, SQLite takes
+/// it: both backends answer 400 before storage instead (a NUL got a 500 on
+/// PostgreSQL), and nothing is stored.
+fn text_with_a_nul_character_is_refused_never_500(backend: Backend) {
+    let server = TestServer::start_on(backend);
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let id = license["id"].as_str().expect("id");
+    let before = server.admin("GET", &format!("/licenses/{id}"), None).1;
+    let nul = "\u{0}";
+    let bodies = [
+        (
+            "POST",
+            "/api/v1/licenses".to_owned(),
+            json!({"plan": nul, "customer_email": "a@b.example"}),
+        ),
+        (
+            "POST",
+            "/api/v1/licenses".to_owned(),
+            json!({"plan": "p", "customer_email": "a@b.example", "metadata": {"k": nul}}),
+        ),
+        (
+            "POST",
+            "/api/v1/licenses".to_owned(),
+            json!({"plan": "p", "customer_email": "a@b.example", "metadata": {nul: 1}}),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/licenses/{id}"),
+            json!({"plan": nul}),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/licenses/{id}"),
+            json!({"metadata": {"nested": [nul]}}),
+        ),
+        (
+            "PUT",
+            "/api/v1/plans/q".to_owned(),
+            json!({"features": [nul]}),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks".to_owned(),
+            json!({"url": format!("http://127.0.0.1:9/{nul}")}),
+        ),
+        (
+            "POST",
+            "/api/v1/deactivate".to_owned(),
+            json!({"key": license["key"], "fingerprint": nul}),
+        ),
+    ];
+    for (method, path, body) in bodies {
+        let raw = serde_json::to_vec(&body).expect("json");
+        assert!(raw.windows(6).any(|w| w == b"\\u0000"), "{body}");
+        let (status, answer) = server.raw(method, &path, raw);
+        assert_eq!(status, 400, "{method} {path} {body}: {answer}");
+        assert_eq!(answer["error"]["code"], "BAD_REQUEST", "{answer}");
+        let message = answer["error"]["message"].as_str().expect("message");
+        assert!(message.contains("NUL"), "{message}");
+    }
+    // An escaped backslash before `u0000` is text, not a NUL.
+    let (status, created) = server.admin(
+        "POST",
+        "/licenses",
+        Some(json!({"plan": "p", "customer_email": "a@b.example", "metadata": {"k": "\\u0000"}})),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["metadata"]["k"], "\\u0000");
+    for path in [
+        "/api/v1/licenses/%00".to_owned(),
+        format!("/api/v1/licenses/{id}%00"),
+        "/api/v1/licenses/%00/usage".to_owned(),
+        format!("/api/v1/licenses/{id}/domains/a%00.example"),
+        format!("/api/v1/licenses/{id}/machines/%00"),
+        "/api/v1/plans/%00".to_owned(),
+        "/api/v1/webhooks/%00".to_owned(),
+        "/api/v1/webhooks/%00/deliveries".to_owned(),
+        "/api/v1/licenses?plan=%00".to_owned(),
+        "/api/v1/licenses?customer_email=a%00".to_owned(),
+        "/api/v1/licenses?status=%00".to_owned(),
+    ] {
+        for method in ["GET", "DELETE", "PUT"] {
+            let (status, answer) = server.raw(method, &path, b"{}".to_vec());
+            assert!(
+                (400..500).contains(&status),
+                "{method} {path}: {status} {answer}"
+            );
+            assert!(
+                answer["error"]["code"].is_string(),
+                "{method} {path}: {answer}"
+            );
+        }
+    }
+    let (_, list) = server.admin("GET", "/licenses", None);
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(
+        server.admin("GET", &format!("/licenses/{id}"), None).1,
+        before
+    );
+    let (status, plans) = server.admin("GET", "/plans", None);
+    assert_eq!(status, 200);
+    assert_eq!(plans["data"].as_array().map(Vec::len), Some(1), "{plans}");
+}
+
+/// Every `/validate` answer has the `/validate` shape (SPEC §3), also the
+/// ones no decision was reached for: a request that times out, and one
+/// whose storage fails. Management routes keep their own error shape.
+fn validate_answers_a_timeout_and_a_storage_failure_in_its_own_shape(backend: Backend) {
+    let server = TestServer::start_with(ServerOptions {
+        backend,
+        args: ["--request-timeout", "1"].map(String::from).to_vec(),
+        ..Default::default()
+    });
+    server.plan("p", json!({"features": []}));
+    let license = server.license("p", json!({}));
+    let undecided = |answer: &Value, code: &str| {
+        assert_eq!(answer["valid"], false, "{answer}");
+        assert_eq!(answer["code"], code, "{answer}");
+        assert_eq!(answer["error"], code, "{answer}");
+        assert!(answer["message"].is_string(), "{answer}");
+        assert!(answer["token"].is_null(), "{answer}");
+    };
+    // A body that never arrives in full: 408 once the request's second is up.
+    for (path, validate_shape) in [("/api/v1/validate", true), ("/api/v1/licenses", false)] {
+        let addr = server.url.trim_start_matches("http://");
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            conn,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"key\":",
+            keysmith_tests::ADMIN_TOKEN
+        )
+        .unwrap();
+        let mut raw = String::new();
+        let _ = conn.read_to_string(&mut raw);
+        assert!(raw.starts_with("HTTP/1.1 408"), "{path}: {raw}");
+        let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{path}: {e}: {raw}"));
+        if validate_shape {
+            undecided(&body, "TIMEOUT");
+        } else {
+            assert_eq!(body["error"]["code"], "TIMEOUT", "{body}");
+        }
+    }
+    // Storage that fails under the look-up (its plans table gone): 500.
+    server.execute_sql("ALTER TABLE plans RENAME TO plans_gone");
+    let (status, answer) = server.validate(json!({"key": license["key"]}));
+    assert_eq!(status, 500, "{answer}");
+    undecided(&answer, "INTERNAL");
+    assert!(
+        !answer.to_string().contains("plans"),
+        "no SQL in an answer: {answer}"
+    );
 }

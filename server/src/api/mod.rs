@@ -123,8 +123,10 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(
             move |req: Request, next: Next| async move {
+                let validate = req.uri().path() == "/api/v1/validate";
                 match tokio::time::timeout(request_timeout, next.run(req)).await {
                     Ok(response) => response,
+                    Err(_) if validate => ApiError::Timeout.into_validate_response(),
                     Err(_) => ApiError::Timeout.into_response(),
                 }
             },
@@ -189,6 +191,12 @@ impl ApiError {
         }
     }
 
+    /// Text with a NUL character, refused before storage: PostgreSQL takes
+    /// none in `text` or `jsonb`, and no field of the API needs one.
+    fn nul_text() -> ApiError {
+        ApiError::bad_request("text must not contain the NUL character (\\u0000, %00)")
+    }
+
     pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::Store(StoreError::Invalid {
             code,
@@ -203,9 +211,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, message) = match self {
+impl ApiError {
+    /// The status, code and message of the answer (logs a storage failure's
+    /// cause, which the message never holds).
+    fn parts(self) -> (StatusCode, &'static str, String) {
+        match self {
             ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -217,16 +227,11 @@ impl IntoResponse for ApiError {
                 "PAYLOAD_TOO_LARGE",
                 "the request body is too large".to_owned(),
             ),
-            ApiError::RateLimited { retry_after } => {
-                let body = ErrorBody {
-                    error: ErrorDetail {
-                        code: "RATE_LIMITED".into(),
-                        message: format!("too many requests; retry in {retry_after} s"),
-                    },
-                };
-                let headers = [(axum::http::header::RETRY_AFTER, retry_after.to_string())];
-                return (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response();
-            }
+            ApiError::RateLimited { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!("too many requests; retry in {retry_after} s"),
+            ),
             ApiError::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 "TIMEOUT",
@@ -259,14 +264,47 @@ impl IntoResponse for ApiError {
                     "internal error; see the server log".to_owned(),
                 )
             }
+        }
+    }
+
+    /// The answer in the shape of every `/validate` answer (SPEC §3), for
+    /// what stops a validation before any decision: a timeout, a storage
+    /// failure. Its `code` is then one of the management routes' codes.
+    pub fn into_validate_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        let body = serde_json::json!({
+            "valid": false,
+            "code": code,
+            "error": code,
+            "message": message,
+            "license": null,
+            "nonce": null,
+            "token": null,
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let retry_after = match self {
+            ApiError::RateLimited { retry_after } => Some(retry_after),
+            _ => None,
         };
+        let (status, code, message) = self.parts();
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
                 message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -297,6 +335,9 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Path<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Path<T>, ApiError> {
+        if parts.uri.path().contains("%00") {
+            return Err(ApiError::nul_text());
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Path(value))
@@ -323,14 +364,34 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<JsonBody<T>, ApiError> {
         let bytes = body_bytes(req, state).await?;
+        if has_nul_escape(&bytes) {
+            return Err(ApiError::nul_text());
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
 }
 
+/// Whether a JSON text has a `\u0000` escape: a NUL in one of its strings
+/// (JSON has escapes nowhere else, and a raw NUL byte is not JSON at all).
+fn has_nul_escape(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        if rest[at + 1..].starts_with(b"u0000") {
+            return true;
+        }
+        // Skips the escaped character too, so `\\u0000` is not one.
+        rest = rest.get(at + 2..).unwrap_or_default();
+    }
+    false
+}
+
 /// Parses a query string into `T`, answering failures in the error shape.
 pub fn parse_query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
+    if raw.is_some_and(|q| q.contains("%00")) {
+        return Err(ApiError::nul_text());
+    }
     serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
 }

@@ -181,7 +181,7 @@ pub async fn validate(
     };
     let outcome = match state.store.validate(input).await {
         Ok(outcome) => outcome,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return ApiError::from(e).into_validate_response(),
     };
     if outcome.code == Code::LicenseNotFound {
         state.limits.record_failure(ip);
