@@ -227,3 +227,47 @@ mod database_url_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod flag_tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// SPEC §2: every flag has an env var and `--help` explains it; the
+    /// README's table lists each flag with its env var.
+    #[test]
+    fn every_serve_flag_has_an_env_var_help_and_a_readme_row() {
+        let readme = include_str!("../../README.md");
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("a serve command");
+        let mut flags = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            flags += 1;
+            let env = arg
+                .get_env()
+                .and_then(|e| e.to_str())
+                .unwrap_or_else(|| panic!("--{long} has no env var"));
+            assert_eq!(
+                env,
+                format!("KEYSMITH_{}", long.to_uppercase().replace('-', "_")),
+                "--{long}"
+            );
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.len() > 10, "--{long} has no help: {help:?}");
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with('|') && l.contains(&format!("`--{long}`")))
+                .unwrap_or_else(|| panic!("README has no row for --{long}"));
+            assert!(
+                row.contains(&format!("`{env}`")),
+                "README's row for --{long} lacks {env}: {row}"
+            );
+        }
+        assert!(flags >= 20, "{flags} flags");
+    }
+}

@@ -80,6 +80,55 @@ fn a_valid_key_answers_valid_with_a_signed_token(backend: Backend) {
     assert!(after["last_validated_at"].is_string());
 }
 
+/// SPEC §5: "any JWT library can verify it". `jsonwebtoken` (not this
+/// project's verifier) checks a real answer's token against the key of the
+/// server's JWKS: the header (`alg`, `typ`, `kid`), the encoding, the
+/// signature and the registered claims.
+#[test]
+fn a_token_verifies_with_an_independent_jwt_library() {
+    use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
+    let server = TestServer::start();
+    server.plan("pro", json!({"features": ["sso"], "offline_grace_days": 2}));
+    let license = server.license("pro", json!({}));
+    let (status, answer) = server.validate(json!({"key": key_of(&license), "nonce": "n-1"}));
+    assert_eq!(status, 200, "{answer}");
+    let token = answer["token"].as_str().expect("a token");
+
+    let (_, jwks) = server.request("GET", "/.well-known/jwks.json", None, None);
+    let jwks: JwkSet = serde_json::from_value(jwks).expect("the JWKS is a JWK set");
+    let header = decode_header(token).expect("a JWS header");
+    assert_eq!(header.alg, Algorithm::EdDSA);
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    let kid = header.kid.expect("a kid");
+    let jwk = jwks.find(&kid).expect("the kid names a key of the JWKS");
+    let key = DecodingKey::from_jwk(jwk).expect("an Ed25519 JWK");
+    let (_, pk) = server.request("GET", "/api/v1/public-key", None, None);
+    assert_eq!(pk["key_id"], kid.as_str());
+
+    let mut rules = Validation::new(Algorithm::EdDSA);
+    rules.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
+    rules.set_issuer(&[claims(&server, &answer).iss]);
+    let data = decode::<Value>(token, &key, &rules).expect("jsonwebtoken verifies the token");
+    assert_eq!(data.claims["sub"], license["id"]);
+    assert_eq!(data.claims["valid"], true);
+    assert_eq!(data.claims["code"], "VALID");
+    assert_eq!(data.claims["nonce"], "n-1");
+    assert_eq!(data.claims["features"], json!(["sso"]));
+    let (iat, exp) = (&data.claims["iat"], &data.claims["exp"]);
+    assert!(
+        iat.is_i64() && exp.is_i64(),
+        "NumericDate integers: {iat} {exp}"
+    );
+    assert_eq!(exp.as_i64().unwrap() - iat.as_i64().unwrap(), 2 * 86_400);
+
+    // One byte of the payload changed: the same library refuses it.
+    let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+    let flipped = if parts[1].ends_with('A') { 'B' } else { 'A' };
+    parts[1].pop();
+    parts[1].push(flipped);
+    assert!(decode::<Value>(&parts.join("."), &key, &rules).is_err());
+}
+
 fn a_tampered_token_is_rejected(backend: Backend) {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
