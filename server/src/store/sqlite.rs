@@ -320,13 +320,16 @@ pub struct SqliteStore {
 }
 
 impl Drop for SqliteStore {
-    /// Stops the checkpointer, closes the queue and waits for the writer to
-    /// finish its last batch.
+    /// Stops the checkpointer, closes the read connections, closes the queue
+    /// and waits for the writer to finish its last batch. The writer's
+    /// connection is then the last one open, and closing it removes the
+    /// WAL and its `-shm` (a read-only connection closing last cannot).
     fn drop(&mut self) {
         if let Some((stop, thread)) = self.checkpointer.take() {
             drop(stop);
             let _ = thread.join();
         }
+        self.readers.idle.lock().expect("read pool lock").clear();
         let (closed, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.writer, closed));
         if let Some(thread) = self.writer_thread.take() {
@@ -2558,6 +2561,10 @@ mod tests {
         drop(store);
         assert_eq!(wal_bytes(&path), 0, "the log is copied in and cut");
         assert_eq!(journal_bytes(&path), 0, "the journal is emptied");
+        for suffix in ["-wal", "-shm"] {
+            let file = journal::with_suffix(&path, suffix);
+            assert!(!file.exists(), "{} is left behind", file.display());
+        }
         let copy = dir.path().join("alone.db");
         std::fs::copy(&path, &copy).unwrap();
         assert_eq!(count(&copy, "SELECT COUNT(*) FROM licenses"), 1);
