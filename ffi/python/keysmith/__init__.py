@@ -28,11 +28,20 @@ from datetime import datetime, timedelta, timezone
 from typing import List, Optional, Sequence, Union
 
 from . import _native
-from ._error import KS_NULL_PARAMETER, KS_OK, KeysmithError
+from ._error import (
+    KS_INVALID_ARGUMENT,
+    KS_NULL_PARAMETER,
+    KS_OK,
+    ArgumentTypeError,
+    InvalidArgumentError,
+    KeysmithError,
+)
 from ._native import library_path
 
 __all__ = [
+    "ArgumentTypeError",
     "Client",
+    "InvalidArgumentError",
     "KeysmithError",
     "Validation",
     "canonical_key",
@@ -62,9 +71,9 @@ def _check(result: int) -> None:
 def _text(value: str, name: str) -> bytes:
     """A str argument as the NUL-terminated UTF-8 the C ABI takes."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        raise ArgumentTypeError(KS_INVALID_ARGUMENT, f"{name} must be a str, not {type(value).__name__}")
     if "\0" in value:
-        raise ValueError(f"{name} must not contain a NUL character")
+        raise InvalidArgumentError(KS_INVALID_ARGUMENT, f"{name} must not contain a NUL character")
     return value.encode("utf-8")
 
 
@@ -77,7 +86,7 @@ def _key_bytes(key: str) -> bytes:
     is kept unreadable, so that the library answers KEY_MALFORMED as it does
     for any typo."""
     if not isinstance(key, str):
-        raise TypeError(f"key must be a str, not {type(key).__name__}")
+        raise ArgumentTypeError(KS_INVALID_ARGUMENT, f"key must be a str, not {type(key).__name__}")
     return key.replace("\0", "\ufffd").encode("utf-8", "replace")
 
 
@@ -214,6 +223,8 @@ class Client:
         self._busy = 0
         self._state = threading.Condition()
         if not isinstance(public_key, str):
+            if not isinstance(public_key, Sequence) or not all(isinstance(k, str) for k in public_key):
+                raise ArgumentTypeError(KS_INVALID_ARGUMENT, "public_key must be a str or a sequence of str")
             public_key = ",".join(public_key)
         lib = _native.lib()
         options = ctypes.c_void_p()

@@ -28,6 +28,18 @@ class KeysmithError(Exception):
         return self.result in (KS_NETWORK, KS_TIMEOUT)
 
 
+class InvalidArgumentError(KeysmithError, ValueError):
+    """A bad argument value (e.g. a NUL character in a string): no answer,
+    like every :class:`KeysmithError` (``KS_INVALID_ARGUMENT``), and a
+    ``ValueError`` as Python has it."""
+
+
+class ArgumentTypeError(KeysmithError, TypeError):
+    """An argument of the wrong type (e.g. ``None`` for a ``str``): no answer,
+    like every :class:`KeysmithError` (``KS_INVALID_ARGUMENT``), and a
+    ``TypeError`` as Python has it."""
+
+
 # ks_result numbers (keysmith.h): stable, never renumbered.
 KS_OK = 0
 KS_NULL_PARAMETER = 1

@@ -102,10 +102,21 @@ class LocalTests(unittest.TestCase):
                 keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", cache, timeout=0)
             with self.assertRaises(keysmith.KeysmithError):
                 keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", cache, key_prefix="no good")
-            with self.assertRaises(TypeError):
-                keysmith.Client(None, PUBLIC_KEY_SHAPED, "app", cache)  # type: ignore[arg-type]
-            with self.assertRaises(ValueError):
-                keysmith.Client("http://127.0.0.1:1\0", PUBLIC_KEY_SHAPED, "app", cache)
+            # Bad arguments are no answer: a KeysmithError (SPEC §9), and
+            # the TypeError or ValueError Python code expects.
+            bad_arguments = [
+                (TypeError, lambda: keysmith.Client(None, PUBLIC_KEY_SHAPED, "app", cache)),  # type: ignore[arg-type]
+                (TypeError, lambda: keysmith.Client("http://127.0.0.1:1", None, "app", cache)),  # type: ignore[arg-type]
+                (TypeError, lambda: keysmith.Client("http://127.0.0.1:1", [PUBLIC_KEY_SHAPED, 7], "app", cache)),  # type: ignore[list-item]
+                (ValueError, lambda: keysmith.Client("http://127.0.0.1:1\0", PUBLIC_KEY_SHAPED, "app", cache)),
+                (ValueError, lambda: keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "a\0pp", cache)),
+                (ValueError, lambda: keysmith.machine_fingerprint("a\0pp")),
+            ]
+            for python_error, call in bad_arguments:
+                with self.assertRaises(keysmith.KeysmithError) as caught:
+                    call()
+                self.assertIsInstance(caught.exception, python_error)
+                self.assertEqual(caught.exception.result_name, "KS_INVALID_ARGUMENT")
 
     def test_offline_without_cache_raises_and_typos_need_no_server(self) -> None:
         with tempfile.TemporaryDirectory() as cache:
@@ -199,6 +210,10 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(caught.exception.result_name, "KS_INVALID_ARGUMENT")
         with self.assertRaises(keysmith.KeysmithError):
             self.client.validate(self.valid_key, fingerprint="has spaces")
+        for bad in [{"domain": "shop\0.example.com"}, {"fingerprint": "m\0"}]:
+            with self.assertRaises(keysmith.KeysmithError) as caught:
+                self.client.validate(self.valid_key, **bad)
+            self.assertIsInstance(caught.exception, ValueError)
 
     def test_typo_is_an_answer_decided_locally(self) -> None:
         answer = self.client.validate(typo_of(self.valid_key))
