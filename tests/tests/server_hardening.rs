@@ -16,6 +16,7 @@ keysmith_tests::on_both_backends!(
     hostile_bodies_get_clear_errors_never_500,
     text_with_a_nul_character_is_refused_never_500,
     validate_answers_a_timeout_and_a_storage_failure_in_its_own_shape,
+    metadata_numbers_at_the_ends_of_json_read_back_as_sent,
 );
 
 fn validate_as(server: &TestServer, ip: &str, key: &str) -> (u16, Value, Option<String>) {
@@ -354,4 +355,55 @@ fn validate_answers_a_timeout_and_a_storage_failure_in_its_own_shape(backend: Ba
         !answer.to_string().contains("plans"),
         "no SQL in an answer: {answer}"
     );
+}
+
+/// Metadata numbers at the ends of what JSON (as an f64) holds are stored
+/// and read back as sent, on both backends: PostgreSQL's `jsonb` keeps
+/// them as exact decimals (`-1.7976931348623157e308` comes back as 309
+/// digits), and reading those back once failed ("number out of range": a
+/// 500 for the write, and for every later list holding the license).
+fn metadata_numbers_at_the_ends_of_json_read_back_as_sent(backend: Backend) {
+    let server = TestServer::start_on(backend);
+    server.plan("p", json!({"features": []}));
+    let numbers = [
+        f64::MAX,
+        -f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        -1.998864320788892e293,
+        0.1,
+        1e21,
+        -3.06123687044375e-177,
+        123456789012345680000000000000.0,
+    ];
+    let metadata = json!({"numbers": numbers, "nested": {"max": f64::MAX}});
+    let (status, created) = server.admin(
+        "POST",
+        "/licenses",
+        Some(json!({"plan": "p", "customer_email": "a@b.example", "metadata": metadata})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id");
+    let read_back = |answer: &Value| -> Vec<f64> {
+        answer["metadata"]["numbers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|n| n.as_f64().expect("a number"))
+            .collect()
+    };
+    assert_eq!(read_back(&created), numbers);
+    let (status, got) = server.admin("GET", &format!("/licenses/{id}"), None);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(read_back(&got), numbers);
+    assert_eq!(got["metadata"]["nested"]["max"].as_f64(), Some(f64::MAX));
+    let (status, updated) = server.admin(
+        "PUT",
+        &format!("/licenses/{id}"),
+        Some(json!({"metadata": {"numbers": numbers.map(|n| -n)}})),
+    );
+    assert_eq!(status, 200, "{updated}");
+    let (status, list) = server.admin("GET", "/licenses", None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(read_back(&list["data"][0]), numbers.map(|n| -n));
 }

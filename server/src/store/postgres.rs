@@ -1842,6 +1842,43 @@ impl Store for PostgresStore {
 mod tests {
     use super::*;
 
+    /// `jsonb` writes a number as the exact decimal of the f64 it was sent
+    /// as; the largest is 309 digits. It must read back as that f64 (a
+    /// failure here was a 500 for the write and every later read of the
+    /// license). Meaningful under `cargo test -p keysmith-server`: in a
+    /// workspace build, a test dependency turns the same feature on.
+    #[test]
+    fn a_number_as_jsonb_writes_it_reads_back() {
+        for n in [f64::MAX, -f64::MAX, 1.998_864_320_788_892e293, 5e-324] {
+            let sent = serde_json::json!({ "n": n }).to_string();
+            let as_jsonb = format!("{{\"n\": {}}}", exact_decimal(n));
+            let back: serde_json::Value =
+                serde_json::from_str(&as_jsonb).unwrap_or_else(|e| panic!("{as_jsonb}: {e}"));
+            assert_eq!(back["n"].as_f64(), Some(n), "{sent} -> {as_jsonb}");
+        }
+    }
+
+    /// `n` as PostgreSQL's `numeric` prints it: every digit, no exponent.
+    fn exact_decimal(n: f64) -> String {
+        let shortest = format!("{:e}", n.abs());
+        let (mantissa, exponent) = shortest.split_once('e').expect("an exponent");
+        let exponent: i32 = exponent.parse().expect("a number");
+        let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+        let point = exponent + 1;
+        let sign = if n < 0.0 { "-" } else { "" };
+        if point >= digits.len() as i32 {
+            format!(
+                "{sign}{digits}{}",
+                "0".repeat((point - digits.len() as i32) as usize)
+            )
+        } else if point > 0 {
+            let (int, frac) = digits.split_at(point as usize);
+            format!("{sign}{int}.{frac}")
+        } else {
+            format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
+        }
+    }
+
     #[test]
     fn keysmiths_own_parameters_are_taken_off_the_url() {
         let split = |u: &str| split_options(u).unwrap();
