@@ -93,8 +93,7 @@ impl Error {
 
     /// The server could not be reached, did not answer in time, or answered
     /// with a server error (5xx), `408 Request Timeout` or `429 Too Many
-    /// Requests` — and no cached
-    /// answer could stand in.
+    /// Requests` — and no cached answer could stand in.
     pub fn is_network(&self) -> bool {
         matches!(self.inner.kind, Kind::Network { .. })
     }
