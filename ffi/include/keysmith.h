@@ -91,7 +91,8 @@ enum ks_result
      */
     KS_NETWORK = 7,
     /**
-     * Like `KS_NETWORK`, and the request timed out.
+     * Like `KS_NETWORK`, and the request timed out (or the server answered
+     * 408 Request Timeout).
      */
     KS_TIMEOUT = 8,
     /**

@@ -42,7 +42,8 @@ pub enum ks_result {
     /// No answer: the server could not be reached (or answered 5xx / 429)
     /// and no usable cached answer exists for this request.
     KS_NETWORK = 7,
-    /// Like `KS_NETWORK`, and the request timed out.
+    /// Like `KS_NETWORK`, and the request timed out (or the server answered
+    /// 408 Request Timeout).
     KS_TIMEOUT = 8,
     /// No answer: the server's answer did not verify against the pinned
     /// public keys (forged, replayed or meant for another request) and no
