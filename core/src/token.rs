@@ -107,7 +107,10 @@ impl TokenSigner {
 
     /// Signs `claims` as a compact JWS.
     pub fn sign(&self, claims: &Claims) -> String {
-        let claims = serde_json::to_vec(claims).expect("claims serialise");
+        // Sized for a typical token's claims (~300 bytes), not grown by doubling.
+        let mut json = Vec::with_capacity(512);
+        serde_json::to_writer(&mut json, claims).expect("claims serialise");
+        let claims = json;
         let mut out = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 92);
         out.push_str(&self.header);
         URL_SAFE_NO_PAD.encode_string(claims, &mut out);

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
@@ -37,7 +38,39 @@ fn refuse(
         nonce,
         token: None,
     };
-    (status, Json(body)).into_response()
+    json_answer(status, &body, None)
+}
+
+/// Room for an answer's JSON without its token (a license summary with a
+/// few features): the body is sized once rather than grown by doubling.
+const ANSWER_CAPACITY: usize = 512;
+
+/// A byte a compact JWS may hold: base64url or the `.` between its parts,
+/// none of which JSON escapes.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+/// The answer as JSON, `token` in its last field. `body.token` must be
+/// `None`: the token (~600 bytes, a compact JWS from `TokenSigner::sign`,
+/// so base64url and dots) is written in as it is instead of going through
+/// serde_json's escaping, which looks at every byte of it.
+fn json_answer(status: StatusCode, body: &ValidateResponse, token: Option<&str>) -> Response {
+    debug_assert!(body.token.is_none());
+    let mut json = Vec::with_capacity(ANSWER_CAPACITY + token.map_or(0, str::len));
+    serde_json::to_writer(&mut json, body).expect("an answer serialises");
+    if let Some(token) = token {
+        debug_assert!(token.bytes().all(is_token_byte), "{token:?}");
+        // The last field is `"token":null`: the token takes the null's place.
+        const NULL_END: &[u8] = b"null}";
+        debug_assert!(json.ends_with(b"\"token\":null}"));
+        json.truncate(json.len() - NULL_END.len());
+        json.push(b'"');
+        json.extend_from_slice(token.as_bytes());
+        json.extend_from_slice(b"\"}");
+    }
+    let content_type = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    (status, content_type, json).into_response()
 }
 
 /// A request that passed every check that needs no storage.
@@ -115,8 +148,9 @@ fn check(state: &AppState, body: &[u8]) -> Result<Checked, Refusal> {
 }
 
 fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Option<String> {
+    // `to_str` takes visible ASCII only, so bytes are characters here.
     let value = headers.get(name)?.to_str().ok()?.trim();
-    (!value.is_empty()).then(|| value.chars().take(max).collect())
+    (!value.is_empty()).then(|| value[..value.len().min(max)].to_owned())
 }
 
 pub async fn validate(
@@ -124,8 +158,8 @@ pub async fn validate(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let headers = req.headers().clone();
-    let ip = state.client_ip(&headers, peer);
+    let headers = req.headers();
+    let ip = state.client_ip(headers, peer);
     if let Err(retry_after) = state.limits.check(ip) {
         let mut answer = refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -138,6 +172,12 @@ pub async fn validate(
             .insert(axum::http::header::RETRY_AFTER, retry_after.into());
         return answer;
     }
+    // Read before the body consumes the request (no copy of the headers).
+    let user_agent = header_text(headers, "user-agent", MAX_USER_AGENT);
+    let country = state
+        .country_header
+        .as_deref()
+        .and_then(|h| header_text(headers, h, 8));
     let body = match body_bytes(req, &state).await {
         Ok(body) => body,
         Err(ApiError::PayloadTooLarge) => {
@@ -172,11 +212,8 @@ pub async fn validate(
         domain: checked.domain.clone(),
         fingerprint: checked.fingerprint.clone(),
         ip: Some(ip.to_string()),
-        user_agent: header_text(&headers, "user-agent", MAX_USER_AGENT),
-        country: state
-            .country_header
-            .as_deref()
-            .and_then(|h| header_text(&headers, h, 8)),
+        user_agent,
+        country,
         now,
     };
     let outcome = match state.store.validate(input).await {
@@ -233,9 +270,9 @@ fn answer(state: &AppState, req: &Checked, outcome: ValidationOutcome, iat: i64)
         message: None,
         license,
         nonce: req.nonce.clone(),
-        token: Some(token),
+        token: None,
     };
-    (status, Json(body)).into_response()
+    json_answer(status, &body, Some(&token))
 }
 
 #[derive(Deserialize)]
@@ -299,4 +336,80 @@ pub async fn deactivate(
         state.limits.record_failure(ip);
     }
     Ok(Json(freed?))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use keysmith_core::wire::LicenseSummary;
+    use keysmith_core::Status;
+
+    use super::*;
+
+    async fn body_of(answer: Response) -> (StatusCode, String, Vec<u8>) {
+        let status = answer.status();
+        let content_type = answer.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
+        let body = to_bytes(answer.into_body(), usize::MAX).await.unwrap();
+        (status, content_type, body.to_vec())
+    }
+
+    /// The token written in by hand gives the bytes serde_json gives for the
+    /// whole answer, escapes of the other fields included.
+    #[tokio::test]
+    async fn an_answer_with_its_token_is_the_json_of_the_whole_answer() {
+        let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJsaWNfMSJ9.c2ln-_0";
+        let body = ValidateResponse {
+            valid: true,
+            code: Code::Valid,
+            error: None,
+            message: None,
+            license: Some(LicenseSummary {
+                id: "lic_1".into(),
+                status: Status::Active,
+                plan: "pro \"β\"\n".into(),
+                expires_at: None,
+                features: vec!["export".into(), "a\\b".into()],
+            }),
+            nonce: Some("n\u{1}".into()),
+            token: None,
+        };
+        let (status, content_type, json) =
+            body_of(json_answer(StatusCode::OK, &body, Some(token))).await;
+        let whole = ValidateResponse {
+            token: Some(token.into()),
+            ..body.clone()
+        };
+        assert_eq!(
+            (status, content_type.as_str()),
+            (StatusCode::OK, "application/json")
+        );
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            serde_json::to_string(&whole).unwrap()
+        );
+        let (_, _, unsigned) = body_of(json_answer(StatusCode::OK, &body, None)).await;
+        assert_eq!(unsigned, serde_json::to_vec(&body).unwrap());
+    }
+
+    #[test]
+    fn header_text_keeps_at_most_max_bytes_of_ascii() {
+        let mut headers = HeaderMap::new();
+        headers.insert("user-agent", HeaderValue::from_static("  MyApp/1.2  "));
+        headers.insert("x-empty", HeaderValue::from_static("   "));
+        headers.insert("x-long", HeaderValue::from_str(&"a".repeat(300)).unwrap());
+        headers.insert("x-utf8", HeaderValue::from_bytes("é".as_bytes()).unwrap());
+        assert_eq!(
+            header_text(&headers, "user-agent", 256).as_deref(),
+            Some("MyApp/1.2")
+        );
+        assert_eq!(
+            header_text(&headers, "user-agent", 5).as_deref(),
+            Some("MyApp")
+        );
+        assert_eq!(header_text(&headers, "x-empty", 256), None);
+        assert_eq!(header_text(&headers, "x-missing", 256), None);
+        assert_eq!(header_text(&headers, "x-long", 256), Some("a".repeat(256)));
+        // Not visible ASCII: not kept (nor cut inside a character).
+        assert_eq!(header_text(&headers, "x-utf8", 1), None);
+    }
 }
