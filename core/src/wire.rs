@@ -166,6 +166,40 @@ pub struct ValidateResponse {
     pub token: Option<String>,
 }
 
+impl ValidateResponse {
+    /// This answer's JSON, with `token` as its `token` field. `self.token`
+    /// must be `None`: the token (~600 bytes of a compact JWS, so base64url
+    /// and dots, which JSON never escapes) is written in as it is instead
+    /// of going through serde_json's escaping, which looks at every byte,
+    /// and the buffer is sized once. The bytes are serde_json's for the
+    /// whole answer (a unit test holds them to it). The server's way to
+    /// write an answer.
+    pub fn to_json_with(&self, token: Option<&str>) -> Vec<u8> {
+        /// Room for an answer without its token (a license summary with a
+        /// few features).
+        const CAPACITY: usize = 512;
+        debug_assert!(self.token.is_none());
+        let mut json = Vec::with_capacity(CAPACITY + token.map_or(0, str::len));
+        serde_json::to_writer(&mut json, self).expect("an answer serialises");
+        if let Some(token) = token {
+            debug_assert!(token.bytes().all(is_token_byte), "{token:?}");
+            // `token` is the last field, serialised as `"token":null`: the
+            // token takes the null's place.
+            debug_assert!(json.ends_with(b"\"token\":null}"));
+            json.truncate(json.len() - b"null}".len());
+            json.push(b'"');
+            json.extend_from_slice(token.as_bytes());
+            json.extend_from_slice(b"\"}");
+        }
+        json
+    }
+}
+
+/// A byte a compact JWS may hold: base64url or the `.` between its parts.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
 /// The license object of the management API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct License {
@@ -226,6 +260,40 @@ pub struct ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token written in by hand gives the bytes serde_json gives for
+    /// the whole answer, escapes of the other fields included.
+    #[test]
+    fn an_answer_with_its_token_is_the_json_of_the_whole_answer() {
+        let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJsaWNfMSJ9.c2ln-_0";
+        let answer = ValidateResponse {
+            valid: true,
+            code: Code::Valid,
+            error: None,
+            message: None,
+            license: Some(LicenseSummary {
+                id: "lic_1".into(),
+                status: Status::Active,
+                plan: "pro \"β\"\n".into(),
+                expires_at: None,
+                features: vec!["export".into(), "a\\b".into()],
+            }),
+            nonce: Some("n\u{1}".into()),
+            token: None,
+        };
+        let whole = ValidateResponse {
+            token: Some(token.into()),
+            ..answer.clone()
+        };
+        assert_eq!(
+            String::from_utf8(answer.to_json_with(Some(token))).unwrap(),
+            serde_json::to_string(&whole).unwrap()
+        );
+        assert_eq!(
+            answer.to_json_with(None),
+            serde_json::to_vec(&answer).unwrap()
+        );
+    }
 
     #[test]
     fn code_strings_round_trip_through_serde() {
