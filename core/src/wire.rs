@@ -167,24 +167,31 @@ pub struct ValidateResponse {
 }
 
 impl ValidateResponse {
-    /// This answer's JSON, with `token` as its `token` field. `self.token`
-    /// must be `None`: the token (~600 bytes of a compact JWS, so base64url
-    /// and dots, which JSON never escapes) is written in as it is instead
-    /// of going through serde_json's escaping, which looks at every byte,
-    /// and the buffer is sized once. The bytes are serde_json's for the
-    /// whole answer (a unit test holds them to it). The server's way to
-    /// write an answer.
+    /// This answer's JSON, with `token`, when given, as its token in place
+    /// of `self.token`. The server's way to write an answer: with
+    /// `self.token` `None`, the token is written in as it is instead of
+    /// going through serde_json's escaping, which looks at every byte of
+    /// its ~600, and the buffer is sized once. `token` must be a compact
+    /// JWS, as `TokenSigner::sign` makes them: base64url and dots, which
+    /// JSON never escapes (debug builds check). The bytes are serde_json's
+    /// for the whole answer (a unit test holds them to it).
     pub fn to_json_with(&self, token: Option<&str>) -> Vec<u8> {
         /// Room for an answer without its token (a license summary with a
         /// few features).
         const CAPACITY: usize = 512;
-        debug_assert!(self.token.is_none());
+        if token.is_some() && self.token.is_some() {
+            let unsigned = ValidateResponse {
+                token: None,
+                ..self.clone()
+            };
+            return unsigned.to_json_with(token);
+        }
         let mut json = Vec::with_capacity(CAPACITY + token.map_or(0, str::len));
         serde_json::to_writer(&mut json, self).expect("an answer serialises");
         if let Some(token) = token {
             debug_assert!(token.bytes().all(is_token_byte), "{token:?}");
-            // `token` is the last field, serialised as `"token":null`: the
-            // token takes the null's place.
+            // `token` is the last field, here `"token":null`: the token
+            // takes the null's place.
             debug_assert!(json.ends_with(b"\"token\":null}"));
             json.truncate(json.len() - b"null}".len());
             json.push(b'"');
@@ -292,6 +299,19 @@ mod tests {
         assert_eq!(
             answer.to_json_with(None),
             serde_json::to_vec(&answer).unwrap()
+        );
+        // A token given replaces one the answer has.
+        let other = ValidateResponse {
+            token: Some("x.y.z".into()),
+            ..answer.clone()
+        };
+        assert_eq!(
+            String::from_utf8(other.to_json_with(Some(token))).unwrap(),
+            serde_json::to_string(&whole).unwrap()
+        );
+        assert_eq!(
+            other.to_json_with(None),
+            serde_json::to_vec(&other).unwrap()
         );
     }
 

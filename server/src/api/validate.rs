@@ -41,8 +41,7 @@ fn refuse(
     json_answer(status, &body, None)
 }
 
-/// The answer as JSON (`ValidateResponse::to_json_with`), `token` in its
-/// last field; `body.token` must be `None`.
+/// The answer as JSON, with `token` (`ValidateResponse::to_json_with`).
 fn json_answer(status: StatusCode, body: &ValidateResponse, token: Option<&str>) -> Response {
     let content_type = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
     (status, content_type, body.to_json_with(token)).into_response()
