@@ -292,27 +292,18 @@ mod tests {
             token: Some(token.into()),
             ..answer.clone()
         };
-        assert_eq!(
-            String::from_utf8(answer.to_json_with(Some(token))).unwrap(),
-            serde_json::to_string(&whole).unwrap()
-        );
-        assert_eq!(
-            answer.to_json_with(None),
-            serde_json::to_vec(&answer).unwrap()
-        );
-        // A token given replaces one the answer has.
-        let other = ValidateResponse {
+        // The server's case (no token yet) and one whose token is replaced.
+        let signed = ValidateResponse {
             token: Some("x.y.z".into()),
             ..answer.clone()
         };
-        assert_eq!(
-            String::from_utf8(other.to_json_with(Some(token))).unwrap(),
-            serde_json::to_string(&whole).unwrap()
-        );
-        assert_eq!(
-            other.to_json_with(None),
-            serde_json::to_vec(&other).unwrap()
-        );
+        for base in [answer, signed] {
+            assert_eq!(
+                String::from_utf8(base.to_json_with(Some(token))).unwrap(),
+                serde_json::to_string(&whole).unwrap()
+            );
+            assert_eq!(base.to_json_with(None), serde_json::to_vec(&base).unwrap());
+        }
     }
 
     #[test]
