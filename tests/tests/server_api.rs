@@ -534,7 +534,10 @@ fn usage_history_is_newest_first_paginated_with_totals(backend: Backend) {
         "a.example",
     ] {
         http.post(format!("{}/api/v1/validate", server.url))
-            .header("user-agent", "MyApp/1.2")
+            .header(
+                "user-agent",
+                reqwest::header::HeaderValue::from_bytes("MyApp/1.2 (Zürich)".as_bytes()).unwrap(),
+            )
             .header("CF-IPCountry", "DE")
             .json(&json!({"key": key, "domain": domain, "fingerprint": "fp-1"}))
             .send()
@@ -555,7 +558,7 @@ fn usage_history_is_newest_first_paginated_with_totals(backend: Backend) {
             rec["user_agent"].as_str(),
             rec["country"].as_str()
         ),
-        (Some("127.0.0.1"), Some("MyApp/1.2"), Some("DE"))
+        (Some("127.0.0.1"), Some("MyApp/1.2 (Zürich)"), Some("DE"))
     );
     assert!(rec["at"].is_string());
     assert_eq!(

@@ -121,10 +121,17 @@ fn check(state: &AppState, body: &[u8]) -> Result<Checked, Refusal> {
     })
 }
 
+/// A header's value as text, trimmed and cut to at most `max` bytes between
+/// characters; bytes that are not UTF-8 become U+FFFD. `None` when empty.
 fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Option<String> {
-    // `to_str` takes visible ASCII only, so bytes are characters here.
-    let value = headers.get(name)?.to_str().ok()?.trim();
-    (!value.is_empty()).then(|| value[..value.len().min(max)].to_owned())
+    let text = String::from_utf8_lossy(headers.get(name)?.as_bytes());
+    let value = text.trim();
+    let mut end = value.len().min(max);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let value = &value[..end];
+    (!value.is_empty()).then(|| value.to_owned())
 }
 
 pub async fn validate(
@@ -338,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn header_text_keeps_at_most_max_bytes_of_ascii() {
+    fn header_text_keeps_at_most_max_bytes_of_text() {
         let mut headers = HeaderMap::new();
         headers.insert("user-agent", HeaderValue::from_static("  MyApp/1.2  "));
         headers.insert("x-empty", HeaderValue::from_static("   "));
@@ -355,7 +362,20 @@ mod tests {
         assert_eq!(header_text(&headers, "x-empty", 256), None);
         assert_eq!(header_text(&headers, "x-missing", 256), None);
         assert_eq!(header_text(&headers, "x-long", 256), Some("a".repeat(256)));
-        // Not visible ASCII: not kept (nor cut inside a character).
+        // UTF-8 is kept, and cut only between characters.
+        assert_eq!(header_text(&headers, "x-utf8", 8).as_deref(), Some("é"));
         assert_eq!(header_text(&headers, "x-utf8", 1), None);
+        headers.insert(
+            "x-mixed",
+            HeaderValue::from_bytes("Zürich".as_bytes()).unwrap(),
+        );
+        assert_eq!(header_text(&headers, "x-mixed", 2).as_deref(), Some("Z"));
+        assert_eq!(header_text(&headers, "x-mixed", 3).as_deref(), Some("Zü"));
+        // Bytes that are not UTF-8 (Latin-1 "é") become U+FFFD.
+        headers.insert("x-latin1", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert_eq!(
+            header_text(&headers, "x-latin1", 256).as_deref(),
+            Some("caf\u{fffd}")
+        );
     }
 }
