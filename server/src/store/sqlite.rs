@@ -385,12 +385,8 @@ impl ReadPool {
 }
 
 /// Page cache sizes, as SQLite takes them (negative: KiB). Together they
-/// stay under the 150 MB memory budget (16 idle readers at most; 97 MiB
-/// resident under load at 1M licenses). The writer's holds, between two
-/// commits, the pages its paced copies of the journal change (the
-/// by-license usage index and the counters: ~40 MB at 1M licenses), so
-/// that each is read once a commit: with 32 MiB the copies cost 20% more.
-const WRITER_CACHE_KIB: i64 = -64 * 1024;
+/// stay well under the 150 MB memory budget (16 idle readers at most).
+const WRITER_CACHE_KIB: i64 = -32 * 1024;
 pub const READER_CACHE_KIB: i64 = -4 * 1024;
 
 /// Whether any event was raised before `?1` (`prune_events`).
@@ -430,12 +426,9 @@ const CATCH_UP_PASSES: usize = 8;
 /// How often the writer folds new usage rows into the validation counters
 /// (`fold_usage`), between two batches.
 const FOLD_EVERY: Duration = Duration::from_millis(1000);
-/// How often, at the least, the writer commits the usage journal's records
-/// into the `usage` table (it also does at every batch of writes).
+/// How often, at the least, the writer copies the usage journal into the
+/// `usage` table (it also does at every batch of writes).
 const INGEST_EVERY: Duration = Duration::from_millis(1000);
-/// How often the writer copies the journal's new records into the open
-/// transaction in between (`Writer::copy_paced`).
-const COPY_PACE: Duration = Duration::from_millis(10);
 /// Journal bytes past which the writer moves appends to a new file once
 /// all of the current one has been copied (about 400,000 validations).
 const JOURNAL_ROTATE_BYTES: u64 = 64 << 20;
@@ -451,9 +444,6 @@ struct Tuning {
     checkpoint_every: Duration,
     fold_every: Duration,
     ingest_every: Duration,
-    /// While the journal grows, how often the writer copies its new
-    /// records into the open copy transaction.
-    pace: Duration,
     rotate_bytes: u64,
     /// How long after a failed naming of a switched journal's new file
     /// the writer tries again.
@@ -906,48 +896,53 @@ fn run_writer(
     wal: std::path::PathBuf,
     tuning: Tuning,
 ) {
-    let mut w = Writer {
-        conn,
-        journal,
-        wal,
-        tuning,
-        folded_at: std::time::Instant::now(),
-        ingested: 0,
-        copying: None,
-        copy_failed: None,
-        naming: None,
-        naming_failed: None,
-    };
+    let mut folded_at = std::time::Instant::now();
+    let mut ingested = 0;
+    // The thread naming the last switch's new file (`name_beside`), and
+    // when naming one last failed.
+    let mut naming: Option<std::thread::JoinHandle<bool>> = None;
+    let mut naming_failed: Option<std::time::Instant> = None;
     loop {
-        // While the journal grows, its records are copied every `pace`
-        // into one open transaction (`copy_paced`), not all at once.
-        let wait = if w.copying.is_some() || w.journal.len() > w.ingested {
-            w.tuning.pace
-        } else {
-            w.tuning.ingest_every
-        };
-        let first = match jobs.recv_timeout(wait) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                w.copy_paced(&restart);
-                continue;
-            }
+        let first = match jobs.recv_timeout(tuning.ingest_every) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) if journal.len() > ingested => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        // Writes run with the foreign-key checks the copy goes without, and
-        // a write's caller waits for its commit: end the copy first.
-        w.commit_copy();
-        checkpoint_if_asked(&w.conn, &restart);
-        let mut batch: Vec<Job> = vec![first];
+        if restart.swap(false, Ordering::Relaxed) {
+            // The checkpointer has copied most of the log; copying the rest
+            // here, with no write in flight, lets the next batch restart it.
+            let started = std::time::Instant::now();
+            match passive_checkpoint(&conn) {
+                Ok((log, copied)) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(log, copied, ms, "checkpoint before a WAL restart");
+                }
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint in the writer failed"),
+            }
+        }
+        let mut batch: Vec<Job> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let fold = w.fold_due();
-        let begun =
-            foreign_keys(&w.conn, true).and_then(|()| begin_with_usage(&w.conn, &w.journal, fold));
+        let fold = folded_at.elapsed() >= tuning.fold_every;
+        if fold {
+            folded_at = std::time::Instant::now();
+        }
+        // A batch without writes only copies the journal (and folds the
+        // counters). Its rows were appended after a look-up of their
+        // license, and licenses are never deleted, so SQLite's check of
+        // each row's foreign key, a look-up of the license (mostly a page
+        // read at 1M licenses), cannot fail: skip it. Batches with writes
+        // keep it, and so does the copy at start-up, where a database
+        // restored from a backup may lack a record's license. Set before
+        // every batch: a write batch begins only if no transaction is open,
+        // i.e. only if the checks were turned back on.
+        let begun = foreign_keys(&conn, !batch.is_empty())
+            .and_then(|()| begin_with_usage(&conn, &journal, fold));
         let through = match begun {
             Ok(through) => through,
             Err(e) => {
@@ -959,200 +954,48 @@ fn run_writer(
                 continue;
             }
         };
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&w.conn)).collect();
-        let commit = w.conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
         if let Err(e) = &commit {
             tracing::error!(error = %e, "write transaction failed to commit");
-            let _ = w.conn.execute_batch("ROLLBACK");
+            let _ = conn.execute_batch("ROLLBACK");
         }
         for done in completions {
             done(commit.clone());
         }
         if let (Ok(()), Some(through)) = (&commit, through) {
-            w.committed(through);
+            ingested = through;
+            if naming.as_ref().is_some_and(|n| n.is_finished()) {
+                let named = naming.take().is_some_and(|n| n.join().unwrap_or(false));
+                if !named {
+                    naming_failed = Some(std::time::Instant::now());
+                }
+            }
+            if naming.is_some() {
+                // The last switch's new file is being named.
+            } else if journal.switching().is_some() {
+                // Its naming failed: try again, beside the writer, a while
+                // after the failure (the old file's records are copied).
+                if naming_failed.is_none_or(|at| at.elapsed() >= tuning.retry_naming) {
+                    naming = name_beside(journal.clone(), wal.clone(), ingested);
+                    naming_failed = naming.is_none().then(std::time::Instant::now);
+                }
+            } else if ingested.saturating_sub(journal.start()) >= tuning.rotate_bytes {
+                match switch_journal(&conn, &journal, &wal) {
+                    Ok(through) => {
+                        ingested = through;
+                        naming = name_beside(journal.clone(), wal.clone(), through);
+                        naming_failed = naming.is_none().then(std::time::Instant::now);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "moving the usage journal failed"),
+                }
+            }
         }
     }
-    w.commit_copy();
-    if let Some(namer) = w.naming.take() {
+    if let Some(namer) = naming.take() {
         let _ = namer.join();
     }
-    close_writer(&w.conn, &w.journal, &w.wal);
-}
-
-/// A copy of the usage journal in progress: a transaction open since
-/// `since`, with the records up to `through` copied in.
-struct Copying {
-    since: std::time::Instant,
-    through: u64,
-}
-
-/// The writer thread's state between batches.
-struct Writer {
-    conn: Connection,
-    journal: Arc<Journal>,
-    wal: std::path::PathBuf,
-    tuning: Tuning,
-    folded_at: std::time::Instant,
-    /// The journal's watermark as last committed.
-    ingested: u64,
-    copying: Option<Copying>,
-    /// When a copy last failed: the next waits `ingest_every` (writes
-    /// still copy the journal first).
-    copy_failed: Option<std::time::Instant>,
-    /// The thread naming the last switch's new file (`name_beside`), and
-    /// when naming one last failed.
-    naming: Option<std::thread::JoinHandle<bool>>,
-    naming_failed: Option<std::time::Instant>,
-}
-
-impl Writer {
-    /// Whether the counters are due to be folded; if so, they count as
-    /// folded from now.
-    fn fold_due(&mut self) -> bool {
-        let due = self.folded_at.elapsed() >= self.tuning.fold_every;
-        if due {
-            self.folded_at = std::time::Instant::now();
-        }
-        due
-    }
-
-    /// With no write waiting: copies the journal's new records into the
-    /// open copy transaction (beginning one if needed), and commits it once
-    /// it is `ingest_every` old. A second of records copied at once held a
-    /// core for 150-300 ms at 45,000 validations a second, and the requests
-    /// waiting for that core made most of the p99 (docs/performance.md);
-    /// in slices every `pace` the same work leaves the cores to them. The
-    /// records are committed as often as before, so the pages they change
-    /// are written to the log no more often.
-    fn copy_paced(&mut self, restart: &AtomicBool) {
-        if self.copying.is_none() {
-            let failed_lately = self
-                .copy_failed
-                .is_some_and(|at| at.elapsed() < self.tuning.ingest_every);
-            if self.journal.len() <= self.ingested || failed_lately {
-                return;
-            }
-            checkpoint_if_asked(&self.conn, restart);
-            // Its rows were appended after a look-up of their license, and
-            // licenses are never deleted, so SQLite's check of each row's
-            // foreign key, a look-up of the license (mostly a page read at
-            // 1M licenses), cannot fail: skip it. Writes turn it back on
-            // (the pragma takes effect only outside a transaction). The
-            // copy at start-up keeps it: a database restored from a backup
-            // may lack a record's license.
-            let begun = foreign_keys(&self.conn, false).and_then(|()| {
-                self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-                Ok(())
-            });
-            if let Err(e) = begun {
-                tracing::error!(error = %e, "cannot begin copying the usage journal");
-                return;
-            }
-            self.copying = Some(Copying {
-                since: std::time::Instant::now(),
-                through: self.ingested,
-            });
-        }
-        match ingest(&self.conn, &self.journal) {
-            Ok(through) => {
-                if let Some(copying) = &mut self.copying {
-                    copying.through = through;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "copying the usage journal failed");
-                self.copying = None;
-                self.copy_failed = Some(std::time::Instant::now());
-                let _ = self.conn.execute_batch("ROLLBACK");
-                return;
-            }
-        }
-        if self
-            .copying
-            .as_ref()
-            .is_some_and(|c| c.since.elapsed() >= self.tuning.ingest_every)
-        {
-            self.commit_copy();
-        }
-    }
-
-    /// Commits the open copy transaction, if any, with the counters folded
-    /// when that is due.
-    fn commit_copy(&mut self) {
-        let Some(copying) = self.copying.take() else {
-            return;
-        };
-        let fold = self.fold_due();
-        let folded = if fold {
-            fold_usage(&self.conn).map(|_| ())
-        } else {
-            Ok(())
-        };
-        let commit = folded.and_then(|()| {
-            self.conn.execute_batch("COMMIT")?;
-            Ok(())
-        });
-        match commit {
-            Ok(()) => self.committed(copying.through),
-            Err(e) => {
-                tracing::warn!(error = %e, fold, "copying the usage journal failed");
-                self.copy_failed = Some(std::time::Instant::now());
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-        }
-    }
-
-    /// After a commit that moved the journal's watermark to `through`:
-    /// finishes or starts moving the journal to a new file.
-    fn committed(&mut self, through: u64) {
-        self.ingested = through;
-        if self.naming.as_ref().is_some_and(|n| n.is_finished()) {
-            let named = self
-                .naming
-                .take()
-                .is_some_and(|n| n.join().unwrap_or(false));
-            if !named {
-                self.naming_failed = Some(std::time::Instant::now());
-            }
-        }
-        if self.naming.is_some() {
-            // The last switch's new file is being named.
-        } else if self.journal.switching().is_some() {
-            // Its naming failed: try again, beside the writer, a while
-            // after the failure (the old file's records are copied).
-            if self
-                .naming_failed
-                .is_none_or(|at| at.elapsed() >= self.tuning.retry_naming)
-            {
-                self.naming = name_beside(self.journal.clone(), self.wal.clone(), self.ingested);
-                self.naming_failed = self.naming.is_none().then(std::time::Instant::now);
-            }
-        } else if self.ingested.saturating_sub(self.journal.start()) >= self.tuning.rotate_bytes {
-            match switch_journal(&self.conn, &self.journal, &self.wal) {
-                Ok(through) => {
-                    self.ingested = through;
-                    self.naming = name_beside(self.journal.clone(), self.wal.clone(), through);
-                    self.naming_failed = self.naming.is_none().then(std::time::Instant::now);
-                }
-                Err(e) => tracing::warn!(error = %e, "moving the usage journal failed"),
-            }
-        }
-    }
-}
-
-/// When the checkpointer has copied most of the log, copies the rest here,
-/// with no write in flight, so that the next transaction can restart it.
-fn checkpoint_if_asked(conn: &Connection, restart: &AtomicBool) {
-    if restart.swap(false, Ordering::Relaxed) {
-        let started = std::time::Instant::now();
-        match passive_checkpoint(conn) {
-            Ok((log, copied)) => {
-                let ms = started.elapsed().as_millis() as u64;
-                tracing::debug!(log, copied, ms, "checkpoint before a WAL restart");
-            }
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint in the writer failed"),
-        }
-    }
+    close_writer(&conn, &journal, &wal);
 }
 
 /// Turns SQLite's foreign-key checks on or off for the writer's next
@@ -1253,7 +1096,6 @@ impl SqliteStore {
             checkpoint_every: CHECKPOINT_EVERY,
             fold_every: FOLD_EVERY,
             ingest_every: INGEST_EVERY,
-            pace: COPY_PACE,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
             retry_naming: RETRY_NAMING,
         };
@@ -2613,7 +2455,6 @@ mod tests {
             checkpoint_every: TEST_CHECKPOINT_EVERY,
             fold_every: TEST_CHECKPOINT_EVERY,
             ingest_every: TEST_CHECKPOINT_EVERY,
-            pace: COPY_PACE,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
             retry_naming: TEST_CHECKPOINT_EVERY,
         }
@@ -3411,71 +3252,6 @@ mod tests {
         assert!(journal_bytes(&path) > 0);
         let usage_rows = count(&path, "SELECT COUNT(*) FROM usage");
         (dir, path, store, license, usage_rows)
-    }
-
-    /// While records keep coming and no write waits, the journal is copied
-    /// in slices, every `pace`, into one transaction committed
-    /// `ingest_every` after it began: the copy never holds a core for long
-    /// (a second of records at once did), and the pages it changes are
-    /// written no more often. A write commits the copy first, and sees
-    /// every record answered before it.
-    #[tokio::test]
-    async fn the_journal_is_copied_in_slices_and_committed_every_ingest_every() {
-        let tuning = Tuning {
-            ingest_every: Duration::from_millis(500),
-            fold_every: Duration::from_secs(3600),
-            pace: Duration::from_millis(10),
-            ..test_tuning(WAL_RESTART_PAGES)
-        };
-        let (_dir, path, store, license) = store_with_license(tuning).await;
-        // The first validation activates the license: a write, committed.
-        store
-            .validate(validation(&license.key, 1_000))
-            .await
-            .unwrap();
-        let committed = count(&path, "SELECT COUNT(*) FROM usage");
-        let reads = store.journal.reads();
-        let sent = 40;
-        for at in 0..sent {
-            store
-                .validate(validation(&license.key, 1_001 + at))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        // A second of records 25 ms apart: copied every 500 ms, that is
-        // two or three copies; in slices, dozens.
-        let copies = store.journal.reads() - reads;
-        assert!(
-            copies >= 10,
-            "{copies} copies of {sent} records 25 ms apart"
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while count(&path, "SELECT COUNT(*) FROM usage") < committed + sent {
-            assert!(std::time::Instant::now() < deadline, "never committed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-
-        // A write ends an open copy: its commit holds every record before it.
-        for at in 0..3 {
-            store
-                .validate(validation(&license.key, 2_000 + at))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        let patch = LicensePatch {
-            customer_email: Some("b@example.com".into()),
-            ..LicensePatch::default()
-        };
-        store
-            .update_license(license.id.clone(), patch, Utc::now())
-            .await
-            .unwrap();
-        assert_eq!(
-            count(&path, "SELECT COUNT(*) FROM usage"),
-            committed + sent + 3
-        );
     }
 
     /// Registers an endpoint for `license.updated` and updates `license`:

@@ -103,8 +103,6 @@ pub struct Journal {
     /// The end of the complete records (the appender's `end`, readable
     /// without its lock).
     complete: AtomicU64,
-    /// How many times `read` has run.
-    reads: AtomicU64,
     /// `--sqlite-synchronous full`: the syncer appends wait for.
     syncer: Option<Syncer>,
 }
@@ -303,7 +301,6 @@ impl Journal {
                 buf: Vec::with_capacity(512),
             }),
             complete: AtomicU64::new(end),
-            reads: AtomicU64::new(0),
             syncer,
         })
     }
@@ -408,17 +405,10 @@ impl Journal {
         self.appender.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many times `read` has run (the writer's copies).
-    #[cfg(test)]
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-
     /// Reads the complete records in `from..to` (of the old file too,
     /// while a switch has not given the new one its name); returns them
     /// and the offset just past the last one that was whole and intact.
     pub fn read(&self, from: u64, to: u64) -> std::io::Result<(Vec<Entry>, u64)> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
         let unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let (file, layout) = &*current;
