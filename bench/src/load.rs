@@ -123,13 +123,15 @@ fn with_typo(key: &str, rng: &mut StdRng) -> String {
 }
 
 /// How long to load the server and how hard.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub connections: usize,
     /// Generator threads, each with its own runtime.
     pub threads: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Where to write each measured request's send time and latency.
+    pub latency_log: Option<std::path::PathBuf>,
 }
 
 /// How many answers of one kind came back with one status and code.
@@ -278,18 +280,22 @@ struct Tally {
     unexpected: u64,
     connection_errors: u64,
     examples: Vec<String>,
+    /// Each measured request's (send time after the window's start, latency,
+    /// connection), microseconds, when `LoadOptions::latency_log` asks.
+    trace: Option<Vec<(u64, u32, u32)>>,
 }
 
 const MAX_EXAMPLES: usize = 5;
 
 impl Tally {
-    fn new() -> Tally {
+    fn new(log_latencies: bool) -> Tally {
         Tally {
             latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid bounds"),
             outcomes: Vec::new(),
             unexpected: 0,
             connection_errors: 0,
             examples: Vec::new(),
+            trace: log_latencies.then(Vec::new),
         }
     }
 
@@ -347,6 +353,9 @@ impl Tally {
         for e in other.examples {
             self.example(e);
         }
+        if let (Some(mine), Some(theirs)) = (&mut self.trace, other.trace) {
+            mine.extend(theirs);
+        }
     }
 }
 
@@ -379,6 +388,7 @@ pub async fn run(
     let window_start = begin + options.warmup;
     let window_end = window_start + options.duration;
     let answered = Arc::new(AtomicU64::new(0));
+    let log_latencies = options.latency_log.is_some();
 
     // Each generator thread runs its share of the connections on its own
     // single-threaded runtime: no work stealing, no cross-thread wake-ups.
@@ -402,9 +412,10 @@ pub async fn run(
                             window_start..window_end,
                             answered.clone(),
                             connection as u64,
+                            log_latencies,
                         ));
                     }
-                    let mut tally = Tally::new();
+                    let mut tally = Tally::new(log_latencies);
                     while let Some(done) = tasks.join_next().await {
                         tally.merge(done?);
                     }
@@ -461,7 +472,7 @@ pub async fn run(
     let cpu = CpuTimes::read(server_pids).since(cpu_at_start.unwrap_or_default());
     bar.finish_and_clear();
 
-    let mut total = Tally::new();
+    let mut total = Tally::new(options.latency_log.is_some());
     for generator in generators {
         let tally = tokio::task::spawn_blocking(move || generator.join())
             .await?
@@ -469,6 +480,10 @@ pub async fn run(
         total.merge(tally);
     }
     total.outcomes.sort_by_key(|o| (o.kind, o.status));
+    if let (Some(path), Some(trace)) = (&options.latency_log, &total.trace) {
+        write_latency_log(path, window_start, trace)
+            .map_err(|e| e.context(format!("writing {}", path.display())))?;
+    }
     Ok(LoadResult {
         seconds: options.duration.as_secs_f64(),
         latency: total.latency,
@@ -483,14 +498,35 @@ pub async fn run(
 
 /// One connection's closed loop. A request counts when it was sent and
 /// answered inside the window; a broken connection is reopened and counted.
+/// Writes `trace` as CSV: a first line with the window's start (Unix
+/// microseconds, then two zeros), then one line per request: its send time
+/// after that start, its latency (both microseconds) and its connection.
+fn write_latency_log(
+    path: &std::path::Path,
+    window_start: Instant,
+    trace: &[(u64, u32, u32)],
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let ago = Instant::now().saturating_duration_since(window_start);
+    let start = (std::time::SystemTime::now() - ago).duration_since(std::time::UNIX_EPOCH)?;
+    writeln!(f, "{},0,0", start.as_micros())?;
+    for (at, latency, connection) in trace {
+        writeln!(f, "{at},{latency},{connection}")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
 async fn drive(
     addr: SocketAddr,
     target: Arc<Target>,
     window: std::ops::Range<Instant>,
     answered: Arc<AtomicU64>,
     seed: u64,
+    log_latencies: bool,
 ) -> Tally {
-    let mut tally = Tally::new();
+    let mut tally = Tally::new(log_latencies);
     let mut rng = StdRng::seed_from_u64(rand::random::<u64>() ^ seed);
     let mut connection: Option<Connection> = None;
     while Instant::now() < window.end {
@@ -519,6 +555,13 @@ async fn drive(
                 let done = Instant::now();
                 answered.fetch_add(1, Ordering::Relaxed);
                 let measured = (sent >= window.start && done <= window.end).then(|| done - sent);
+                if let (Some(trace), Some(m)) = (&mut tally.trace, measured) {
+                    trace.push((
+                        (sent - window.start).as_micros() as u64,
+                        u32::try_from(m.as_micros()).unwrap_or(u32::MAX),
+                        seed as u32,
+                    ));
+                }
                 tally.answer(kind, status, &answer, measured);
             }
             Err(e) => {

@@ -137,6 +137,14 @@ struct Cli {
     /// (needs linux-perf) and write the profile here.
     #[arg(long)]
     perf_record: Option<PathBuf>,
+
+    /// Write every measured request of each run here as CSV (its send time
+    /// after the measured window's start and its latency, microseconds;
+    /// each run overwrites the file). `scripts/tail-timeline.py` lines them
+    /// up with the server's threads to show what the slowest ones waited
+    /// for.
+    #[arg(long)]
+    latency_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -358,6 +366,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         threads: cli.client_threads,
         warmup: Duration::from_secs(cli.warmup),
         duration: Duration::from_secs(cli.duration),
+        latency_log: cli.latency_log.clone(),
     };
 
     let plans = if against.is_some() {
