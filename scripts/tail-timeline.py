@@ -14,8 +14,10 @@ the SQLite writer was copying the usage journal (a burst of writer CPU,
 while the checkpointer ran. Linux only; the sampler costs a few percent
 of one core.
 """
+import atexit
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ if not os.access(bench, os.X_OK):
     sys.exit("build the harness first: cargo build --release -p keysmith-bench")
 
 work = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, work, ignore_errors=True)
 log = os.path.join(work, "latency.csv")
 args = [bench, "--scenario", "throughput", "--runs", "1", "--duration", "15",
         "--no-build", "--latency-log", log] + sys.argv[1:]

@@ -496,8 +496,6 @@ pub async fn run(
     })
 }
 
-/// One connection's closed loop. A request counts when it was sent and
-/// answered inside the window; a broken connection is reopened and counted.
 /// Writes `trace` as CSV: a first line with the window's start (Unix
 /// microseconds, then two zeros), then one line per request: its send time
 /// after that start, its latency (both microseconds) and its connection.
@@ -518,6 +516,8 @@ fn write_latency_log(
     Ok(())
 }
 
+/// One connection's closed loop. A request counts when it was sent and
+/// answered inside the window; a broken connection is reopened and counted.
 async fn drive(
     addr: SocketAddr,
     target: Arc<Target>,
