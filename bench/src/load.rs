@@ -472,7 +472,7 @@ pub async fn run(
     let cpu = CpuTimes::read(server_pids).since(cpu_at_start.unwrap_or_default());
     bar.finish_and_clear();
 
-    let mut total = Tally::new(options.latency_log.is_some());
+    let mut total = Tally::new(log_latencies);
     for generator in generators {
         let tally = tokio::task::spawn_blocking(move || generator.join())
             .await?
