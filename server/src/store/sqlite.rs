@@ -187,7 +187,8 @@ CREATE INDEX attempts_by_webhook ON delivery_attempts(webhook_seq, seq);
     // Validation counters leave the (wide) license row: a validation only
     // appends its usage row, and the writer folds the rows past
     // `usage_folded` into the narrow `license_counters` every
-    // `FOLD_EVERY` (see `fold_usage`). A read adds the rows not folded yet.
+    // `FOLD_EVERY`. A read adds the rows not folded yet. (Replaced by a
+    // count kept as the journal is copied in, in a later step.)
     // The watermark relies on usage rows never being deleted: a new row's
     // `seq` (rowid) is then always above every earlier one.
     r#"
@@ -273,6 +274,32 @@ CREATE INDEX attempts_by_delivery ON delivery_attempts(delivery_seq);
     // (`journal`). A server from before would misread both, so this step
     // makes it refuse the database instead.
     "UPDATE usage_journal SET ingested_through = ingested_through;",
+    // A license's usage rows are chained newest to oldest (`prev_seq`),
+    // from its counters row (`last_seq`), instead of indexed by license:
+    // at 1M licenses the index took about one random page write per
+    // validation (docs/performance.md). The writer now updates the
+    // counters as it copies the journal in (`copy_in`), so the rows not
+    // folded yet, and their watermark, are gone; the fold of those left
+    // comes first.
+    r#"
+ALTER TABLE usage ADD COLUMN prev_seq INTEGER;
+ALTER TABLE license_counters ADD COLUMN last_seq INTEGER;
+INSERT INTO license_counters (license_seq, validations, last_validated_at)
+    SELECT license_seq, n, at FROM
+        (SELECT license_seq, COUNT(*) AS n, at, MAX(seq) FROM usage
+         WHERE seq > (SELECT through_seq FROM usage_folded) GROUP BY license_seq)
+    WHERE true
+    ON CONFLICT (license_seq) DO UPDATE SET
+        validations = validations + excluded.validations,
+        last_validated_at = excluded.last_validated_at;
+UPDATE usage SET prev_seq = chained.prev FROM
+    (SELECT seq, LAG(seq) OVER (PARTITION BY license_seq ORDER BY seq) AS prev FROM usage) AS chained
+    WHERE usage.seq = chained.seq AND chained.prev IS NOT NULL;
+UPDATE license_counters SET last_seq =
+    (SELECT MAX(seq) FROM usage WHERE usage.license_seq = license_counters.license_seq);
+DROP INDEX IF EXISTS usage_by_license;
+DROP TABLE usage_folded;
+"#,
 ];
 
 /// At most this many seats of a license are kept in its row (`seats`);
@@ -423,9 +450,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(5000);
 /// that what the writer is left to copy, while every write waits, is small.
 const CAUGHT_UP: Duration = Duration::from_millis(20);
 const CATCH_UP_PASSES: usize = 8;
-/// How often the writer folds new usage rows into the validation counters
-/// (`fold_usage`), between two batches.
-const FOLD_EVERY: Duration = Duration::from_millis(1000);
 /// How often, at the least, the writer copies the usage journal into the
 /// `usage` table (it also does at every batch of writes).
 const INGEST_EVERY: Duration = Duration::from_millis(1000);
@@ -436,13 +460,12 @@ const JOURNAL_ROTATE_BYTES: u64 = 64 << 20;
 /// fsync or rename) the writer tries again.
 const RETRY_NAMING: Duration = Duration::from_secs(10);
 
-/// The checkpoint, fold and journal settings (tests use smaller ones than
+/// The checkpoint and journal settings (tests use smaller ones than
 /// `open`).
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
     restart_pages: i64,
     checkpoint_every: Duration,
-    fold_every: Duration,
     ingest_every: Duration,
     rotate_bytes: u64,
     /// How long after a failed naming of a switched journal's new file
@@ -576,60 +599,6 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// Folds the usage rows past `usage_folded` into `license_counters`, and
-/// returns how many licenses' counters it changed. It runs in the writer's
-/// transaction, so the counters and their watermark commit together (a
-/// crash keeps either both or neither).
-///
-/// A validation used to add one to a counter in its license's row: one
-/// more random page written to the WAL, and later to the database, per
-/// validation. Folded every `FOLD_EVERY`, the counters of a whole interval
-/// land in the ~4,000 pages of the narrow table in key order, most pages
-/// once (docs/performance.md has the A/B numbers).
-fn fold_usage(conn: &Connection) -> Result<usize> {
-    let through: i64 = conn
-        .prepare_cached("SELECT through_seq FROM usage_folded")?
-        .query_row([], |r| r.get(0))?;
-    let last: Option<i64> = conn
-        .prepare_cached("SELECT MAX(seq) FROM usage")?
-        .query_row([], |r| r.get(0))?;
-    let last = last.unwrap_or(through);
-    if last <= through {
-        return Ok(0);
-    }
-    // `NOT INDEXED`: the rows since the last fold, by rowid range, not
-    // the whole by-license index. In a `MAX()` query SQLite takes the
-    // bare column `at` from the row with the largest `seq`.
-    let mut per_license = conn.prepare_cached(
-        "SELECT license_seq, COUNT(*), at, MAX(seq) \
-         FROM usage NOT INDEXED WHERE seq > ?1 AND seq <= ?2 \
-         GROUP BY license_seq ORDER BY license_seq",
-    )?;
-    // One statement per license, not one `INSERT … SELECT` for all: a
-    // statement that changes many rows and may fail half-way keeps a copy
-    // of every page it changes (SQLite's statement journal) so that it can
-    // be undone alone. For a second of usage that is thousands of pages,
-    // spilled to a temporary file: half of the fold's time in profiles.
-    // A one-row statement's copy is a page or two, in memory.
-    let mut add = conn.prepare_cached(
-        "INSERT INTO license_counters (license_seq, validations, last_validated_at) \
-         VALUES (?1, ?2, ?3) \
-         ON CONFLICT (license_seq) DO UPDATE SET \
-           validations = validations + excluded.validations, \
-           last_validated_at = excluded.last_validated_at",
-    )?;
-    let mut rows = per_license.query([through, last])?;
-    let mut folded = 0;
-    while let Some(row) = rows.next()? {
-        let (license, n, at): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        add.execute(params![license, n, at])?;
-        folded += 1;
-    }
-    conn.prepare_cached("UPDATE usage_folded SET through_seq = ?1")?
-        .execute([last])?;
-    Ok(folded)
-}
-
 /// How far the journal has been copied into `usage`.
 fn ingested_through(conn: &Connection) -> Result<u64> {
     let through: i64 = conn
@@ -669,24 +638,24 @@ fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
     Ok(end)
 }
 
-/// Inserts journal records into `usage` and moves the watermark to
-/// `through`, in the caller's transaction.
+/// Inserts journal records into `usage`, adds them to their licenses'
+/// counters and moves the watermark to `through`, in the caller's
+/// transaction.
 fn copy_in(conn: &Connection, mut entries: Vec<Entry>, through: u64) -> Result<()> {
     // In license order (stable: each license's rows keep their order), so
-    // the by-license index is walked once, from its first page to its last,
-    // instead of one random page per row. `seq` then orders a license's
-    // rows, which is all that reads and the fold ask of it.
+    // that `license_counters` is walked once, from its first page to its
+    // last, with each license's rows together.
     entries.sort_by_key(|e| e.license_seq);
     let mut unknown = 0;
-    for e in &entries {
-        match insert_usage(conn, e) {
+    for rows in entries.chunk_by(|a, b| a.license_seq == b.license_seq) {
+        match append_usage(conn, rows) {
             // Licenses are never deleted, so this is a database restored
             // from a backup beside a newer journal: usage of licenses made
             // after the backup has nowhere to go.
             Err(rusqlite::Error::SqliteFailure(f, _))
                 if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
             {
-                unknown += 1
+                unknown += rows.len()
             }
             done => done?,
         }
@@ -702,21 +671,53 @@ fn copy_in(conn: &Connection, mut entries: Vec<Entry>, through: u64) -> Result<(
     Ok(())
 }
 
-fn insert_usage(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
+/// Appends one license's usage rows (oldest first) to its chain and to its
+/// counters.
+///
+/// A license's rows are found from its counters row: `last_seq` is its
+/// newest row and each row's `prev_seq` the one before (`usage_chain`).
+/// Rows are appended in `seq` order, so a row only ever points down, and
+/// retention deletes the oldest rows first, so a pointer to a deleted row
+/// ends the chain. An index by license would cost a random page write per
+/// row at 1M licenses; the counters row changes anyway.
+fn append_usage(conn: &Connection, rows: &[Entry]) -> rusqlite::Result<()> {
+    let (Some(first), Some(newest)) = (rows.first(), rows.last()) else {
+        return Ok(());
+    };
+    let license = first.license_seq;
+    let mut prev: Option<i64> = conn
+        .prepare_cached("SELECT last_seq FROM license_counters WHERE license_seq = ?1")?
+        .query_row([license], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO usage \
+         (license_seq, at, code, domain, fingerprint, ip, user_agent, country, prev_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for e in rows {
+        insert.execute(params![
+            license,
+            e.at,
+            e.code,
+            e.domain,
+            e.fingerprint,
+            e.ip,
+            e.user_agent,
+            e.country,
+            prev
+        ])?;
+        prev = Some(conn.last_insert_rowid());
+    }
     conn.prepare_cached(
-        "INSERT INTO usage (license_seq, at, code, domain, fingerprint, ip, user_agent, country) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO license_counters (license_seq, validations, last_validated_at, last_seq) \
+         VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (license_seq) DO UPDATE SET \
+           validations = validations + excluded.validations, \
+           last_validated_at = excluded.last_validated_at, \
+           last_seq = excluded.last_seq",
     )?
-    .execute(params![
-        e.license_seq,
-        e.at,
-        e.code,
-        e.domain,
-        e.fingerprint,
-        e.ip,
-        e.user_agent,
-        e.country
-    ])?;
+    .execute(params![license, rows.len() as i64, newest.at, prev])?;
     Ok(())
 }
 
@@ -896,7 +897,6 @@ fn run_writer(
     wal: std::path::PathBuf,
     tuning: Tuning,
 ) {
-    let mut folded_at = std::time::Instant::now();
     let mut ingested = 0;
     // The thread naming the last switch's new file (`name_beside`), and
     // when naming one last failed.
@@ -928,12 +928,7 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        let fold = folded_at.elapsed() >= tuning.fold_every;
-        if fold {
-            folded_at = std::time::Instant::now();
-        }
-        // A batch without writes only copies the journal (and folds the
-        // counters). Its rows were appended after a look-up of their
+        // A batch without writes only copies the journal. Its rows were appended after a look-up of their
         // license, and licenses are never deleted, so SQLite's check of
         // each row's foreign key, a look-up of the license (mostly a page
         // read at 1M licenses), cannot fail: skip it. Batches with writes
@@ -941,8 +936,8 @@ fn run_writer(
         // restored from a backup may lack a record's license. Set before
         // every batch: a write batch begins only if no transaction is open,
         // i.e. only if the checks were turned back on.
-        let begun = foreign_keys(&conn, !batch.is_empty())
-            .and_then(|()| begin_with_usage(&conn, &journal, fold));
+        let begun =
+            foreign_keys(&conn, !batch.is_empty()).and_then(|()| begin_with_usage(&conn, &journal));
         let through = match begun {
             Ok(through) => through,
             Err(e) => {
@@ -1033,39 +1028,27 @@ fn close_writer(conn: &Connection, journal: &Journal, wal: &Path) {
     }
 }
 
-/// Begins the writer's transaction with the usage journal copied in (and,
-/// if `fold`, the counters folded), so that every write sees every usage
-/// row answered before it was sent; returns the journal's new watermark.
+/// Begins the writer's transaction with the usage journal copied in (and
+/// counted), so that every write sees every usage row answered before it
+/// was sent; returns the journal's new watermark.
 ///
 /// The copy runs first in the transaction, not in a savepoint: in a
 /// savepoint SQLite first saves each page it is about to change, which
 /// doubled what the writer wrote (`strace` under load: more pages to the
-/// savepoint's file than to the WAL). If the copy or the fold fails, the
-/// transaction is rolled back and begun again without them (`None`): the
-/// batch's writes go on, and the journal is copied at a later batch (the
-/// next one does not fold).
-fn begin_with_usage(conn: &Connection, journal: &Journal, fold: bool) -> Result<Option<u64>> {
+/// savepoint's file than to the WAL). If the copy fails, the transaction is
+/// rolled back and begun again without it (`None`): the batch's writes go
+/// on, and the journal is copied at a later batch.
+fn begin_with_usage(conn: &Connection, journal: &Journal) -> Result<Option<u64>> {
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    match copy_usage(conn, journal, fold) {
+    match ingest(conn, journal) {
         Ok(through) => Ok(Some(through)),
         Err(e) => {
-            tracing::warn!(error = %e, fold, "copying the usage journal failed");
+            tracing::warn!(error = %e, "copying the usage journal failed");
             conn.prepare_cached("ROLLBACK")?.execute([])?;
             conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             Ok(None)
         }
     }
-}
-
-fn copy_usage(conn: &Connection, journal: &Journal, fold: bool) -> Result<u64> {
-    let through = ingest(conn, journal)?;
-    if fold {
-        let started = std::time::Instant::now();
-        let rows = fold_usage(conn)?;
-        let ms = started.elapsed().as_millis() as u64;
-        tracing::trace!(rows, ms, "usage folded into the counters");
-    }
-    Ok(through)
 }
 
 /// Runs `f` inside a savepoint so that one failing write leaves the rest of
@@ -1094,7 +1077,6 @@ impl SqliteStore {
         let tuning = Tuning {
             restart_pages: WAL_RESTART_PAGES,
             checkpoint_every: CHECKPOINT_EVERY,
-            fold_every: FOLD_EVERY,
             ingest_every: INGEST_EVERY,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
             retry_naming: RETRY_NAMING,
@@ -1195,18 +1177,56 @@ impl SqliteStore {
     }
 }
 
-/// The columns `license_row` maps, read `FROM licenses`. The counters are
-/// the folded ones plus the usage rows not folded yet (`fold_usage`), so
-/// they are exact at any moment.
+/// The `seq`s of license `?1`'s usage rows from row `?2` down, newest
+/// first, at most `?3` of them (`-1`: all): a walk down the chain
+/// `append_usage` keeps. Each step checks that the row is the license's and
+/// that the chain goes down, so a damaged pointer ends the walk.
+const USAGE_CHAIN: &str = "WITH RECURSIVE chain(seq) AS ( \
+       SELECT seq FROM usage WHERE seq = ?2 AND license_seq = ?1 \
+       UNION ALL \
+       SELECT u.prev_seq FROM chain JOIN usage u ON u.seq = chain.seq \
+       WHERE u.prev_seq < u.seq AND EXISTS \
+         (SELECT 1 FROM usage p WHERE p.seq = u.prev_seq AND p.license_seq = ?1) \
+       LIMIT ?3)";
+
+/// The `seq` of license `license`'s newest usage row, if it has one.
+fn newest_usage(conn: &Connection, license: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT last_seq FROM license_counters WHERE license_seq = ?1")?
+        .query_row([license], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// The `seq` of license `license`'s newest usage row below `before` (a page
+/// cursor): the row before the cursor's in the chain, or, for a cursor
+/// that is not one of the license's rows, found by walking the chain.
+fn usage_before(conn: &Connection, license: i64, before: i64) -> Result<Option<i64>> {
+    let at_cursor: Option<(i64, Option<i64>)> = conn
+        .prepare_cached("SELECT license_seq, prev_seq FROM usage WHERE seq = ?1")?
+        .query_row([before], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match at_cursor {
+        Some((owner, prev)) if owner == license => Ok(prev.filter(|p| *p < before)),
+        _ => Ok(conn
+            .prepare_cached(&format!(
+                "{USAGE_CHAIN} SELECT seq FROM chain WHERE seq < ?4 LIMIT 1"
+            ))?
+            .query_row(
+                params![license, newest_usage(conn, license)?, -1, before],
+                |r| r.get(0),
+            )
+            .optional()?),
+    }
+}
+
+/// The columns `license_row` maps, read `FROM licenses`. The counters count
+/// every usage row copied in (`copy_in`); a read settles the journal first.
 const LICENSE_COLUMNS: &str =
     "seq, id, key, status, plan, customer_email, max_domains, max_machines, \
      metadata, created_at, updated_at, expires_at, \
-     COALESCE((SELECT u.at FROM usage u WHERE u.license_seq = licenses.seq \
-               AND u.seq > (SELECT through_seq FROM usage_folded) ORDER BY u.seq DESC LIMIT 1), \
-              (SELECT c.last_validated_at FROM license_counters c WHERE c.license_seq = licenses.seq)), \
-     COALESCE((SELECT c.validations FROM license_counters c WHERE c.license_seq = licenses.seq), 0) \
-     + (SELECT COUNT(*) FROM usage u WHERE u.license_seq = licenses.seq \
-        AND u.seq > (SELECT through_seq FROM usage_folded))";
+     (SELECT c.last_validated_at FROM license_counters c WHERE c.license_seq = licenses.seq), \
+     COALESCE((SELECT c.validations FROM license_counters c WHERE c.license_seq = licenses.seq), 0)";
 
 /// Maps a row of `LICENSE_COLUMNS` without its seats.
 fn license_row(row: &Row<'_>) -> rusqlite::Result<(i64, License, String, String)> {
@@ -1687,7 +1707,7 @@ fn validate_in(conn: &Connection, v: &ValidationInput) -> Result<Option<Validati
         conn.prepare_cached(MACHINE_SEATS.insert)?
             .execute(params![seen.seq, fp, now])?;
     }
-    insert_usage(conn, &usage_entry(v, seen.seq, seen.decision.code))?;
+    append_usage(conn, &[usage_entry(v, seen.seq, seen.decision.code)])?;
     if seen.decision.activates(seen.activated) {
         conn.prepare_cached("UPDATE licenses SET activated_at = ?2 WHERE seq = ?1")?
             .execute(params![seen.seq, now])?;
@@ -1956,12 +1976,17 @@ impl Store for SqliteStore {
         self.settle_usage().await?;
         self.read(move |conn| {
             let (seq, _) = load_license(conn, &id)?;
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, at, code, domain, fingerprint, ip, user_agent, country FROM usage \
-                 WHERE license_seq = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-            )?;
+            let start = match page.before {
+                None => newest_usage(conn, seq)?,
+                Some(before) => usage_before(conn, seq, before)?,
+            };
+            let mut stmt = conn.prepare_cached(&format!(
+                "{USAGE_CHAIN} SELECT u.seq, u.at, u.code, u.domain, u.fingerprint, u.ip, \
+                 u.user_agent, u.country FROM chain JOIN usage u ON u.seq = chain.seq \
+                 ORDER BY u.seq DESC"
+            ))?;
             let rows: Vec<(i64, UsageRecord)> = stmt
-                .query_map(params![seq, page.before.unwrap_or(i64::MAX), i64::from(page.limit) + 1], |r| {
+                .query_map(params![seq, start, i64::from(page.limit) + 1], |r| {
                     let code: String = r.get(2)?;
                     Ok((
                         r.get(0)?,
@@ -1981,15 +2006,20 @@ impl Store for SqliteStore {
             let rows: Vec<_> = rows.into_iter().take(page.limit as usize).collect();
             let next_before = if more { rows.last().map(|(s, _)| *s) } else { None };
             let mut totals = UsageTotals::default();
-            let mut by_code = conn.prepare_cached("SELECT code, COUNT(*) FROM usage WHERE license_seq = ?1 GROUP BY code")?;
-            for row in by_code.query_map([seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let newest = newest_usage(conn, seq)?;
+            let mut by_code = conn.prepare_cached(&format!(
+                "{USAGE_CHAIN} SELECT u.code, COUNT(*) FROM chain JOIN usage u ON u.seq = chain.seq \
+                 GROUP BY u.code"
+            ))?;
+            for row in by_code.query_map(params![seq, newest, -1], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 let (code, n) = row?;
                 totals.add_code(code, n);
             }
-            let mut by_domain = conn.prepare_cached(
-                "SELECT domain, COUNT(*) FROM usage WHERE license_seq = ?1 AND domain IS NOT NULL GROUP BY domain",
-            )?;
-            for row in by_domain.query_map([seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let mut by_domain = conn.prepare_cached(&format!(
+                "{USAGE_CHAIN} SELECT u.domain, COUNT(*) FROM chain JOIN usage u ON u.seq = chain.seq \
+                 WHERE u.domain IS NOT NULL GROUP BY u.domain"
+            ))?;
+            for row in by_domain.query_map(params![seq, newest, -1], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 let (domain, n) = row?;
                 totals.domains.insert(domain, n as u64);
             }
@@ -2087,16 +2117,14 @@ impl Store for SqliteStore {
 
     async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
         self.write(move |conn| {
-            // Counted first: a license's count is its folded counter plus its
-            // rows past the fold's watermark, so only folded rows may go.
-            fold_usage(conn)?;
             // The oldest rows, and of them the leading run recorded before
-            // the cut-off. Never the newest row: without it SQLite would
-            // hand out its seq again, below the fold's watermark.
+            // the cut-off: what is left of each license's chain is whole
+            // (`append_usage`). Never the newest row: without it SQLite
+            // would hand out its seq again, and a chain could point at it.
             let rows: Vec<(i64, i64)> = conn
                 .prepare_cached(
-                    "SELECT seq, at FROM usage WHERE seq <= (SELECT through_seq FROM usage_folded) \
-                     AND seq < (SELECT MAX(seq) FROM usage) ORDER BY seq LIMIT ?1",
+                    "SELECT seq, at FROM usage WHERE seq < (SELECT MAX(seq) FROM usage) \
+                     ORDER BY seq LIMIT ?1",
                 )?
                 .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -2453,7 +2481,6 @@ mod tests {
         Tuning {
             restart_pages,
             checkpoint_every: TEST_CHECKPOINT_EVERY,
-            fold_every: TEST_CHECKPOINT_EVERY,
             ingest_every: TEST_CHECKPOINT_EVERY,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
             retry_naming: TEST_CHECKPOINT_EVERY,
@@ -2587,20 +2614,16 @@ mod tests {
         }
     }
 
-    fn folded(path: &Path) -> (i64, Option<(i64, Option<i64>)>) {
+    /// The one license's counters row: validations and last time.
+    fn counters_row(path: &Path) -> Option<(i64, Option<i64>)> {
         let conn = Connection::open(path).unwrap();
-        let through = conn
-            .query_row("SELECT through_seq FROM usage_folded", [], |r| r.get(0))
-            .unwrap();
-        let counters = conn
-            .query_row(
-                "SELECT validations, last_validated_at FROM license_counters",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .unwrap();
-        (through, counters)
+        conn.query_row(
+            "SELECT validations, last_validated_at FROM license_counters",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .unwrap()
     }
 
     fn count(path: &Path, sql: &str) -> i64 {
@@ -2635,12 +2658,11 @@ mod tests {
         )
     }
 
-    /// The writer copies the journal and folds the counters at the start of
-    /// its transaction; when either fails, the batch's writes still commit,
-    /// a failing fold does not hold back the copy, and both catch up once
-    /// they work again.
+    /// The writer copies the journal (and counts it) at the start of its
+    /// transaction; when that fails, the batch's writes still commit, and
+    /// the copy catches up once it works again.
     #[tokio::test]
-    async fn a_failing_journal_copy_or_fold_holds_back_no_write() {
+    async fn a_failing_journal_copy_holds_back_no_write() {
         let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
         // The first validation activates the license (the writer's own row).
         store
@@ -2660,22 +2682,15 @@ mod tests {
                 .unwrap()
         };
 
-        block("usage_folded");
         store
             .validate(validation(&license.key, 1_001))
             .await
             .unwrap();
         store.settle_usage().await.unwrap();
-        tokio::time::sleep(TEST_CHECKPOINT_EVERY * 3).await;
-        store.settle_usage().await.unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2, "copied");
-        assert_eq!(folded(&path).1, None, "not folded");
-        assert_eq!(
-            counted(&store.get_license(license.id.clone()).await.unwrap()),
-            (2, Some(1_001))
-        );
+        assert_eq!(counters_row(&path), Some((2, Some(1_001))));
 
-        block("usage_journal");
+        block("license_counters");
         store
             .validate(validation(&license.key, 1_002))
             .await
@@ -2687,16 +2702,15 @@ mod tests {
         assert_eq!(count(&path, "SELECT COUNT(*) FROM licenses"), 2);
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2, "not copied");
 
-        unblock("usage_journal");
-        unblock("usage_folded");
+        assert_eq!(counters_row(&path), Some((2, Some(1_001))), "not counted");
+
+        unblock("license_counters");
         assert_eq!(
             counted(&store.get_license(license.id.clone()).await.unwrap()),
             (3, Some(1_002))
         );
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
-        tokio::time::sleep(TEST_CHECKPOINT_EVERY * 3).await;
-        store.settle_usage().await.unwrap();
-        assert_eq!(folded(&path).1, Some((3, Some(1_002))));
+        assert_eq!(counters_row(&path), Some((3, Some(1_002))));
         assert_eq!(
             store.get_license(other.id).await.unwrap().validation_count,
             0
@@ -3240,7 +3254,6 @@ mod tests {
     ) {
         let tuning = Tuning {
             ingest_every: Duration::from_secs(3600),
-            fold_every: Duration::from_secs(3600),
             ..test_tuning(WAL_RESTART_PAGES)
         };
         let (dir, path, store, license) = store_with_license(tuning).await;
@@ -3384,6 +3397,175 @@ mod tests {
         );
     }
 
+    /// Every usage record of license `id`, newest first, read `limit` at a
+    /// time by following each page's cursor.
+    async fn history(store: &SqliteStore, id: &str, limit: u32) -> Vec<i64> {
+        let mut at = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .usage(id.into(), PageRequest { before, limit })
+                .await
+                .unwrap();
+            assert!(page.records.len() <= limit as usize);
+            at.extend(page.records.iter().map(|r| r.at.timestamp()));
+            match page.next_before {
+                Some(next) => before = Some(next),
+                None => return at,
+            }
+        }
+    }
+
+    /// Licenses `a` and `b` of a new store, validated in turns (`a` at
+    /// 1_001, `b` at 2_001, `a` at 1_002, …), each turn copied in before the
+    /// next, so that their usage rows alternate.
+    async fn two_licenses_in_turns(
+        turns: i64,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        SqliteStore,
+        License,
+        License,
+    ) {
+        let (dir, path, store, a) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        let b = store
+            .create_license(new_license(1), Utc::now())
+            .await
+            .unwrap();
+        for turn in 1..=turns {
+            store
+                .validate(validation(&a.key, 1_000 + turn))
+                .await
+                .unwrap();
+            store
+                .validate(validation(&b.key, 2_000 + turn))
+                .await
+                .unwrap();
+            store.settle_usage().await.unwrap();
+        }
+        (dir, path, store, a, b)
+    }
+
+    /// A license's history is its own rows only, newest first, across pages
+    /// of any size; a cursor that is another license's row still gives the
+    /// rows below it; retention shortens each history from its oldest end
+    /// and leaves the counts as they were.
+    #[tokio::test]
+    async fn each_license_history_is_its_own_across_pages_and_retention() {
+        let (_dir, path, store, a, b) = two_licenses_in_turns(6).await;
+        let c = store
+            .create_license(new_license(2), Utc::now())
+            .await
+            .unwrap();
+        for limit in [1, 4, 6, 100] {
+            assert_eq!(
+                history(&store, &a.id, limit).await,
+                [1_006, 1_005, 1_004, 1_003, 1_002, 1_001]
+            );
+            assert_eq!(
+                history(&store, &b.id, limit).await,
+                [2_006, 2_005, 2_004, 2_003, 2_002, 2_001]
+            );
+        }
+        assert!(history(&store, &c.id, 10).await.is_empty());
+        let totals = store
+            .usage(
+                a.id.clone(),
+                PageRequest {
+                    before: None,
+                    limit: 1,
+                },
+            )
+            .await
+            .unwrap()
+            .totals;
+        assert_eq!(totals.validations, 6);
+
+        let of_b = count(&path, "SELECT seq FROM usage WHERE at = 2_004");
+        let below = store
+            .usage(
+                a.id.clone(),
+                PageRequest {
+                    before: Some(of_b),
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let at: Vec<i64> = below.records.iter().map(|r| r.at.timestamp()).collect();
+        assert_eq!(at, [1_004, 1_003, 1_002, 1_001]);
+
+        // In seq order: a 1_001, b 2_001, a 1_002, b 2_002, a 1_003, b 2_003:
+        // the leading run before 2_003 is five rows.
+        let cut = DateTime::from_timestamp(2_003, 0).unwrap();
+        assert_eq!(store.prune_usage(cut, 100).await.unwrap(), 5);
+        assert_eq!(history(&store, &a.id, 2).await, [1_006, 1_005, 1_004]);
+        assert_eq!(
+            history(&store, &b.id, 2).await,
+            [2_006, 2_005, 2_004, 2_003]
+        );
+        assert_eq!(
+            counted(&store.get_license(a.id.clone()).await.unwrap()),
+            (6, Some(1_006))
+        );
+        // New rows go on the shortened chains.
+        store.validate(validation(&a.key, 1_007)).await.unwrap();
+        assert_eq!(
+            history(&store, &a.id, 3).await,
+            [1_007, 1_006, 1_005, 1_004]
+        );
+    }
+
+    /// A database of the schema before usage chains (rows indexed by
+    /// license, counters folded up to a watermark) keeps every count, last
+    /// time and history through the migration, and goes on from there.
+    #[tokio::test]
+    async fn usage_of_a_database_from_before_the_chains_survives_the_migration() {
+        let (_dir, path, store, a, b) = two_licenses_in_turns(3).await;
+        drop(store);
+        // Back to the schema before: an index instead of the chains, and
+        // the counters folded up to the third row (a 1_001, b 2_001, a 1_002).
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE INDEX usage_by_license ON usage(license_seq, seq);
+             ALTER TABLE usage DROP COLUMN prev_seq;
+             ALTER TABLE license_counters DROP COLUMN last_seq;
+             CREATE TABLE usage_folded (one INTEGER PRIMARY KEY CHECK (one = 1), through_seq INTEGER NOT NULL);
+             INSERT INTO usage_folded VALUES (1, (SELECT seq FROM usage WHERE at = 1_002));
+             DELETE FROM license_counters;
+             INSERT INTO license_counters
+                 SELECT license_seq, COUNT(*), MAX(at) FROM usage
+                 WHERE seq <= (SELECT through_seq FROM usage_folded) GROUP BY license_seq;
+             PRAGMA user_version = {};",
+            MIGRATIONS.len() - 1
+        ))
+        .unwrap();
+        drop(conn);
+
+        let store = store_tuned(&path, test_tuning(WAL_RESTART_PAGES)).await;
+        for (license, first) in [(&a, 1_000), (&b, 2_000)] {
+            let got = store.get_license(license.id.clone()).await.unwrap();
+            assert_eq!(counted(&got), (3, Some(first + 3)));
+            assert_eq!(
+                history(&store, &license.id, 2).await,
+                [first + 3, first + 2, first + 1]
+            );
+        }
+        let gone =
+            "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('usage_by_license', 'usage_folded')";
+        assert_eq!(count(&path, gone), 0);
+        store.validate(validation(&b.key, 2_004)).await.unwrap();
+        assert_eq!(
+            history(&store, &b.id, 10).await,
+            [2_004, 2_003, 2_002, 2_001]
+        );
+        assert_eq!(
+            counted(&store.get_license(b.id.clone()).await.unwrap()),
+            (4, Some(2_004))
+        );
+    }
+
     /// Same for the expiry sweep (every 15 s): nothing due, nothing written;
     /// a license past its date is still expired.
     #[tokio::test]
@@ -3438,11 +3620,10 @@ mod tests {
         assert_eq!(counted(&activated), (3, Some(1_003)));
     }
 
-    /// Only writes copy the journal, and every batch folds.
-    fn folding_at_every_write() -> Tuning {
+    /// Only writes copy the journal.
+    fn copying_at_writes_only() -> Tuning {
         Tuning {
             ingest_every: Duration::from_secs(3600),
-            fold_every: Duration::ZERO,
             ..test_tuning(WAL_RESTART_PAGES)
         }
     }
@@ -3503,11 +3684,11 @@ mod tests {
         assert!(orphan.is_err(), "{orphan:?}");
     }
 
-    /// Every license validated in an interval gets its own count and last
-    /// time, whether its counters row is new or already there.
+    /// Every license validated since the last copy gets its own count and
+    /// last time, whether its counters row is new or already there.
     #[tokio::test]
-    async fn a_fold_counts_each_license_of_the_interval() {
-        let tuning = folding_at_every_write();
+    async fn a_copy_counts_each_license_of_the_journal() {
+        let tuning = copying_at_writes_only();
         let (_dir, path, store, first) = store_with_license(tuning).await;
         let mut keys = vec![first.key];
         for n in 1..3 {
@@ -3556,13 +3737,13 @@ mod tests {
     }
 
     /// A validation's usage row waits in the journal until the writer's
-    /// next batch copies it into `usage` and folds it into the counters.
+    /// next batch copies it into `usage` and counts it.
     /// Before and after each step, after a restart and after a crash that
     /// left records (and half of one) in the journal, a license shows every
     /// validation and the latest time, each counted once.
     #[tokio::test]
-    async fn validation_counters_are_exact_across_the_journal_folds_and_restarts() {
-        let tuning = folding_at_every_write();
+    async fn validation_counters_are_exact_across_the_journal_copies_and_restarts() {
+        let tuning = copying_at_writes_only();
         let (_dir, path, store, license) = store_with_license(tuning).await;
         for at in 1..=3 {
             store
@@ -3574,13 +3755,17 @@ mod tests {
         // two are in the journal.
         assert!(journal_bytes(&path) > 0);
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1);
-        assert_eq!(folded(&path), (0, None), "nothing folded yet");
+        assert_eq!(
+            counters_row(&path),
+            Some((1, Some(1_001))),
+            "the journal not counted yet"
+        );
         assert_eq!(
             counted(&store.get_license(license.id.clone()).await.unwrap()),
             (3, Some(1_003))
         );
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
-        assert_eq!(folded(&path), (3, Some((3, Some(1_003)))));
+        assert_eq!(counters_row(&path), Some((3, Some(1_003))));
 
         store
             .validate(validation(&license.key, 1_004))
