@@ -1177,16 +1177,18 @@ impl SqliteStore {
     }
 }
 
-/// The `seq`s of license `?1`'s usage rows from row `?2` down, newest
-/// first, at most `?3` of them (`-1`: all): a walk down the chain
-/// `append_usage` keeps. Each step checks that the row is the license's and
-/// that the chain goes down, so a damaged pointer ends the walk.
+/// `chain`: the `seq`s of license `?1`'s usage rows from row `?2` down,
+/// newest first, at most `?3` of them (`-1`: all), a walk down the chain
+/// `append_usage` keeps; `FROM chain JOIN usage u ON u.seq = chain.seq AND
+/// u.license_seq = ?1` then reads the rows. A step follows a row's pointer
+/// only if the row is the license's and the pointer goes down, so a
+/// damaged pointer ends the walk (the join leaves out a row that is not
+/// the license's, and a pointer to a deleted row finds none).
 const USAGE_CHAIN: &str = "WITH RECURSIVE chain(seq) AS ( \
-       SELECT seq FROM usage WHERE seq = ?2 AND license_seq = ?1 \
+       SELECT ?2 \
        UNION ALL \
        SELECT u.prev_seq FROM chain JOIN usage u ON u.seq = chain.seq \
-       WHERE u.prev_seq < u.seq AND EXISTS \
-         (SELECT 1 FROM usage p WHERE p.seq = u.prev_seq AND p.license_seq = ?1) \
+       WHERE u.license_seq = ?1 AND u.prev_seq < u.seq \
        LIMIT ?3)";
 
 /// The `seq` of license `license`'s newest usage row, if it has one.
@@ -1210,7 +1212,8 @@ fn usage_before(conn: &Connection, license: i64, before: i64) -> Result<Option<i
         Some((owner, prev)) if owner == license => Ok(prev.filter(|p| *p < before)),
         _ => Ok(conn
             .prepare_cached(&format!(
-                "{USAGE_CHAIN} SELECT seq FROM chain WHERE seq < ?4 LIMIT 1"
+                "{USAGE_CHAIN} SELECT u.seq FROM chain \
+                 JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 WHERE u.seq < ?4 LIMIT 1"
             ))?
             .query_row(
                 params![license, newest_usage(conn, license)?, -1, before],
@@ -1982,8 +1985,8 @@ impl Store for SqliteStore {
             };
             let mut stmt = conn.prepare_cached(&format!(
                 "{USAGE_CHAIN} SELECT u.seq, u.at, u.code, u.domain, u.fingerprint, u.ip, \
-                 u.user_agent, u.country FROM chain JOIN usage u ON u.seq = chain.seq \
-                 ORDER BY u.seq DESC"
+                 u.user_agent, u.country FROM chain \
+                 JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 ORDER BY u.seq DESC"
             ))?;
             let rows: Vec<(i64, UsageRecord)> = stmt
                 .query_map(params![seq, start, i64::from(page.limit) + 1], |r| {
@@ -2004,26 +2007,36 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let more = rows.len() > page.limit as usize;
             let rows: Vec<_> = rows.into_iter().take(page.limit as usize).collect();
-            let next_before = if more { rows.last().map(|(s, _)| *s) } else { None };
+            let next_before = if more {
+                rows.last().map(|(s, _)| *s)
+            } else {
+                None
+            };
+            // Both totals from one walk down the whole chain.
+            let mut by_code: std::collections::BTreeMap<String, i64> = Default::default();
             let mut totals = UsageTotals::default();
-            let newest = newest_usage(conn, seq)?;
-            let mut by_code = conn.prepare_cached(&format!(
-                "{USAGE_CHAIN} SELECT u.code, COUNT(*) FROM chain JOIN usage u ON u.seq = chain.seq \
-                 GROUP BY u.code"
+            let mut counts = conn.prepare_cached(&format!(
+                "{USAGE_CHAIN} SELECT u.code, u.domain, COUNT(*) FROM chain \
+                 JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 GROUP BY u.code, u.domain"
             ))?;
-            for row in by_code.query_map(params![seq, newest, -1], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                let (code, n) = row?;
+            let newest = newest_usage(conn, seq)?;
+            let mut counted = counts.query(params![seq, newest, -1])?;
+            while let Some(row) = counted.next()? {
+                let (code, domain, n): (String, Option<String>, i64) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                *by_code.entry(code).or_default() += n;
+                if let Some(domain) = domain {
+                    *totals.domains.entry(domain).or_default() += n as u64;
+                }
+            }
+            for (code, n) in by_code {
                 totals.add_code(code, n);
             }
-            let mut by_domain = conn.prepare_cached(&format!(
-                "{USAGE_CHAIN} SELECT u.domain, COUNT(*) FROM chain JOIN usage u ON u.seq = chain.seq \
-                 WHERE u.domain IS NOT NULL GROUP BY u.domain"
-            ))?;
-            for row in by_domain.query_map(params![seq, newest, -1], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                let (domain, n) = row?;
-                totals.domains.insert(domain, n as u64);
-            }
-            Ok(UsagePage { records: rows.into_iter().map(|(_, r)| r).collect(), next_before, totals })
+            Ok(UsagePage {
+                records: rows.into_iter().map(|(_, r)| r).collect(),
+                next_before,
+                totals,
+            })
         })
         .await
     }
