@@ -675,7 +675,7 @@ fn copy_in(conn: &Connection, mut entries: Vec<Entry>, through: u64) -> Result<(
 /// counters.
 ///
 /// A license's rows are found from its counters row: `last_seq` is its
-/// newest row and each row's `prev_seq` the one before (`usage_chain`).
+/// newest row and each row's `prev_seq` the one before (`USAGE_CHAIN`).
 /// Rows are appended in `seq` order, so a row only ever points down, and
 /// retention deletes the oldest rows first, so a pointer to a deleted row
 /// ends the chain. An index by license would cost a random page write per
@@ -928,14 +928,15 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        // A batch without writes only copies the journal. Its rows were appended after a look-up of their
-        // license, and licenses are never deleted, so SQLite's check of
-        // each row's foreign key, a look-up of the license (mostly a page
-        // read at 1M licenses), cannot fail: skip it. Batches with writes
-        // keep it, and so does the copy at start-up, where a database
-        // restored from a backup may lack a record's license. Set before
-        // every batch: a write batch begins only if no transaction is open,
-        // i.e. only if the checks were turned back on.
+        // A batch without writes only copies the journal. Its rows were
+        // appended after a look-up of their license, and licenses are never
+        // deleted, so SQLite's check of each row's foreign key, a look-up
+        // of the license (mostly a page read at 1M licenses), cannot fail:
+        // skip it. Batches with writes keep it, and so does the copy at
+        // start-up, where a database restored from a backup may lack a
+        // record's license. Set before every batch: a write batch begins
+        // only if no transaction is open, i.e. only if the checks were
+        // turned back on.
         let begun =
             foreign_keys(&conn, !batch.is_empty()).and_then(|()| begin_with_usage(&conn, &journal));
         let through = match begun {
