@@ -10,7 +10,7 @@ mod journal;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -340,6 +340,8 @@ impl Synchronous {
 /// The SQLite store.
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
+    /// Jobs sent to the writer and not taken yet (`Pace`).
+    queued: Arc<AtomicUsize>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     readers: Arc<ReadPool>,
@@ -453,6 +455,11 @@ const CATCH_UP_PASSES: usize = 8;
 /// How often, at the least, the writer copies the usage journal into the
 /// `usage` table (it also does at every batch of writes).
 const INGEST_EVERY: Duration = Duration::from_millis(1000);
+/// A copy of the journal that no write waits for pauses `PACE_PAUSE` after
+/// every `PACE_ROWS` rows, `PACE_BUDGET` at most in all (`Pace`).
+const PACE_ROWS: usize = 64;
+const PACE_PAUSE: Duration = Duration::from_micros(750);
+const PACE_BUDGET: Duration = Duration::from_millis(400);
 /// Journal bytes past which the writer moves appends to a new file once
 /// all of the current one has been copied (about 400,000 validations).
 const JOURNAL_ROTATE_BYTES: u64 = 64 << 20;
@@ -467,6 +474,9 @@ struct Tuning {
     restart_pages: i64,
     checkpoint_every: Duration,
     ingest_every: Duration,
+    /// `Pace`'s pause and budget.
+    pace_pause: Duration,
+    pace_budget: Duration,
     rotate_bytes: u64,
     /// How long after a failed naming of a switched journal's new file
     /// the writer tries again.
@@ -615,8 +625,8 @@ fn set_ingested_through(conn: &Connection, through: u64) -> rusqlite::Result<()>
 
 /// Copies the journal's records past `usage_journal.ingested_through` into
 /// `usage` and moves the watermark past them, in the caller's transaction;
-/// returns the new watermark.
-fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
+/// returns the new watermark. With `pace`, the copy spreads itself out.
+fn ingest(conn: &Connection, journal: &Journal, pace: Option<&mut Pace>) -> Result<u64> {
     let through = ingested_through(conn)?;
     let end = journal.len();
     if end <= through {
@@ -634,20 +644,33 @@ fn ingest(conn: &Connection, journal: &Journal) -> Result<u64> {
             "damaged records in the usage journal were skipped"
         );
     }
-    copy_in(conn, entries, end)?;
+    copy_in(conn, entries, end, pace)?;
     Ok(end)
 }
 
 /// Inserts journal records into `usage`, adds them to their licenses'
 /// counters and moves the watermark to `through`, in the caller's
-/// transaction.
-fn copy_in(conn: &Connection, mut entries: Vec<Entry>, through: u64) -> Result<()> {
+/// transaction. With `pace`, it pauses now and then (`Pace`).
+fn copy_in(
+    conn: &Connection,
+    mut entries: Vec<Entry>,
+    through: u64,
+    mut pace: Option<&mut Pace>,
+) -> Result<()> {
     // In license order (stable: each license's rows keep their order), so
     // that `license_counters` is walked once, from its first page to its
     // last, with each license's rows together.
     entries.sort_by_key(|e| e.license_seq);
     let mut unknown = 0;
-    for rows in entries.chunk_by(|a, b| a.license_seq == b.license_seq) {
+    // A license's rows in parts of at most `PACE_ROWS`, so that a pause
+    // comes as often for one license with many rows as for many.
+    let parts = entries
+        .chunk_by(|a, b| a.license_seq == b.license_seq)
+        .flat_map(|rows| rows.chunks(PACE_ROWS));
+    for rows in parts {
+        if let Some(pace) = pace.as_deref_mut() {
+            pace.copied(rows.len());
+        }
         match append_usage(conn, rows) {
             // Licenses are never deleted, so this is a database restored
             // from a backup beside a newer journal: usage of licenses made
@@ -775,7 +798,7 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
         );
         journal.lock().truncate(journal, good).map_err(storage)?;
     }
-    in_transaction(conn, |c| copy_in(c, entries, good))?;
+    in_transaction(conn, |c| copy_in(c, entries, good, None))?;
     // A switch cut short by a crash: its old file is copied now.
     finish_switch(journal, wal, good)?;
     tracing::debug!(through = good, "usage journal recovered");
@@ -831,7 +854,7 @@ fn switch_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u6
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     if journal.switching().is_some() {
         // The last switch did not finish (its rename failed): finish it.
-        let through = in_transaction(conn, |c| ingest(c, journal))?;
+        let through = in_transaction(conn, |c| ingest(c, journal, None))?;
         finish_switch(journal, wal, through)?;
     }
     let next = journal.next_file().map_err(storage)?;
@@ -839,7 +862,7 @@ fn switch_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u6
     let retired = journal.lock().switch_to(journal, next).map_err(storage)?;
     let held_us = held.elapsed().as_micros() as u64;
     journal.retire(retired);
-    let through = in_transaction(conn, |c| ingest(c, journal))?;
+    let through = in_transaction(conn, |c| ingest(c, journal, None))?;
     tracing::debug!(held_us, "usage journal moved to a new file");
     Ok(through)
 }
@@ -889,14 +912,68 @@ fn finish_switch(journal: &Journal, wal: &Path, through: u64) -> Result<()> {
     journal.name(through).map_err(storage)
 }
 
+/// How the writer spreads out a copy of the journal that no write waits
+/// for: after every `PACE_ROWS` rows it sleeps `pause`, at most `budget` in
+/// all, and not at all once a job is queued (a write, or a read settling
+/// the journal), so that nothing waits on a pause for longer than one.
+///
+/// In one go, a second of records at 1M licenses takes a core for ~150 ms,
+/// and at 64 connections most of the slowest 1% of requests came from
+/// those bursts; spread over a few hundred milliseconds, the copy leaves
+/// the tokio workers their cores (docs/performance.md has the A/B runs).
+/// Short pauses, often: 256 rows and 3 ms did as well at 64 connections
+/// but raised the 4-connection p99 by 70% (a request behind a chunk of
+/// the copy waits for all of it). The budget keeps the copy ahead of the
+/// journal: at 64 rows per pause it covers ~34,000 rows, and past it the
+/// copy runs in one go.
+struct Pace<'a> {
+    queued: &'a AtomicUsize,
+    pause: Duration,
+    budget: Duration,
+    rows: usize,
+    slept: Duration,
+}
+
+impl Pace<'_> {
+    fn new(queued: &AtomicUsize, tuning: Tuning) -> Pace<'_> {
+        Pace {
+            queued,
+            pause: tuning.pace_pause,
+            budget: tuning.pace_budget,
+            rows: 0,
+            slept: Duration::ZERO,
+        }
+    }
+
+    /// Counts `rows` more rows copied, pausing after every `PACE_ROWS`.
+    fn copied(&mut self, rows: usize) {
+        self.rows += rows;
+        if self.rows < PACE_ROWS {
+            return;
+        }
+        self.rows = 0;
+        if self.queued.load(Ordering::Relaxed) == 0 && self.slept + self.pause <= self.budget {
+            std::thread::sleep(self.pause);
+            self.slept += self.pause;
+        }
+    }
+}
+
 fn run_writer(
     conn: Connection,
     jobs: mpsc::Receiver<Job>,
+    queued: Arc<AtomicUsize>,
     restart: Arc<AtomicBool>,
     journal: Arc<Journal>,
     wal: std::path::PathBuf,
     tuning: Tuning,
 ) {
+    // One job fewer queued (`SqliteStore::write` counts them in).
+    let taken = || {
+        let _ = queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
+    };
     let mut ingested = 0;
     // The thread naming the last switch's new file (`name_beside`), and
     // when naming one last failed.
@@ -904,7 +981,10 @@ fn run_writer(
     let mut naming_failed: Option<std::time::Instant> = None;
     loop {
         let first = match jobs.recv_timeout(tuning.ingest_every) {
-            Ok(job) => Some(job),
+            Ok(job) => {
+                taken();
+                Some(job)
+            }
             Err(mpsc::RecvTimeoutError::Timeout) if journal.len() > ingested => None,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -924,7 +1004,10 @@ fn run_writer(
         let mut batch: Vec<Job> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => {
+                    taken();
+                    batch.push(job)
+                }
                 Err(_) => break,
             }
         }
@@ -937,8 +1020,10 @@ fn run_writer(
         // record's license. Set before every batch: a write batch begins
         // only if no transaction is open, i.e. only if the checks were
         // turned back on.
-        let begun =
-            foreign_keys(&conn, !batch.is_empty()).and_then(|()| begin_with_usage(&conn, &journal));
+        // Such a copy is also the one that spreads itself out (`Pace`).
+        let mut pace = batch.is_empty().then(|| Pace::new(&queued, tuning));
+        let begun = foreign_keys(&conn, !batch.is_empty())
+            .and_then(|()| begin_with_usage(&conn, &journal, pace.as_mut()));
         let through = match begun {
             Ok(through) => through,
             Err(e) => {
@@ -1039,9 +1124,13 @@ fn close_writer(conn: &Connection, journal: &Journal, wal: &Path) {
 /// savepoint's file than to the WAL). If the copy fails, the transaction is
 /// rolled back and begun again without it (`None`): the batch's writes go
 /// on, and the journal is copied at a later batch.
-fn begin_with_usage(conn: &Connection, journal: &Journal) -> Result<Option<u64>> {
+fn begin_with_usage(
+    conn: &Connection,
+    journal: &Journal,
+    pace: Option<&mut Pace>,
+) -> Result<Option<u64>> {
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    match ingest(conn, journal) {
+    match ingest(conn, journal, pace) {
         Ok(through) => Ok(Some(through)),
         Err(e) => {
             tracing::warn!(error = %e, "copying the usage journal failed");
@@ -1079,6 +1168,8 @@ impl SqliteStore {
             restart_pages: WAL_RESTART_PAGES,
             checkpoint_every: CHECKPOINT_EVERY,
             ingest_every: INGEST_EVERY,
+            pace_pause: PACE_PAUSE,
+            pace_budget: PACE_BUDGET,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
             retry_naming: RETRY_NAMING,
         };
@@ -1107,12 +1198,24 @@ impl SqliteStore {
             })
             .map_err(|e| opening(e.into()))?;
         let restart = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_restart = restart.clone();
         let writer_journal = journal.clone();
+        let writer_queued = queued.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, writer_restart, writer_journal, wal, tuning))?;
+            .spawn(move || {
+                run_writer(
+                    conn,
+                    rx,
+                    writer_queued,
+                    writer_restart,
+                    writer_journal,
+                    wal,
+                    tuning,
+                )
+            })?;
         let db_file =
             std::fs::File::open(path).map_err(|e| opening(StoreError::Storage(e.to_string())))?;
         let (stop, stopped) = mpsc::channel();
@@ -1121,6 +1224,7 @@ impl SqliteStore {
             .spawn(move || run_checkpointer(checkpoint_conn, db_file, stopped, restart, tuning))?;
         Ok(SqliteStore {
             writer: tx,
+            queued,
             writer_thread: Some(thread),
             checkpointer: Some((stop, checkpointer)),
             readers: Arc::new(ReadPool {
@@ -1159,9 +1263,11 @@ impl SqliteStore {
                 let _ = tx.send(commit.and(result));
             })
         });
-        self.writer
-            .send(job)
-            .map_err(|_| StoreError::Storage("the writer has stopped".into()))?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.writer.send(job).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Storage("the writer has stopped".into()));
+        }
         rx.await
             .map_err(|_| StoreError::Storage("the write was dropped".into()))?
     }
@@ -2496,6 +2602,8 @@ mod tests {
             restart_pages,
             checkpoint_every: TEST_CHECKPOINT_EVERY,
             ingest_every: TEST_CHECKPOINT_EVERY,
+            pace_pause: PACE_PAUSE,
+            pace_budget: PACE_BUDGET,
             rotate_bytes: JOURNAL_ROTATE_BYTES,
             retry_naming: TEST_CHECKPOINT_EVERY,
         }
@@ -3077,7 +3185,7 @@ mod tests {
             .expect("the emptying ends")
             .unwrap();
         conn.execute_batch("DROP TRIGGER full_disk").unwrap();
-        in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        in_transaction(&conn, |c| ingest(c, &journal, None)).unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_010);
     }
 
@@ -3119,7 +3227,8 @@ mod tests {
         let writer = {
             let (journal, wal) = (journal.clone(), slow_wal.clone());
             let restart = Arc::new(AtomicBool::new(false));
-            std::thread::spawn(move || run_writer(conn, rx, restart, journal, wal, tuning))
+            let queued = Arc::new(AtomicUsize::new(0));
+            std::thread::spawn(move || run_writer(conn, rx, queued, restart, journal, wal, tuning))
         };
         let five_s = Duration::from_secs(5);
         assert_eq!(empty_write(&jobs).recv_timeout(five_s), Ok(true));
@@ -3187,7 +3296,7 @@ mod tests {
         for at in 1_000..1_100 {
             journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
         }
-        in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        in_transaction(&conn, |c| ingest(c, &journal, None)).unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_100);
         for at in 1_100..1_110 {
             journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
@@ -3251,7 +3360,7 @@ mod tests {
         let wal = path.with_extension("db-wal");
         rotate_journal(&conn, &journal, &wal).unwrap();
         journal.append(&valid_usage(seq, 2_002)).unwrap();
-        in_transaction(&conn, |c| ingest(c, &journal)).unwrap();
+        in_transaction(&conn, |c| ingest(c, &journal, None)).unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 3);
         assert_eq!(journal.start(), legacy.len() as u64);
     }
@@ -3409,6 +3518,65 @@ mod tests {
             counted(&store.get_license(license.id).await.unwrap()),
             (7, Some(7_000))
         );
+    }
+
+    /// A paced copy pauses after every `PACE_ROWS` rows, within its budget,
+    /// and not at all while a job is queued.
+    #[test]
+    fn a_copy_pauses_within_its_budget_and_never_while_a_job_waits() {
+        let tuning = Tuning {
+            pace_pause: Duration::from_millis(1),
+            pace_budget: Duration::from_millis(3),
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let queued = AtomicUsize::new(0);
+        let mut pace = Pace::new(&queued, tuning);
+        pace.copied(PACE_ROWS - 1);
+        assert_eq!(pace.slept, Duration::ZERO);
+        pace.copied(1);
+        assert_eq!(pace.slept, Duration::from_millis(1));
+        for _ in 0..10 {
+            pace.copied(PACE_ROWS);
+        }
+        assert_eq!(pace.slept, Duration::from_millis(3), "the budget");
+        queued.store(1, Ordering::Relaxed);
+        let mut waited_for = Pace::new(&queued, tuning);
+        for _ in 0..10 {
+            waited_for.copied(PACE_ROWS);
+        }
+        assert_eq!(waited_for.slept, Duration::ZERO);
+    }
+
+    /// A write sent while the writer spreads out a long copy of the journal
+    /// waits for the copy's rows, not for its pauses.
+    #[tokio::test]
+    async fn a_write_does_not_wait_for_the_pauses_of_a_copy() {
+        let tuning = Tuning {
+            pace_pause: Duration::from_millis(100),
+            pace_budget: Duration::from_secs(60),
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let (_dir, path, store, license) = store_with_license(tuning).await;
+        let seq = count(&path, "SELECT seq FROM licenses");
+        // 60 pauses of 100 ms: a copy of 6 s and more if none were skipped.
+        let records = 60 * PACE_ROWS as i64;
+        for at in 0..records {
+            store.journal.append(&valid_usage(seq, at)).unwrap();
+        }
+        // The writer's next wait (100 ms) ends in that copy.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let sent = std::time::Instant::now();
+        store
+            .create_license(new_license(1), Utc::now())
+            .await
+            .unwrap();
+        let took = sent.elapsed();
+        assert!(
+            took < Duration::from_millis(3000),
+            "the write took {took:?}"
+        );
+        let got = store.get_license(license.id).await.unwrap();
+        assert_eq!(got.validation_count, records as u64);
     }
 
     /// Every usage record of license `id`, newest first, read `limit` at a
