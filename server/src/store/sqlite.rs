@@ -708,11 +708,7 @@ fn append_usage(conn: &Connection, rows: &[Entry]) -> rusqlite::Result<()> {
         return Ok(());
     };
     let license = first.license_seq;
-    let mut prev: Option<i64> = conn
-        .prepare_cached("SELECT last_seq FROM license_counters WHERE license_seq = ?1")?
-        .query_row([license], |r| r.get(0))
-        .optional()?
-        .flatten();
+    let mut prev = newest_usage(conn, license)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO usage \
          (license_seq, at, code, domain, fingerprint, ip, user_agent, country, prev_seq) \
@@ -1299,7 +1295,7 @@ const USAGE_CHAIN: &str = "WITH RECURSIVE chain(seq) AS ( \
        LIMIT ?3)";
 
 /// The `seq` of license `license`'s newest usage row, if it has one.
-fn newest_usage(conn: &Connection, license: i64) -> Result<Option<i64>> {
+fn newest_usage(conn: &Connection, license: i64) -> rusqlite::Result<Option<i64>> {
     Ok(conn
         .prepare_cached("SELECT last_seq FROM license_counters WHERE license_seq = ?1")?
         .query_row([license], |r| r.get(0))
@@ -1309,8 +1305,14 @@ fn newest_usage(conn: &Connection, license: i64) -> Result<Option<i64>> {
 
 /// The `seq` of license `license`'s newest usage row below `before` (a page
 /// cursor): the row before the cursor's in the chain, or, for a cursor
-/// that is not one of the license's rows, found by walking the chain.
-fn usage_before(conn: &Connection, license: i64, before: i64) -> Result<Option<i64>> {
+/// that is not one of the license's rows, found by walking the chain down
+/// from `newest`, the license's newest row.
+fn usage_before(
+    conn: &Connection,
+    license: i64,
+    newest: Option<i64>,
+    before: i64,
+) -> Result<Option<i64>> {
     let at_cursor: Option<(i64, Option<i64>)> = conn
         .prepare_cached("SELECT license_seq, prev_seq FROM usage WHERE seq = ?1")?
         .query_row([before], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1322,10 +1324,7 @@ fn usage_before(conn: &Connection, license: i64, before: i64) -> Result<Option<i
                 "{USAGE_CHAIN} SELECT u.seq FROM chain \
                  JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 WHERE u.seq < ?4 LIMIT 1"
             ))?
-            .query_row(
-                params![license, newest_usage(conn, license)?, -1, before],
-                |r| r.get(0),
-            )
+            .query_row(params![license, newest, -1, before], |r| r.get(0))
             .optional()?),
     }
 }
@@ -2086,9 +2085,10 @@ impl Store for SqliteStore {
         self.settle_usage().await?;
         self.read(move |conn| {
             let (seq, _) = load_license(conn, &id)?;
+            let newest = newest_usage(conn, seq)?;
             let start = match page.before {
-                None => newest_usage(conn, seq)?,
-                Some(before) => usage_before(conn, seq, before)?,
+                None => newest,
+                Some(before) => usage_before(conn, seq, newest, before)?,
             };
             let mut stmt = conn.prepare_cached(&format!(
                 "{USAGE_CHAIN} SELECT u.seq, u.at, u.code, u.domain, u.fingerprint, u.ip, \
@@ -2126,7 +2126,6 @@ impl Store for SqliteStore {
                 "{USAGE_CHAIN} SELECT u.code, u.domain, COUNT(*) FROM chain \
                  JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 GROUP BY u.code, u.domain"
             ))?;
-            let newest = newest_usage(conn, seq)?;
             let mut counted = counts.query(params![seq, newest, -1])?;
             while let Some(row) = counted.next()? {
                 let (code, domain, n): (String, Option<String>, i64) =
