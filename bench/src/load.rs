@@ -159,6 +159,12 @@ pub struct LoadResult {
     pub peak_memory: Memory,
     /// CPU time the server and the generator used in the window.
     pub cpu: CpuTimes,
+    /// How many threads the generator ran on.
+    pub generator_threads: usize,
+    /// Time in the window the generator's threads were ready to run but
+    /// waited for a core, summed: while one waits, the answers the server
+    /// has sent it sit unread, and their latency counts the wait.
+    pub generator_wait_seconds: f64,
 }
 
 /// CPU time (user + system, all threads) of the server and of this process,
@@ -172,6 +178,9 @@ pub struct CpuTimes {
     pub generator_seconds: f64,
     /// All CPUs' time (/proc/stat `cpu`: user through steal), in ticks.
     pub machine_ticks: u64,
+    /// Of which idle (`idle` + `iowait`): neither the server nor the
+    /// generator had work for that core.
+    pub idle_ticks: u64,
     /// Of which stolen: time a virtual CPU had work but its host ran
     /// something else. On a VM this stalls requests for whole time slices.
     pub steal_ticks: u64,
@@ -180,9 +189,9 @@ pub struct CpuTimes {
 impl CpuTimes {
     /// The servers' CPU time is the sum over their processes.
     fn read(server_pids: &[u32]) -> CpuTimes {
-        let (machine_ticks, steal_ticks) = std::fs::read_to_string("/proc/stat")
+        let ticks = std::fs::read_to_string("/proc/stat")
             .ok()
-            .and_then(|stat| machine_and_steal_ticks(&stat))
+            .and_then(|stat| machine_ticks(&stat))
             .unwrap_or_default();
         CpuTimes {
             server_seconds: server_pids
@@ -194,8 +203,9 @@ impl CpuTimes {
                 .map(|&pid| thread_cpu_seconds(pid, WRITER_THREAD))
                 .sum(),
             generator_seconds: cpu_seconds("self").unwrap_or(0.0),
-            machine_ticks,
-            steal_ticks,
+            machine_ticks: ticks.total,
+            idle_ticks: ticks.idle,
+            steal_ticks: ticks.steal,
         }
     }
 
@@ -205,6 +215,7 @@ impl CpuTimes {
             writer_seconds: self.writer_seconds - earlier.writer_seconds,
             generator_seconds: self.generator_seconds - earlier.generator_seconds,
             machine_ticks: self.machine_ticks.saturating_sub(earlier.machine_ticks),
+            idle_ticks: self.idle_ticks.saturating_sub(earlier.idle_ticks),
             steal_ticks: self.steal_ticks.saturating_sub(earlier.steal_ticks),
         }
     }
@@ -213,12 +224,25 @@ impl CpuTimes {
     pub fn steal_percent(&self) -> f64 {
         100.0 * self.steal_ticks as f64 / self.machine_ticks.max(1) as f64
     }
+
+    /// The share of the machine's CPU time that was idle, in percent.
+    pub fn idle_percent(&self) -> f64 {
+        100.0 * self.idle_ticks as f64 / self.machine_ticks.max(1) as f64
+    }
 }
 
-/// The total (user, nice, system, idle, iowait, irq, softirq, steal) and
-/// the steal ticks of /proc/stat's first line; guest time is already in
-/// user and nice.
-fn machine_and_steal_ticks(stat: &str) -> Option<(u64, u64)> {
+/// /proc/stat's first line, in ticks.
+#[derive(Debug, Default, PartialEq)]
+struct MachineTicks {
+    /// user, nice, system, idle, iowait, irq, softirq and steal (guest time
+    /// is already in user and nice).
+    total: u64,
+    /// idle and iowait.
+    idle: u64,
+    steal: u64,
+}
+
+fn machine_ticks(stat: &str) -> Option<MachineTicks> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let ticks: Vec<u64> = line
         .split_whitespace()
@@ -226,7 +250,28 @@ fn machine_and_steal_ticks(stat: &str) -> Option<(u64, u64)> {
         .map(str::parse)
         .collect::<Result<_, _>>()
         .ok()?;
-    Some((ticks.iter().sum(), *ticks.get(7)?))
+    let steal = *ticks.get(7)?;
+    Some(MachineTicks {
+        total: ticks.iter().sum(),
+        idle: ticks[3] + ticks[4],
+        steal,
+    })
+}
+
+/// How long the calling thread has waited for a core so far, in seconds:
+/// its schedstat `run_delay` (0 where the kernel does not keep it).
+fn own_run_delay_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|schedstat| run_delay_seconds(&schedstat))
+        .unwrap_or(0.0)
+}
+
+/// The second field of a schedstat line (time on a run queue, waiting for
+/// a core, nanoseconds), in seconds.
+fn run_delay_seconds(schedstat: &str) -> Option<f64> {
+    let nanos: u64 = schedstat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(nanos as f64 / 1e9)
 }
 
 /// The server's thread that runs SQLite's writes (its name, as in
@@ -399,7 +444,7 @@ pub async fn run(
         let (target, answered, addrs) = (target.clone(), answered.clone(), addrs.to_vec());
         let generator = std::thread::Builder::new()
             .name(format!("load-{thread}"))
-            .spawn(move || -> anyhow::Result<Tally> {
+            .spawn(move || -> anyhow::Result<(Tally, f64)> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -415,11 +460,19 @@ pub async fn run(
                             log_latencies,
                         ));
                     }
+                    // This thread's wait for a core in the window, read on
+                    // this thread at the window's two ends.
+                    let waited = tokio::spawn(async move {
+                        tokio::time::sleep_until(window_start.into()).await;
+                        let before = own_run_delay_seconds();
+                        tokio::time::sleep_until(window_end.into()).await;
+                        own_run_delay_seconds() - before
+                    });
                     let mut tally = Tally::new(log_latencies);
                     while let Some(done) = tasks.join_next().await {
                         tally.merge(done?);
                     }
-                    Ok(tally)
+                    Ok((tally, waited.await?))
                 })
             })?;
         generators.push(generator);
@@ -473,11 +526,13 @@ pub async fn run(
     bar.finish_and_clear();
 
     let mut total = Tally::new(log_latencies);
+    let mut generator_wait_seconds = 0.0;
     for generator in generators {
-        let tally = tokio::task::spawn_blocking(move || generator.join())
+        let (tally, waited) = tokio::task::spawn_blocking(move || generator.join())
             .await?
             .map_err(|_| anyhow::anyhow!("a load generator thread panicked"))??;
         total.merge(tally);
+        generator_wait_seconds += waited;
     }
     total.outcomes.sort_by_key(|o| (o.kind, o.status));
     if let (Some(path), Some(trace)) = (&options.latency_log, &total.trace) {
@@ -493,6 +548,8 @@ pub async fn run(
         examples: total.examples,
         peak_memory: peak,
         cpu,
+        generator_threads: threads,
+        generator_wait_seconds,
     })
 }
 
@@ -590,11 +647,49 @@ mod tests {
     }
 
     #[test]
-    fn steal_is_read_from_proc_stat() {
+    fn idle_and_steal_are_read_from_proc_stat() {
         let stat = "cpu  100 5 50 800 10 1 4 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n";
-        assert_eq!(machine_and_steal_ticks(stat), Some((1_000, 30)));
-        assert_eq!(machine_and_steal_ticks("cpu0 1 2 3\n"), None);
-        assert_eq!(machine_and_steal_ticks("cpu  1 2 3\n"), None);
+        let ticks = MachineTicks {
+            total: 1_000,
+            idle: 810,
+            steal: 30,
+        };
+        assert_eq!(machine_ticks(stat), Some(ticks));
+        assert_eq!(machine_ticks("cpu0 1 2 3\n"), None);
+        assert_eq!(machine_ticks("cpu  1 2 3\n"), None);
+    }
+
+    #[test]
+    fn run_delay_is_schedstat_s_second_field() {
+        assert_eq!(run_delay_seconds("2500000000 1500000000 77\n"), Some(1.5));
+        assert_eq!(run_delay_seconds("2500000000\n"), None);
+    }
+
+    #[test]
+    fn a_thread_s_wait_for_a_core_is_read() {
+        if !std::path::Path::new("/proc/thread-self/schedstat").exists() {
+            eprintln!("skipped: this kernel keeps no /proc/thread-self/schedstat");
+            return;
+        }
+        // One more busy thread than there are cores: at least one of them
+        // waits. (Short, so as not to starve the other tests' threads.)
+        let waits: Vec<f64> = (0..=std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let before = own_run_delay_seconds();
+                    let end = Instant::now() + Duration::from_millis(60);
+                    while Instant::now() < end {
+                        std::hint::black_box(0u64);
+                    }
+                    own_run_delay_seconds() - before
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(waits.iter().all(|&w| w >= 0.0), "{waits:?}");
+        assert!(waits.iter().any(|&w| w > 0.0), "no wait counted: {waits:?}");
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub struct Numbers {
     /// The share of the machine's CPU time a hypervisor took in the window
     /// (/proc/stat `steal`), percent: a VM's own noise, 0 on bare metal.
     pub steal_percent: f64,
+    /// The share of the window the generator's threads were ready to run
+    /// but waited for a core, percent (per thread): answers the server had
+    /// sent waited unread that long, and their latency counts it.
+    pub generator_wait_percent: f64,
+    /// The share of the machine's CPU time that was idle, percent.
+    pub idle_percent: f64,
 }
 
 impl Numbers {
@@ -73,6 +79,8 @@ impl Numbers {
             writer_cpu_us_per_request: m(|n| n.writer_cpu_us_per_request),
             generator_cpu_us_per_request: m(|n| n.generator_cpu_us_per_request),
             steal_percent: m(|n| n.steal_percent),
+            generator_wait_percent: m(|n| n.generator_wait_percent),
+            idle_percent: m(|n| n.idle_percent),
         }
     }
 }
@@ -122,6 +130,9 @@ impl Measurement {
                 writer_cpu_us_per_request: per_request(load.cpu.writer_seconds),
                 generator_cpu_us_per_request: per_request(load.cpu.generator_seconds),
                 steal_percent: load.cpu.steal_percent(),
+                generator_wait_percent: 100.0 * load.generator_wait_seconds
+                    / (load.seconds * load.generator_threads.max(1) as f64),
+                idle_percent: load.cpu.idle_percent(),
             },
             requests: load.requests(),
             seconds: load.seconds,
@@ -236,7 +247,7 @@ pub fn check_targets(scenarios: &[ScenarioResult]) -> Vec<TargetCheck> {
 pub fn table(scenarios: &[ScenarioResult], targets: &[TargetCheck]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<18} {:>9} {:>5} {:>4} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+        "{:<18} {:>9} {:>5} {:>4} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7}\n",
         "scenario",
         "licenses",
         "conns",
@@ -252,12 +263,14 @@ pub fn table(scenarios: &[ScenarioResult], targets: &[TargetCheck]) -> String {
         "srv µs/r",
         "wrt µs/r",
         "gen µs/r",
+        "gen wait%",
+        "idle %",
         "steal %"
     ));
     for s in scenarios {
         let n = &s.median;
         out.push_str(&format!(
-            "{:<18} {:>9} {:>5} {:>4} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.2} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.1}\n",
+            "{:<18} {:>9} {:>5} {:>4} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.2} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.0} {:>6.0} {:>7.1}\n",
             s.name,
             s.licenses,
             s.connections,
@@ -273,6 +286,8 @@ pub fn table(scenarios: &[ScenarioResult], targets: &[TargetCheck]) -> String {
             n.server_cpu_us_per_request,
             n.writer_cpu_us_per_request,
             n.generator_cpu_us_per_request,
+            n.generator_wait_percent,
+            n.idle_percent,
             n.steal_percent
         ));
     }
@@ -300,7 +315,7 @@ pub fn run_line(name: &str, run: usize, m: &Measurement) -> String {
         .map(|o| format!("{} {}×{}", o.status, o.code, o.count))
         .collect();
     format!(
-        "{name} run {run} (load avg {:.1} before): {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms, start-up {:.0} ms, RSS {:.0}→{:.0} MiB, server {:.2} cores {:.1} µs/req (writer {:.1}), generator {:.1} µs/req, steal {:.1}% [{}]",
+        "{name} run {run} (load avg {:.1} before): {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms, start-up {:.0} ms, RSS {:.0}→{:.0} MiB, server {:.2} cores {:.1} µs/req (writer {:.1}), generator {:.1} µs/req (waited for a core {:.0}% of the time), idle {:.0}%, steal {:.1}% [{}]",
         m.load_average_before.unwrap_or(f64::NAN),
         n.throughput_rps,
         n.p50_ms,
@@ -313,6 +328,8 @@ pub fn run_line(name: &str, run: usize, m: &Measurement) -> String {
         n.server_cpu_us_per_request,
         n.writer_cpu_us_per_request,
         n.generator_cpu_us_per_request,
+        n.generator_wait_percent,
+        n.idle_percent,
         n.steal_percent,
         answers.join(", ")
     )
