@@ -139,10 +139,12 @@ struct Cli {
     perf_record: Option<PathBuf>,
 
     /// Write every measured request of each run here as CSV (its send time
-    /// after the measured window's start and its latency, microseconds;
-    /// each run overwrites the file). `scripts/tail-timeline.py` lines them
-    /// up with the server's threads to show what the slowest ones waited
-    /// for.
+    /// after the measured window's start and its latency, microseconds).
+    /// With more than one run, each run gets a file of its own, named
+    /// after this one with the scenario and the run's number inserted
+    /// (`lat.csv` → `lat-throughput-2.csv`). `scripts/tail-timeline.py`
+    /// lines them up with the server's threads to show what the slowest
+    /// ones waited for.
     #[arg(long)]
     latency_log: Option<PathBuf>,
 }
@@ -397,7 +399,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let mut runs: Vec<Vec<Measurement>> = plans.iter().map(|_| Vec::new()).collect();
     let mut perf_file = cli.perf_record.clone();
-    for (run, index) in run_order(plans.len(), cli.runs, against.is_some()) {
+    let order = run_order(plans.len(), cli.runs, against.is_some());
+    let several = order.len() > 1;
+    for (run, index) in order {
         let plan = &plans[index];
         let (_, dataset, workload) = datasets
             .iter()
@@ -417,7 +421,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             usize::from(cli.servers),
             dataset,
             target,
-            options(plan.connections),
+            LoadOptions {
+                latency_log: cli.latency_log.as_deref().map(|path| match several {
+                    true => run_log_path(path, &plan.name, run),
+                    false => path.to_owned(),
+                }),
+                ..options(plan.connections)
+            },
             &plan.name,
             perf_file.take(),
         )
@@ -483,6 +493,27 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     println!("{}", serde_json::to_string(&results)?);
     Ok(clean)
+}
+
+/// The latency log of run `run` of `scenario` when a set has several:
+/// `dir/lat.csv` → `dir/lat-throughput-2.csv` (the scenario's name cut down
+/// to letters, digits and dashes: `throughput [B]` → `throughput-b`).
+fn run_log_path(path: &Path, scenario: &str, run: usize) -> PathBuf {
+    let scenario: String = scenario
+        .to_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let stem = path.file_stem().map_or_else(
+        || "latency".into(),
+        |stem| stem.to_string_lossy().into_owned(),
+    );
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{scenario}-{run}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{scenario}-{run}"),
+    };
+    path.with_file_name(name)
 }
 
 /// One run: fresh copy of the data, fresh server, warm-up, measured window.
@@ -629,5 +660,21 @@ mod tests {
         assert_eq!(Cli::parse_from(["keysmith-bench"]).client_threads, 1);
         let two = Cli::parse_from(["keysmith-bench", "--client-threads", "2"]);
         assert_eq!(two.client_threads, 2);
+    }
+
+    #[test]
+    fn each_run_of_a_set_logs_latencies_to_a_file_of_its_own() {
+        let base = Path::new("/tmp/x/lat.csv");
+        let paths: Vec<PathBuf> = [("throughput", 1), ("throughput", 2), ("throughput [B]", 1)]
+            .into_iter()
+            .map(|(scenario, run)| run_log_path(base, scenario, run))
+            .collect();
+        assert_eq!(paths[0], Path::new("/tmp/x/lat-throughput-1.csv"));
+        assert_eq!(paths[1], Path::new("/tmp/x/lat-throughput-2.csv"));
+        assert_eq!(paths[2], Path::new("/tmp/x/lat-throughput-b-1.csv"));
+        assert_eq!(
+            run_log_path(Path::new("log"), "flatness-small", 3),
+            Path::new("log-flatness-small-3")
+        );
     }
 }
