@@ -139,7 +139,9 @@ struct Cli {
     perf_record: Option<PathBuf>,
 
     /// Write every measured request of each run here as CSV (its send time
-    /// after the measured window's start and its latency, microseconds).
+    /// after the measured window's start and its latency, microseconds, and
+    /// its connection's number; a first line holds the window's start, Unix
+    /// microseconds).
     /// With more than one run, each run gets a file of its own, named
     /// after this one with the scenario and the run's number inserted
     /// (`lat.csv` → `lat-throughput-2.csv`). `scripts/tail-timeline.py`
