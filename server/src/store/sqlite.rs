@@ -1282,17 +1282,20 @@ impl SqliteStore {
 
 /// `chain`: the `seq`s of license `?1`'s usage rows from row `?2` down,
 /// newest first, at most `?3` of them (`-1`: all), a walk down the chain
-/// `append_usage` keeps; `FROM chain JOIN usage u ON u.seq = chain.seq AND
-/// u.license_seq = ?1` then reads the rows. A step follows a row's pointer
-/// only if the row is the license's and the pointer goes down, so a
-/// damaged pointer ends the walk (the join leaves out a row that is not
-/// the license's, and a pointer to a deleted row finds none).
+/// `append_usage` keeps; `CHAIN_ROWS` then reads the rows. A step follows
+/// a row's pointer only if the row is the license's and the pointer goes
+/// down, so a damaged pointer ends the walk (the join leaves out a row that
+/// is not the license's, and a pointer to a deleted row finds none).
 const USAGE_CHAIN: &str = "WITH RECURSIVE chain(seq) AS ( \
        SELECT ?2 \
        UNION ALL \
        SELECT u.prev_seq FROM chain JOIN usage u ON u.seq = chain.seq \
        WHERE u.license_seq = ?1 AND u.prev_seq < u.seq \
        LIMIT ?3)";
+
+/// The `FROM` of a query on `USAGE_CHAIN`: its rows as `u`, those of
+/// license `?1` only.
+const CHAIN_ROWS: &str = "FROM chain JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1";
 
 /// The `seq` of license `license`'s newest usage row, if it has one.
 fn newest_usage(conn: &Connection, license: i64) -> rusqlite::Result<Option<i64>> {
@@ -1321,8 +1324,7 @@ fn usage_before(
         Some((owner, prev)) if owner == license => Ok(prev.filter(|p| *p < before)),
         _ => Ok(conn
             .prepare_cached(&format!(
-                "{USAGE_CHAIN} SELECT u.seq FROM chain \
-                 JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 WHERE u.seq < ?4 LIMIT 1"
+                "{USAGE_CHAIN} SELECT u.seq {CHAIN_ROWS} WHERE u.seq < ?4 LIMIT 1"
             ))?
             .query_row(params![license, newest, -1, before], |r| r.get(0))
             .optional()?),
@@ -2092,8 +2094,7 @@ impl Store for SqliteStore {
             };
             let mut stmt = conn.prepare_cached(&format!(
                 "{USAGE_CHAIN} SELECT u.seq, u.at, u.code, u.domain, u.fingerprint, u.ip, \
-                 u.user_agent, u.country FROM chain \
-                 JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 ORDER BY u.seq DESC"
+                 u.user_agent, u.country {CHAIN_ROWS} ORDER BY u.seq DESC"
             ))?;
             let rows: Vec<(i64, UsageRecord)> = stmt
                 .query_map(params![seq, start, i64::from(page.limit) + 1], |r| {
@@ -2123,8 +2124,8 @@ impl Store for SqliteStore {
             let mut by_code: std::collections::BTreeMap<String, i64> = Default::default();
             let mut totals = UsageTotals::default();
             let mut counts = conn.prepare_cached(&format!(
-                "{USAGE_CHAIN} SELECT u.code, u.domain, COUNT(*) FROM chain \
-                 JOIN usage u ON u.seq = chain.seq AND u.license_seq = ?1 GROUP BY u.code, u.domain"
+                "{USAGE_CHAIN} SELECT u.code, u.domain, COUNT(*) {CHAIN_ROWS} \
+                 GROUP BY u.code, u.domain"
             ))?;
             let mut counted = counts.query(params![seq, newest, -1])?;
             while let Some(row) = counted.next()? {
