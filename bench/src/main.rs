@@ -424,9 +424,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             dataset,
             target,
             LoadOptions {
-                latency_log: cli.latency_log.as_deref().map(|path| match several {
-                    true => run_log_path(path, &plan.name, run),
-                    false => path.to_owned(),
+                latency_log: cli.latency_log.as_deref().map(|path| {
+                    if several {
+                        run_log_path(path, &plan.name, run)
+                    } else {
+                        path.to_owned()
+                    }
                 }),
                 ..options(plan.connections)
             },
