@@ -626,72 +626,100 @@ fn set_ingested_through(conn: &Connection, through: u64) -> rusqlite::Result<()>
 /// Copies the journal's records past `usage_journal.ingested_through` into
 /// `usage` and moves the watermark past them, in the caller's transaction;
 /// returns the new watermark. With `pace`, the copy spreads itself out.
-fn ingest(conn: &Connection, journal: &Journal, pace: Option<&mut Pace>) -> Result<u64> {
-    let through = ingested_through(conn)?;
+fn ingest(conn: &Connection, journal: &Journal, mut pace: Option<&mut Pace>) -> Result<u64> {
+    let mut at = ingested_through(conn)?;
     let end = journal.len();
-    if end <= through {
-        return Ok(through);
+    if end <= at {
+        return Ok(at);
     }
-    let (entries, good) = journal
-        .read(through, end)
-        .map_err(|e| StoreError::Storage(format!("reading the usage journal: {e}")))?;
-    if good < end {
-        // Appends are whole records, so this is damage to the file: skip it
-        // rather than stop recording usage.
-        tracing::error!(
-            from = good,
-            to = end,
-            "damaged records in the usage journal were skipped"
-        );
+    let mut copy = Copy::default();
+    while at < end {
+        let piece = journal
+            .read(at, end, INGEST_PIECE_BYTES)
+            .map_err(|e| StoreError::Storage(format!("reading the usage journal: {e}")))?;
+        let stuck = piece.next == at;
+        copy.rows(conn, piece.entries, pace.as_deref_mut())?;
+        if piece.damaged || stuck {
+            // Appends are whole records, so this is damage to the file:
+            // skip it rather than stop recording usage.
+            tracing::error!(
+                from = piece.next,
+                to = end,
+                "damaged records in the usage journal were skipped"
+            );
+            break;
+        }
+        at = piece.next;
     }
-    copy_in(conn, entries, end, pace)?;
+    copy.finish(conn, end)?;
     Ok(end)
 }
 
-/// Inserts journal records into `usage`, adds them to their licenses'
-/// counters and moves the watermark to `through`, in the caller's
-/// transaction. With `pace`, it pauses now and then (`Pace`).
-fn copy_in(
-    conn: &Connection,
-    mut entries: Vec<Entry>,
-    through: u64,
-    mut pace: Option<&mut Pace>,
-) -> Result<()> {
-    // In license order (stable: each license's rows keep their order), so
-    // that `license_counters` is walked once, from its first page to its
-    // last, with each license's rows together.
-    entries.sort_by_key(|e| e.license_seq);
-    let mut unknown = 0;
-    // A license's rows in parts of at most `PACE_ROWS`, so that a pause
-    // comes as often for one license with many rows as for many.
-    let parts = entries
-        .chunk_by(|a, b| a.license_seq == b.license_seq)
-        .flat_map(|rows| rows.chunks(PACE_ROWS));
-    for rows in parts {
-        if let Some(pace) = pace.as_deref_mut() {
-            pace.copied(rows.len());
-        }
-        match append_usage(conn, rows) {
-            // Licenses are never deleted, so this is a database restored
-            // from a backup beside a newer journal: usage of licenses made
-            // after the backup has nowhere to go.
-            Err(rusqlite::Error::SqliteFailure(f, _))
-                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
-            {
-                unknown += rows.len()
+/// Journal bytes read and copied at a time (about 6,000 records): the
+/// writer's memory for a copy stays a few MB whatever the backlog, where a
+/// second of records at 50,000 validations a second is ~9 MB of journal
+/// and ~2.5 times that parsed, and a backlog after a stop can be far more.
+/// Larger than any record (`journal::MAX_RECORD`), so every read gets at
+/// least one.
+const INGEST_PIECE_BYTES: u64 = 1 << 20;
+
+/// A copy of journal records into `usage`, piece by piece, in the caller's
+/// transaction.
+#[derive(Default)]
+struct Copy {
+    /// Records of licenses this database does not have.
+    unknown: usize,
+}
+
+impl Copy {
+    /// Inserts records into `usage` and adds them to their licenses'
+    /// counters. With `pace`, it pauses now and then (`Pace`).
+    fn rows(
+        &mut self,
+        conn: &Connection,
+        mut entries: Vec<Entry>,
+        mut pace: Option<&mut Pace>,
+    ) -> Result<()> {
+        // In license order (stable: each license's rows keep their order),
+        // so that `license_counters` is walked once, from its first page to
+        // its last, with each license's rows together.
+        entries.sort_by_key(|e| e.license_seq);
+        // A license's rows in parts of at most `PACE_ROWS`, so that a pause
+        // comes as often for one license with many rows as for many.
+        let parts = entries
+            .chunk_by(|a, b| a.license_seq == b.license_seq)
+            .flat_map(|rows| rows.chunks(PACE_ROWS));
+        for rows in parts {
+            if let Some(pace) = pace.as_deref_mut() {
+                pace.copied(rows.len());
             }
-            done => done?,
+            match append_usage(conn, rows) {
+                // Licenses are never deleted, so this is a database restored
+                // from a backup beside a newer journal: usage of licenses
+                // made after the backup has nowhere to go.
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+                {
+                    self.unknown += rows.len()
+                }
+                done => done?,
+            }
         }
+        Ok(())
     }
-    if unknown > 0 {
-        tracing::warn!(
-            records = unknown,
-            "usage journal records of licenses this database does not have were left out \
-             (was the database restored from a backup without its journal?)"
-        );
+
+    /// Moves the watermark to `through` once every piece is in.
+    fn finish(self, conn: &Connection, through: u64) -> Result<()> {
+        if self.unknown > 0 {
+            tracing::warn!(
+                records = self.unknown,
+                "usage journal records of licenses this database does not have were left out \
+                 (was the database restored from a backup without its journal?)"
+            );
+        }
+        set_ingested_through(conn, through)?;
+        Ok(())
     }
-    set_ingested_through(conn, through)?;
-    Ok(())
 }
 
 /// Appends one license's usage rows (oldest first) to its chain and to its
@@ -786,7 +814,22 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
         set_ingested_through(conn, start)?;
         through = start;
     }
-    let (entries, good) = journal.read(through, len).map_err(storage)?;
+    // Everything up to a record torn by a crash (or damage) is copied.
+    let good = in_transaction(conn, |c| {
+        let mut copy = Copy::default();
+        let mut at = through;
+        while at < len {
+            let piece = journal.read(at, len, INGEST_PIECE_BYTES).map_err(storage)?;
+            let stuck = piece.next == at;
+            copy.rows(c, piece.entries, None)?;
+            at = piece.next;
+            if piece.damaged || stuck {
+                break;
+            }
+        }
+        copy.finish(c, at)?;
+        Ok(at)
+    })?;
     if good < len {
         tracing::warn!(
             bytes = len - good,
@@ -794,7 +837,6 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
         );
         journal.lock().truncate(journal, good).map_err(storage)?;
     }
-    in_transaction(conn, |c| copy_in(c, entries, good, None))?;
     // A switch cut short by a crash: its old file is copied now.
     finish_switch(journal, wal, good)?;
     tracing::debug!(through = good, "usage journal recovered");
@@ -3132,6 +3174,72 @@ mod tests {
             journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
         }
         (dir, path, journal, conn)
+    }
+
+    /// A license's chain as `(seq, at)`, newest first.
+    fn chain_of(path: &Path) -> Vec<(i64, i64)> {
+        let conn = Connection::open(path).unwrap();
+        let mut rows = conn
+            .prepare(
+                "WITH RECURSIVE chain(seq) AS \
+                 (SELECT last_seq FROM license_counters \
+                  UNION ALL SELECT u.prev_seq FROM usage u JOIN chain c ON u.seq = c.seq) \
+                 SELECT u.seq, u.at FROM chain JOIN usage u ON u.seq = chain.seq",
+            )
+            .unwrap();
+        rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// A backlog of several pieces (`INGEST_PIECE_BYTES`) is copied in one
+    /// transaction, every record once, in order on its license's chain.
+    #[tokio::test]
+    async fn a_backlog_of_many_pieces_is_copied_whole_and_in_order() {
+        let records = 20_000;
+        let (_dir, path, journal, conn) = writer_with_journal(records).await;
+        let end = journal.len();
+        assert!(
+            end > 2 * INGEST_PIECE_BYTES,
+            "{end} bytes is not several pieces"
+        );
+        assert_eq!(
+            in_transaction(&conn, |c| ingest(c, &journal, None)).unwrap(),
+            end
+        );
+        assert_eq!(ingested_through(&conn).unwrap(), end);
+        let chain = chain_of(&path);
+        let ats: Vec<i64> = chain.iter().map(|&(_, at)| at).collect();
+        assert_eq!(
+            ats,
+            (0..records).rev().map(|at| 2_000 + at).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            count(&path, "SELECT validations FROM license_counters"),
+            records
+        );
+    }
+
+    /// At start-up a backlog of several pieces with a record torn by a
+    /// crash at its end is copied up to that record, which is cut off.
+    #[tokio::test]
+    async fn a_backlog_of_many_pieces_with_a_torn_end_is_recovered() {
+        let records = 20_000;
+        let (_dir, path, journal, conn) = writer_with_journal(records).await;
+        drop((journal, conn));
+        let whole = journal_bytes(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal::path_for(&path))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &[90, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
+        drop(file);
+        let store = store_tuned(&path, test_tuning(WAL_RESTART_PAGES)).await;
+        assert_eq!(journal_bytes(&path), whole, "the torn record is cut off");
+        drop(store);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), records);
+        assert_eq!(chain_of(&path).len() as i64, records);
     }
 
     /// Moving appends to a new journal file copies every record of the

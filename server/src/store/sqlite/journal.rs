@@ -59,6 +59,18 @@ pub struct Entry {
     pub country: Option<String>,
 }
 
+/// Records read by [`Journal::read`].
+#[derive(Debug)]
+pub struct Piece {
+    pub entries: Vec<Entry>,
+    /// Where the next read goes on: past the last whole record read, or
+    /// the new file's first record once the old one is read.
+    pub next: u64,
+    /// Whether the read stopped at a damaged record. (A record cut off by
+    /// the end of the range is not damage: it is read whole next time.)
+    pub damaged: bool,
+}
+
 const HEADER: usize = 8;
 /// No record comes near this; a larger length is damage, not a record.
 const MAX_RECORD: usize = 64 * 1024;
@@ -405,40 +417,43 @@ impl Journal {
         self.appender.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the complete records in `from..to` (of the old file too,
-    /// while a switch has not given the new one its name); returns them
-    /// and the offset just past the last one that was whole and intact.
-    pub fn read(&self, from: u64, to: u64) -> std::io::Result<(Vec<Entry>, u64)> {
+    /// Reads the whole records in `from..to`, at most `max` bytes of them
+    /// and from one file (the old one first, while a switch has not given
+    /// the new one its name), so that a long backlog is copied a piece at a
+    /// time, in bounded memory. The caller goes on from [`Piece::next`].
+    /// Damage in the old file is logged and skipped here: `next` is then
+    /// the new file's first record.
+    pub fn read(&self, from: u64, to: u64, max: u64) -> std::io::Result<Piece> {
         let unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let (file, layout) = &*current;
-        let mut entries = Vec::new();
-        let mut from = from;
-        if from < layout.start {
-            let Some(old) = unnamed.as_ref().filter(|old| from >= old.layout.start) else {
-                return Err(std::io::Error::other(format!(
-                    "offset {from} is before the journal's first record ({})",
-                    layout.start
-                )));
-            };
-            let old_to = old.end.min(to);
-            let (mut got, good) = read_records(&old.reader, old.layout, from, old_to)?;
-            if good < old_to {
-                tracing::error!(
-                    from = good,
-                    to = old_to,
-                    "damaged records in the usage journal's old file were skipped"
-                );
-            }
-            entries.append(&mut got);
-            from = layout.start;
+        let to = to.min(from.saturating_add(max));
+        if from >= layout.start {
+            return read_records(file, *layout, from, to);
         }
-        if to <= from {
-            return Ok((entries, to));
+        let Some(old) = unnamed.as_ref().filter(|old| from >= old.layout.start) else {
+            return Err(std::io::Error::other(format!(
+                "offset {from} is before the journal's first record ({})",
+                layout.start
+            )));
+        };
+        let mut piece = read_records(&old.reader, old.layout, from, to.min(old.end))?;
+        // The old file ends with a whole record: a record cut at its end is
+        // damage, as is one cut before `max` ran out.
+        let cut_short = piece.next < to.min(old.end) && to >= old.end;
+        if piece.damaged || cut_short {
+            tracing::error!(
+                from = piece.next,
+                to = old.end,
+                "damaged records in the usage journal's old file were skipped"
+            );
+            piece.next = old.end;
+            piece.damaged = false;
         }
-        let (mut got, good) = read_records(file, *layout, from, to)?;
-        entries.append(&mut got);
-        Ok((entries, good))
+        if piece.next == old.end {
+            piece.next = layout.start;
+        }
+        Ok(piece)
     }
 
     /// Makes the file that appends will move to (see `Appender::switch_to`),
@@ -629,39 +644,42 @@ pub struct Retired {
 }
 
 /// Reads the complete records at the offsets `from..to` of `file`.
-fn read_records(
-    file: &File,
-    layout: Layout,
-    from: u64,
-    to: u64,
-) -> std::io::Result<(Vec<Entry>, u64)> {
+fn read_records(file: &File, layout: Layout, from: u64, to: u64) -> std::io::Result<Piece> {
     let mut bytes = vec![0; (to.saturating_sub(from)) as usize];
     file.read_exact_at(&mut bytes, layout.position(from))?;
-    let (entries, used) = parse(&bytes);
-    Ok((entries, from + used as u64))
+    let (entries, used, damaged) = parse(&bytes);
+    Ok(Piece {
+        entries,
+        next: from + used as u64,
+        damaged,
+    })
 }
 
-/// Splits `bytes` into records; stops at the first one that is incomplete
-/// or damaged and returns how many bytes the good ones took.
-fn parse(bytes: &[u8]) -> (Vec<Entry>, usize) {
+/// Splits `bytes` into records; stops at the first one that is damaged or
+/// runs past the end of `bytes`. Returns the records, how many bytes they
+/// took, and whether it stopped at damage.
+fn parse(bytes: &[u8]) -> (Vec<Entry>, usize, bool) {
     let mut entries = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= HEADER {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + HEADER].try_into().expect("4 bytes"));
+        if len > MAX_RECORD {
+            return (entries, at, true);
+        }
         let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
             break;
         };
-        if len > MAX_RECORD || crc32fast::hash(payload) != crc {
-            break;
+        if crc32fast::hash(payload) != crc {
+            return (entries, at, true);
         }
         let Ok(entry) = serde_json::from_slice(payload) else {
-            break;
+            return (entries, at, true);
         };
         entries.push(entry);
         at += HEADER + len;
     }
-    (entries, at)
+    (entries, at, false)
 }
 
 #[cfg(test)]
@@ -681,6 +699,63 @@ mod tests {
         }
     }
 
+    /// Reads `from..to` as the writer does, piece by piece of at most
+    /// `MAX_PIECE` bytes; returns the records and where reading stopped.
+    fn read_all(journal: &Journal, from: u64, to: u64) -> (Vec<Entry>, u64) {
+        read_in_pieces(journal, from, to, MAX_PIECE)
+    }
+
+    const MAX_PIECE: u64 = 1 << 20;
+
+    fn read_in_pieces(journal: &Journal, from: u64, to: u64, max: u64) -> (Vec<Entry>, u64) {
+        let mut entries = Vec::new();
+        let mut at = from;
+        while at < to {
+            let mut piece = journal.read(at, to, max).unwrap();
+            assert!(!piece.damaged);
+            if piece.next == at {
+                break;
+            }
+            at = piece.next;
+            entries.append(&mut piece.entries);
+        }
+        (entries, at)
+    }
+
+    /// A piece ends where its bytes do, even inside a record: that record
+    /// is read whole by the next piece, and the pieces together are the
+    /// records, in order, with nothing taken for damage. No piece reads
+    /// more than its size.
+    #[test]
+    fn pieces_end_inside_records_and_read_them_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let journal = Journal::open(&db, false).unwrap();
+        for n in 0..40 {
+            journal.append(&entry(n)).unwrap();
+        }
+        let end = journal.len();
+        let record = end / 40;
+        let max = record * 5 / 2;
+        let piece = journal.read(0, end, max).unwrap();
+        assert_eq!(piece.entries, vec![entry(0), entry(1)]);
+        assert!(!piece.damaged);
+        let piece = journal.read(piece.next, end, max).unwrap();
+        assert_eq!(piece.entries, vec![entry(2), entry(3)]);
+        let (read, used) = read_in_pieces(&journal, 0, end, max);
+        assert_eq!(read, (0..40).map(entry).collect::<Vec<_>>());
+        assert_eq!(used, end);
+
+        // Across a switch: the old file's pieces, then the new file's.
+        switch(&journal);
+        for n in 40..80 {
+            journal.append(&entry(n)).unwrap();
+        }
+        let (read, used) = read_in_pieces(&journal, 0, journal.len(), max);
+        assert_eq!(read, (0..80).map(entry).collect::<Vec<_>>());
+        assert_eq!(used, journal.len());
+    }
+
     #[test]
     fn records_read_back_and_a_torn_tail_is_left_out() {
         let dir = tempfile::tempdir().unwrap();
@@ -690,7 +765,7 @@ mod tests {
             journal.append(&entry(n)).unwrap();
         }
         let end = journal.len();
-        let (read, used) = journal.read(0, end).unwrap();
+        let (read, used) = read_all(&journal, 0, end);
         assert_eq!(read, vec![entry(1), entry(2), entry(3)]);
         assert_eq!(used, end);
 
@@ -701,12 +776,13 @@ mod tests {
         let mut bytes = file[FILE_HEADER as usize..].to_vec();
         let whole = bytes.clone();
         bytes.truncate(bytes.len() - 5);
-        let (read, used) = parse(&bytes);
+        let (read, used, stopped_at_damage) = parse(&bytes);
+        assert!(!stopped_at_damage, "a torn record is not damage");
         assert_eq!(read.len(), 2);
         let second_end = used;
         let mut damaged = whole.clone();
         damaged[second_end + HEADER + 3] ^= 0x20;
-        assert_eq!(parse(&damaged).1, second_end);
+        assert_eq!(parse(&damaged), (read, second_end, true));
     }
 
     #[tokio::test]
@@ -733,7 +809,7 @@ mod tests {
         // One fsync covered all eight: the syncer reads how far to sync once
         // the running one is over.
         assert_eq!(fsyncs(), 2);
-        let (read, _) = journal.read(0, journal.len()).unwrap();
+        let (read, _) = read_all(&journal, 0, journal.len());
         assert_eq!(read.len(), 9);
     }
 
@@ -766,7 +842,7 @@ mod tests {
         // Both files, read as one.
         assert_eq!(journal.start(), 0);
         assert_eq!(journal.switching(), Some(end));
-        let (read, used) = journal.read(0, journal.len()).unwrap();
+        let (read, used) = read_all(&journal, 0, journal.len());
         assert_eq!(read, (0..1_003).map(entry).collect::<Vec<_>>());
         assert_eq!(used, journal.len());
         // Not named before the old file is copied.
@@ -775,8 +851,11 @@ mod tests {
         let file = path_for(&db);
         assert!(!next_path(&file).exists());
         assert_eq!((journal.start(), journal.switching()), (end, None));
-        assert!(journal.read(0, end).is_err(), "the old records are gone");
-        let (read, _) = journal.read(end, journal.len()).unwrap();
+        assert!(
+            journal.read(0, end, u64::MAX).is_err(),
+            "the old records are gone"
+        );
+        let (read, _) = read_all(&journal, end, journal.len());
         assert_eq!(read, (1_000..1_003).map(entry).collect::<Vec<_>>());
         let len = journal.len();
         assert_eq!(
@@ -827,7 +906,7 @@ mod tests {
         let journal = Journal::open(&db, false).unwrap();
         assert_eq!(journal.switching(), Some(end));
         assert_eq!((journal.start(), journal.len()), (0, len));
-        let (read, _) = journal.read(0, len).unwrap();
+        let (read, _) = read_all(&journal, 0, len);
         assert_eq!(read, vec![entry(0), entry(1)]);
         journal.name(end).unwrap();
         assert!(!next_path(&path_for(&db)).exists());
