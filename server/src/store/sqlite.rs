@@ -655,10 +655,10 @@ fn ingest(conn: &Connection, journal: &Journal, mut pace: Option<&mut Pace>) -> 
     Ok(end)
 }
 
-/// Journal bytes read and copied at a time (about 6,000 records): the
+/// Journal bytes read and copied at a time (about 5,500 records): the
 /// writer's memory for a copy stays a few MB whatever the backlog, where a
-/// second of records at 50,000 validations a second is ~9 MB of journal
-/// and ~2.5 times that parsed, and a backlog after a stop can be far more.
+/// second of records at 50,000 validations a second is ~8 MB of journal
+/// and about twice that parsed, and a backlog after a stop can be far more.
 /// Larger than any record (`journal::MAX_RECORD`), so every read gets at
 /// least one.
 const INGEST_PIECE_BYTES: u64 = 1 << 20;
