@@ -7,6 +7,7 @@
 //! (with `synchronous = full`, a syncer thread groups the journal's fsyncs).
 
 mod journal;
+mod totals;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -25,12 +26,13 @@ use rusqlite::{
 use super::{
     event_names, from_unix, opt_time, status_of, AttemptResult, Deactivated, DeliveryAttempt,
     DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
-    NewWebhook, PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, UsageTotals,
-    ValidationInput, ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
+    NewWebhook, PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, ValidationInput,
+    ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
 };
 use crate::ids;
 use crate::license::{decide, effective_status, transition, Decision, Seats};
 use journal::{Entry, Journal};
+use totals::Counted;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -346,6 +348,8 @@ pub struct SqliteStore {
     checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     readers: Arc<ReadPool>,
     journal: Arc<Journal>,
+    /// The usage totals counted so far (`totals`).
+    counted: Arc<Counted>,
 }
 
 impl Drop for SqliteStore {
@@ -1270,6 +1274,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             journal,
+            counted: Arc::default(),
         })
     }
 
@@ -2127,6 +2132,7 @@ impl Store for SqliteStore {
 
     async fn usage(&self, id: String, page: PageRequest) -> Result<UsagePage> {
         self.settle_usage().await?;
+        let counted = self.counted.clone();
         self.read(move |conn| {
             let (seq, _) = load_license(conn, &id)?;
             let newest = newest_usage(conn, seq)?;
@@ -2162,25 +2168,7 @@ impl Store for SqliteStore {
             } else {
                 None
             };
-            // Both totals from one walk down the whole chain.
-            let mut by_code: std::collections::BTreeMap<String, i64> = Default::default();
-            let mut totals = UsageTotals::default();
-            let mut counts = conn.prepare_cached(&format!(
-                "{USAGE_CHAIN} SELECT u.code, u.domain, COUNT(*) {CHAIN_ROWS} \
-                 GROUP BY u.code, u.domain"
-            ))?;
-            let mut counted = counts.query(params![seq, newest, -1])?;
-            while let Some(row) = counted.next()? {
-                let (code, domain, n): (String, Option<String>, i64) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?);
-                *by_code.entry(code).or_default() += n;
-                if let Some(domain) = domain {
-                    *totals.domains.entry(domain).or_default() += n as u64;
-                }
-            }
-            for (code, n) in by_code {
-                totals.add_code(code, n);
-            }
+            let totals = counted.totals(conn, seq, newest)?;
             Ok(UsagePage {
                 records: rows.into_iter().map(|(_, r)| r).collect(),
                 next_before,
@@ -2278,28 +2266,35 @@ impl Store for SqliteStore {
     }
 
     async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
-        self.write(move |conn| {
-            // The oldest rows, and of them the leading run recorded before
-            // the cut-off: what is left of each license's chain is whole
-            // (`append_usage`). Never the newest row: without it SQLite
-            // would hand out its seq again, and a chain could point at it.
-            let rows: Vec<(i64, i64)> = conn
-                .prepare_cached(
-                    "SELECT seq, at FROM usage WHERE seq < (SELECT MAX(seq) FROM usage) \
+        let pruned = self
+            .write(move |conn| {
+                // The oldest rows, and of them the leading run recorded before
+                // the cut-off: what is left of each license's chain is whole
+                // (`append_usage`). Never the newest row: without it SQLite
+                // would hand out its seq again, and a chain could point at it.
+                let rows: Vec<(i64, i64)> = conn
+                    .prepare_cached(
+                        "SELECT seq, at FROM usage WHERE seq < (SELECT MAX(seq) FROM usage) \
                      ORDER BY seq LIMIT ?1",
-                )?
-                .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let cutoff = before.timestamp();
-            let Some(last) = rows.iter().take_while(|(_, at)| *at < cutoff).last() else {
-                return Ok(0);
-            };
-            let deleted = conn
-                .prepare_cached("DELETE FROM usage WHERE seq <= ?1 AND at < ?2")?
-                .execute(params![last.0, cutoff])?;
-            Ok(deleted as u64)
-        })
-        .await
+                    )?
+                    .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let cutoff = before.timestamp();
+                let Some(last) = rows.iter().take_while(|(_, at)| *at < cutoff).last() else {
+                    return Ok(0);
+                };
+                let deleted = conn
+                    .prepare_cached("DELETE FROM usage WHERE seq <= ?1 AND at < ?2")?
+                    .execute(params![last.0, cutoff])?;
+                Ok(deleted as u64)
+            })
+            .await;
+        // Committed (or failed, and perhaps not): the totals counted so
+        // far may count deleted rows.
+        if !matches!(pruned, Ok(0)) {
+            self.counted.pruned();
+        }
+        pruned
     }
 
     async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
@@ -3574,6 +3569,58 @@ mod tests {
         let again = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
         assert_eq!(again.len(), 1, "the delivery waits for a dead lease");
         assert_eq!(again[0].delivery, claimed[0].delivery);
+    }
+
+    /// A history's totals are counted once: its next page, and a page
+    /// after more validations, walk only the rows added since; after
+    /// retention deleted rows, all of them again.
+    #[tokio::test]
+    async fn usage_totals_walk_only_the_rows_added_since() {
+        let (_dir, _path, store, license) =
+            store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        let on = |domain: &str, at| ValidationInput {
+            domain: Some(domain.into()),
+            ..validation(&license.key, at)
+        };
+        for at in 1_001..=1_005 {
+            store.validate(on("a.example.com", at)).await.unwrap();
+        }
+        let page = |before| {
+            store.usage(
+                license.id.clone(),
+                PageRequest {
+                    before,
+                    limit: 2,
+                },
+            )
+        };
+        let first = page(None).await.unwrap();
+        assert_eq!((first.totals.validations, first.totals.valid), (5, 5));
+        assert_eq!(store.counted.walked(), 5);
+        let second = page(first.next_before).await.unwrap();
+        assert_eq!(second.records.len(), 2);
+        assert_eq!(second.totals.validations, 5);
+        assert_eq!(store.counted.walked(), 5, "the next page walked no row");
+
+        for at in [1_006, 1_007] {
+            store.validate(on("b.example.com", at)).await.unwrap();
+        }
+        let third = page(None).await.unwrap();
+        assert_eq!(third.totals.validations, 7);
+        assert_eq!(third.totals.by_code.get("VALID"), Some(&7));
+        let domains: Vec<_> = third.totals.domains.into_iter().collect();
+        assert_eq!(
+            domains,
+            [("a.example.com".into(), 5), ("b.example.com".into(), 2)]
+        );
+        assert_eq!(store.counted.walked(), 7, "only the two new rows");
+
+        let before = DateTime::from_timestamp(1_003, 0).unwrap();
+        assert_eq!(store.prune_usage(before, 100).await.unwrap(), 2);
+        let pruned = page(None).await.unwrap();
+        assert_eq!(pruned.totals.validations, 5);
+        assert_eq!(pruned.totals.domains.get("a.example.com"), Some(&3));
+        assert_eq!(store.counted.walked(), 12, "all five left, again");
     }
 
     /// Retention deletes the oldest records recorded before the cut-off,
