@@ -3171,6 +3171,16 @@ mod tests {
         (dir, path, journal, conn)
     }
 
+    /// Appends half a record to the journal of the database at `db`, as
+    /// a crash in the middle of a write leaves it.
+    fn tear_journal(db: &Path) {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal::path_for(db))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &[90, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
+    }
+
     /// A license's chain as `(seq, at)`, newest first.
     fn chain_of(path: &Path) -> Vec<(i64, i64)> {
         let conn = Connection::open(path).unwrap();
@@ -3224,12 +3234,7 @@ mod tests {
         let (_dir, path, journal, conn) = writer_with_journal(records).await;
         drop((journal, conn));
         let whole = journal_bytes(&path);
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(journal::path_for(&path))
-            .unwrap();
-        std::io::Write::write_all(&mut file, &[90, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
-        drop(file);
+        tear_journal(&path);
         let store = store_tuned(&path, test_tuning(WAL_RESTART_PAGES)).await;
         assert_eq!(journal_bytes(&path), whole, "the torn record is cut off");
         drop(store);
@@ -3585,15 +3590,7 @@ mod tests {
         for at in 1_001..=1_005 {
             store.validate(on("a.example.com", at)).await.unwrap();
         }
-        let page = |before| {
-            store.usage(
-                license.id.clone(),
-                PageRequest {
-                    before,
-                    limit: 2,
-                },
-            )
-        };
+        let page = |before| store.usage(license.id.clone(), PageRequest { before, limit: 2 });
         let first = page(None).await.unwrap();
         assert_eq!((first.totals.validations, first.totals.valid), (5, 5));
         assert_eq!(store.counted.walked(), 5);
@@ -4129,12 +4126,7 @@ mod tests {
         }
         drop(left);
         let whole = journal_bytes(&path);
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(journal::path_for(&path))
-            .unwrap();
-        std::io::Write::write_all(&mut file, &[90, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
-        drop(file);
+        tear_journal(&path);
 
         let store = store_tuned(&path, tuning).await;
         assert_eq!(journal_bytes(&path), whole, "the torn record is cut off");
