@@ -636,7 +636,7 @@ fn ingest(conn: &Connection, journal: &Journal, mut pace: Option<&mut Pace>) -> 
     if end <= at {
         return Ok(at);
     }
-    let mut copy = Copy::default();
+    let mut copy = UsageCopy::default();
     while at < end {
         let piece = journal
             .read(at, end, INGEST_PIECE_BYTES)
@@ -670,12 +670,12 @@ const INGEST_PIECE_BYTES: u64 = 1 << 20;
 /// A copy of journal records into `usage`, piece by piece, in the caller's
 /// transaction.
 #[derive(Default)]
-struct Copy {
+struct UsageCopy {
     /// Records of licenses this database does not have.
     unknown: usize,
 }
 
-impl Copy {
+impl UsageCopy {
     /// Inserts records into `usage` and adds them to their licenses'
     /// counters. With `pace`, it pauses now and then (`Pace`).
     fn rows(
@@ -724,6 +724,28 @@ impl Copy {
         set_ingested_through(conn, through)?;
         Ok(())
     }
+}
+
+/// Deletes at most `limit` of the oldest usage rows, those recorded before
+/// `before`: the leading run of them, so that what is left of each
+/// license's chain is whole (`append_usage`). Never the newest row: without
+/// it SQLite would hand out its seq again, and a chain could point at it.
+fn prune_usage_in(conn: &Connection, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+    let rows: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT seq, at FROM usage WHERE seq < (SELECT MAX(seq) FROM usage) \
+             ORDER BY seq LIMIT ?1",
+        )?
+        .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let cutoff = before.timestamp();
+    let Some(last) = rows.iter().take_while(|(_, at)| *at < cutoff).last() else {
+        return Ok(0);
+    };
+    let deleted = conn
+        .prepare_cached("DELETE FROM usage WHERE seq <= ?1 AND at < ?2")?
+        .execute(params![last.0, cutoff])?;
+    Ok(deleted as u64)
 }
 
 /// Appends one license's usage rows (oldest first) to its chain and to its
@@ -820,7 +842,7 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
     }
     // Everything up to a record torn by a crash (or damage) is copied.
     let good = in_transaction(conn, |c| {
-        let mut copy = Copy::default();
+        let mut copy = UsageCopy::default();
         let mut at = through;
         while at < len {
             let piece = journal.read(at, len, INGEST_PIECE_BYTES).map_err(storage)?;
@@ -2267,27 +2289,7 @@ impl Store for SqliteStore {
 
     async fn prune_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
         let pruned = self
-            .write(move |conn| {
-                // The oldest rows, and of them the leading run recorded before
-                // the cut-off: what is left of each license's chain is whole
-                // (`append_usage`). Never the newest row: without it SQLite
-                // would hand out its seq again, and a chain could point at it.
-                let rows: Vec<(i64, i64)> = conn
-                    .prepare_cached(
-                        "SELECT seq, at FROM usage WHERE seq < (SELECT MAX(seq) FROM usage) \
-                     ORDER BY seq LIMIT ?1",
-                    )?
-                    .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let cutoff = before.timestamp();
-                let Some(last) = rows.iter().take_while(|(_, at)| *at < cutoff).last() else {
-                    return Ok(0);
-                };
-                let deleted = conn
-                    .prepare_cached("DELETE FROM usage WHERE seq <= ?1 AND at < ?2")?
-                    .execute(params![last.0, cutoff])?;
-                Ok(deleted as u64)
-            })
+            .write(move |conn| prune_usage_in(conn, before, limit))
             .await;
         // Committed (or failed, and perhaps not): the totals counted so
         // far may count deleted rows.
