@@ -438,8 +438,8 @@ impl Journal {
             )));
         };
         let mut piece = read_records(&old.reader, old.layout, from, to.min(old.end))?;
-        // The old file ends with a whole record: a record cut at its end is
-        // damage, as is one cut before `max` ran out.
+        // The old file ends with a whole record, so a record cut off at its
+        // end is damage (one cut off by `max` is read whole next time).
         let cut_short = piece.next < to.min(old.end) && to >= old.end;
         if piece.damaged || cut_short {
             tracing::error!(
