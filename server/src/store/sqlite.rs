@@ -3622,6 +3622,64 @@ mod tests {
         assert_eq!(store.counted.walked(), 12, "all five left, again");
     }
 
+    /// The totals of a license with more domains than an entry keeps are
+    /// counted whole every time (and right).
+    #[tokio::test]
+    async fn usage_totals_of_many_domains_are_counted_whole_each_time() {
+        let (_dir, _path, store, license) =
+            store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        let domains = totals::CACHED_DOMAINS as i64 + 1;
+        for n in 0..domains {
+            let input = ValidationInput {
+                domain: Some(format!("d{n}.example.com")),
+                ..validation(&license.key, 1_000 + n)
+            };
+            store.validate(input).await.unwrap();
+        }
+        let page = PageRequest {
+            before: None,
+            limit: 1,
+        };
+        for read in 1..=2 {
+            let got = store.usage(license.id.clone(), page).await.unwrap();
+            assert_eq!(got.totals.domains.len() as i64, domains);
+            assert_eq!(store.counted.walked() as i64, read * domains);
+        }
+    }
+
+    /// The totals of the licenses read last are kept; reading one more
+    /// than that many drops the one read longest ago.
+    #[tokio::test]
+    async fn usage_totals_of_the_licenses_read_last_are_kept() {
+        let (_dir, _path, store, first) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        let mut licenses = vec![first];
+        for n in 1..=totals::CACHED_LICENSES {
+            let license = store.create_license(new_license(n), Utc::now());
+            licenses.push(license.await.unwrap());
+        }
+        for license in &licenses {
+            store
+                .validate(validation(&license.key, 1_000))
+                .await
+                .unwrap();
+        }
+        let page = PageRequest {
+            before: None,
+            limit: 1,
+        };
+        let read = |n: usize| store.usage(licenses[n].id.clone(), page);
+        for n in 0..licenses.len() {
+            read(n).await.unwrap();
+        }
+        let walked = store.counted.walked();
+        assert_eq!(walked as usize, licenses.len());
+        read(licenses.len() - 1).await.unwrap();
+        read(1).await.unwrap();
+        assert_eq!(store.counted.walked(), walked, "both were kept");
+        read(0).await.unwrap();
+        assert_eq!(store.counted.walked(), walked + 1, "the first was dropped");
+    }
+
     /// Retention deletes the oldest records recorded before the cut-off,
     /// never the newest one, and leaves every count as it was.
     #[tokio::test]

@@ -23,8 +23,8 @@ use rusqlite::{params, Connection};
 use super::{Result, CHAIN_ROWS};
 use crate::store::UsageTotals;
 
-const CACHED_LICENSES: usize = 64;
-const CACHED_DOMAINS: usize = 1_000;
+pub const CACHED_LICENSES: usize = 64;
+pub const CACHED_DOMAINS: usize = 1_000;
 
 /// `chain`: the `seq`s of license `?1`'s usage rows from row `?2` down to
 /// the first one after row `?3`, as `USAGE_CHAIN` walks it.
