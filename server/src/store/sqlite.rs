@@ -1349,18 +1349,34 @@ impl SqliteStore {
     }
 }
 
+/// One step down a license's usage chain (`USAGE_CHAIN`): the pointer of
+/// a row that is license `?1`'s, and only if it goes down.
+macro_rules! chain_step {
+    () => {
+        "SELECT u.prev_seq FROM chain JOIN usage u ON u.seq = chain.seq \
+         WHERE u.license_seq = ?1 AND u.prev_seq < u.seq"
+    };
+}
+
 /// `chain`: the `seq`s of license `?1`'s usage rows from row `?2` down,
 /// newest first, at most `?3` of them (`-1`: all), a walk down the chain
 /// `append_usage` keeps; `CHAIN_ROWS` then reads the rows. A step follows
 /// a row's pointer only if the row is the license's and the pointer goes
 /// down, so a damaged pointer ends the walk (the join leaves out a row that
 /// is not the license's, and a pointer to a deleted row finds none).
-const USAGE_CHAIN: &str = "WITH RECURSIVE chain(seq) AS ( \
-       SELECT ?2 \
-       UNION ALL \
-       SELECT u.prev_seq FROM chain JOIN usage u ON u.seq = chain.seq \
-       WHERE u.license_seq = ?1 AND u.prev_seq < u.seq \
-       LIMIT ?3)";
+const USAGE_CHAIN: &str = concat!(
+    "WITH RECURSIVE chain(seq) AS (SELECT ?2 UNION ALL ",
+    chain_step!(),
+    " LIMIT ?3)"
+);
+
+/// `chain`: the `seq`s of license `?1`'s usage rows from row `?2` down to
+/// the first one after row `?3`, as `USAGE_CHAIN` walks it.
+const USAGE_CHAIN_ABOVE: &str = concat!(
+    "WITH RECURSIVE chain(seq) AS (SELECT ?2 WHERE ?2 > ?3 UNION ALL ",
+    chain_step!(),
+    " AND u.prev_seq > ?3)"
+);
 
 /// The `FROM` of a query on `USAGE_CHAIN`: its rows as `u`, those of
 /// license `?1` only.

@@ -20,19 +20,11 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection};
 
-use super::{Result, CHAIN_ROWS};
+use super::{Result, CHAIN_ROWS, USAGE_CHAIN_ABOVE};
 use crate::store::UsageTotals;
 
 pub const CACHED_LICENSES: usize = 64;
 pub const CACHED_DOMAINS: usize = 1_000;
-
-/// `chain`: the `seq`s of license `?1`'s usage rows from row `?2` down to
-/// the first one after row `?3`, as `USAGE_CHAIN` walks it.
-const CHAIN_ABOVE: &str = "WITH RECURSIVE chain(seq) AS ( \
-       SELECT ?2 WHERE ?2 > ?3 \
-       UNION ALL \
-       SELECT u.prev_seq FROM chain JOIN usage u ON u.seq = chain.seq \
-       WHERE u.license_seq = ?1 AND u.prev_seq < u.seq AND u.prev_seq > ?3)";
 
 /// The totals counted so far, per license.
 #[derive(Default)]
@@ -96,7 +88,7 @@ impl Counted {
             used: 0,
         });
         let mut walk = conn.prepare_cached(&format!(
-            "{CHAIN_ABOVE} SELECT u.code, u.domain, COUNT(*) {CHAIN_ROWS} \
+            "{USAGE_CHAIN_ABOVE} SELECT u.code, u.domain, COUNT(*) {CHAIN_ROWS} \
              GROUP BY u.code, u.domain"
         ))?;
         let mut rows = walk.query(params![license, newest, counts.through])?;
