@@ -630,30 +630,22 @@ fn set_ingested_through(conn: &Connection, through: u64) -> rusqlite::Result<()>
 /// Copies the journal's records past `usage_journal.ingested_through` into
 /// `usage` and moves the watermark past them, in the caller's transaction;
 /// returns the new watermark. With `pace`, the copy spreads itself out.
-fn ingest(conn: &Connection, journal: &Journal, mut pace: Option<&mut Pace>) -> Result<u64> {
-    let mut at = ingested_through(conn)?;
+fn ingest(conn: &Connection, journal: &Journal, pace: Option<&mut Pace>) -> Result<u64> {
+    let at = ingested_through(conn)?;
     let end = journal.len();
     if end <= at {
         return Ok(at);
     }
     let mut copy = UsageCopy::default();
-    while at < end {
-        let piece = journal
-            .read(at, end, INGEST_PIECE_BYTES)
-            .map_err(|e| StoreError::Storage(format!("reading the usage journal: {e}")))?;
-        let stuck = piece.next == at;
-        copy.rows(conn, piece.entries, pace.as_deref_mut())?;
-        if piece.damaged || stuck {
-            // Appends are whole records, so this is damage to the file:
-            // skip it rather than stop recording usage.
-            tracing::error!(
-                from = piece.next,
-                to = end,
-                "damaged records in the usage journal were skipped"
-            );
-            break;
-        }
-        at = piece.next;
+    let good = copy.pieces(conn, journal, at, end, pace)?;
+    if good < end {
+        // Appends are whole records, so this is damage to the file: skip
+        // it rather than stop recording usage.
+        tracing::error!(
+            from = good,
+            to = end,
+            "damaged records in the usage journal were skipped"
+        );
     }
     copy.finish(conn, end)?;
     Ok(end)
@@ -676,6 +668,31 @@ struct UsageCopy {
 }
 
 impl UsageCopy {
+    /// Copies the journal's records in `from..to`, a piece at a time, up to
+    /// the first damaged or incomplete one; returns the offset it reached.
+    fn pieces(
+        &mut self,
+        conn: &Connection,
+        journal: &Journal,
+        from: u64,
+        to: u64,
+        mut pace: Option<&mut Pace>,
+    ) -> Result<u64> {
+        let mut at = from;
+        while at < to {
+            let piece = journal
+                .read(at, to, INGEST_PIECE_BYTES)
+                .map_err(|e| StoreError::Storage(format!("reading the usage journal: {e}")))?;
+            let stuck = piece.next == at;
+            self.rows(conn, piece.entries, pace.as_deref_mut())?;
+            at = piece.next;
+            if piece.damaged || stuck {
+                break;
+            }
+        }
+        Ok(at)
+    }
+
     /// Inserts records into `usage` and adds them to their licenses'
     /// counters. With `pace`, it pauses now and then (`Pace`).
     fn rows(
@@ -843,18 +860,9 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
     // Everything up to a record torn by a crash (or damage) is copied.
     let good = in_transaction(conn, |c| {
         let mut copy = UsageCopy::default();
-        let mut at = through;
-        while at < len {
-            let piece = journal.read(at, len, INGEST_PIECE_BYTES).map_err(storage)?;
-            let stuck = piece.next == at;
-            copy.rows(c, piece.entries, None)?;
-            at = piece.next;
-            if piece.damaged || stuck {
-                break;
-            }
-        }
-        copy.finish(c, at)?;
-        Ok(at)
+        let good = copy.pieces(c, journal, through, len, None)?;
+        copy.finish(c, good)?;
+        Ok(good)
     })?;
     if good < len {
         tracing::warn!(
