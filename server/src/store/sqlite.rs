@@ -280,7 +280,7 @@ CREATE INDEX attempts_by_delivery ON delivery_attempts(delivery_seq);
     // from its counters row (`last_seq`), instead of indexed by license:
     // at 1M licenses the index took about one random page write per
     // validation (docs/performance.md). The writer now updates the
-    // counters as it copies the journal in (`copy_in`), so the rows not
+    // counters as it copies the journal in (`UsageCopy`), so the rows not
     // folded yet, and their watermark, are gone; the fold of those left
     // comes first.
     r#"
@@ -1425,7 +1425,7 @@ fn usage_before(
 }
 
 /// The columns `license_row` maps, read `FROM licenses`. The counters count
-/// every usage row copied in (`copy_in`); a read settles the journal first.
+/// every usage row copied in (`UsageCopy`); a read settles the journal first.
 const LICENSE_COLUMNS: &str =
     "seq, id, key, status, plan, customer_email, max_domains, max_machines, \
      metadata, created_at, updated_at, expires_at, \
