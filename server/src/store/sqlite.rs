@@ -833,37 +833,25 @@ fn in_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>
     Ok(result)
 }
 
-/// At start-up: cuts off a record torn by a crash at the journal's end
-/// (its validation was never answered) and copies the rest into `usage`.
-///
-/// A journal that ends before the watermark was emptied in place after its
-/// records had been copied, by a server from before the journal's header
-/// (a crash inside its emptying), or was replaced: everything in it is new.
-/// One that starts past the watermark lost the records in between (a
-/// power cut that kept the switch to a new file but not the commit of the
-/// copy before it): they are gone, the rest is copied.
-fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<()> {
+/// At start-up, before anything appends: cuts off a record torn by a crash
+/// at the end of the journal (its validation was never answered), or
+/// whatever follows damage to the file. Only the records' framing is read
+/// (`Journal::whole_through`); copying them is left to the writer
+/// (`recover_usage`), so that a crash that left a full journal (64 MiB,
+/// ~350,000 records: 1.5 s of copying at 1M licenses) does not hold the
+/// server back from listening.
+fn cut_torn_journal(conn: &Connection, journal: &Journal) -> Result<()> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
-    let mut through = ingested_through(conn)?;
     let (start, len) = (journal.start(), journal.len());
-    if through < start {
-        tracing::error!(
-            from = through,
-            to = start,
-            "usage journal records were lost; the rest is copied"
-        );
-    }
-    if len < through || through < start {
-        set_ingested_through(conn, start)?;
-        through = start;
-    }
-    // Everything up to a record torn by a crash (or damage) is copied.
-    let good = in_transaction(conn, |c| {
-        let mut copy = UsageCopy::default();
-        let good = copy.pieces(c, journal, through, len, None)?;
-        copy.finish(c, good)?;
-        Ok(good)
-    })?;
+    let through = ingested_through(conn)?;
+    // Past a watermark that does not fit the journal, everything is read
+    // (`recover_usage` says why).
+    let from = if (start..=len).contains(&through) {
+        through
+    } else {
+        start
+    };
+    let good = journal.whole_through(from).map_err(storage)?;
     if good < len {
         tracing::warn!(
             bytes = len - good,
@@ -871,10 +859,63 @@ fn recover_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<(
         );
         journal.lock().truncate(journal, good).map_err(storage)?;
     }
-    // A switch cut short by a crash: its old file is copied now.
-    finish_switch(journal, wal, good)?;
-    tracing::debug!(through = good, "usage journal recovered");
     Ok(())
+}
+
+/// The writer's first work: copies into `usage` what the journal still
+/// holds from before the server started (after a crash), finishes a
+/// switch to a new journal file that a crash cut short, and frees webhook
+/// deliveries a killed server left claimed (`release_leases`). Returns the
+/// watermark. Writes queued meanwhile wait for it; validations that take
+/// no seat are answered meanwhile.
+///
+/// A journal that ends before the watermark was emptied in place after its
+/// records had been copied, by a server from before the journal's header
+/// (a crash inside its emptying), or was replaced: everything in it is new.
+/// One that starts past the watermark lost the records in between (a
+/// power cut that kept the switch to a new file but not the commit of the
+/// copy before it): they are gone, the rest is copied.
+fn recover_usage(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
+    let started = std::time::Instant::now();
+    let through = in_transaction(conn, |c| {
+        let mut through = ingested_through(c)?;
+        let (start, len) = (journal.start(), journal.len());
+        if through < start {
+            tracing::error!(
+                from = through,
+                to = start,
+                "usage journal records were lost; the rest is copied"
+            );
+        }
+        if len < through || through < start {
+            through = start;
+        }
+        if len > through {
+            tracing::info!(
+                bytes = len - through,
+                "copying the usage journal a stopped server left"
+            );
+        }
+        let mut copy = UsageCopy::default();
+        let good = copy.pieces(c, journal, through, len, None)?;
+        if good < len {
+            // Damage past `cut_torn_journal`'s check: a record whose
+            // checksum holds but which does not parse.
+            tracing::error!(
+                from = good,
+                to = len,
+                "damaged records in the usage journal were skipped"
+            );
+        }
+        copy.finish(c, len)?;
+        Ok(len)
+    })?;
+    // A switch cut short by a crash: its old file is copied now.
+    finish_switch(journal, wal, through)?;
+    release_leases(conn)?;
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(through, ms, "usage journal recovered");
+    Ok(through)
 }
 
 /// At start-up: frees the deliveries claimed by a server that was killed
@@ -1047,11 +1088,24 @@ fn run_writer(
         });
     };
     let mut ingested = 0;
+    // Whether what the journal held at start-up is copied (`recover_usage`,
+    // tried again before each batch until it succeeds): until it is, every
+    // copy checks its rows' licenses (a database restored from a backup
+    // may lack some) and none is paced.
+    let mut recovered = false;
     // The thread naming the last switch's new file (`name_beside`), and
     // when naming one last failed.
     let mut naming: Option<std::thread::JoinHandle<bool>> = None;
     let mut naming_failed: Option<std::time::Instant> = None;
     loop {
+        if !recovered {
+            match recover_usage(&conn, &journal, &wal) {
+                Ok(through) => (ingested, recovered) = (through, true),
+                Err(e) => {
+                    tracing::error!(error = %e, "copying the usage journal at start-up failed")
+                }
+            }
+        }
         let first = match jobs.recv_timeout(tuning.ingest_every) {
             Ok(job) => {
                 taken();
@@ -1093,8 +1147,8 @@ fn run_writer(
         // only if no transaction is open, i.e. only if the checks were
         // turned back on.
         // Such a copy is also the one that spreads itself out (`Pace`).
-        let mut pace = batch.is_empty().then(|| Pace::new(&queued, tuning));
-        let begun = foreign_keys(&conn, !batch.is_empty())
+        let mut pace = (batch.is_empty() && recovered).then(|| Pace::new(&queued, tuning));
+        let begun = foreign_keys(&conn, !batch.is_empty() || !recovered)
             .and_then(|()| begin_with_usage(&conn, &journal, pace.as_mut()));
         let through = match begun {
             Ok(through) => through,
@@ -1259,8 +1313,7 @@ impl SqliteStore {
         let journal = Arc::new(journal);
         let conn = open_writer(path, synchronous).map_err(opening)?;
         let wal = journal::with_suffix(path, "-wal");
-        recover_journal(&conn, &journal, &wal).map_err(opening)?;
-        release_leases(&conn).map_err(opening)?;
+        cut_torn_journal(&conn, &journal).map_err(opening)?;
         let checkpoint_conn = Connection::open(path)
             .and_then(|c| {
                 c.busy_timeout(Duration::from_secs(5))?;
@@ -3197,6 +3250,12 @@ mod tests {
         (dir, path, journal, conn)
     }
 
+    /// What start-up does with the journal: cuts it, then copies it.
+    fn recover(conn: &Connection, journal: &Journal, db: &Path) {
+        cut_torn_journal(conn, journal).unwrap();
+        recover_usage(conn, journal, &db.with_extension("db-wal")).unwrap();
+    }
+
     /// Appends half a record to the journal of the database at `db`, as
     /// a crash in the middle of a write leaves it.
     fn tear_journal(db: &Path) {
@@ -3264,6 +3323,31 @@ mod tests {
         let store = store_tuned(&path, test_tuning(WAL_RESTART_PAGES)).await;
         assert_eq!(journal_bytes(&path), whole, "the torn record is cut off");
         drop(store);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), records);
+        assert_eq!(chain_of(&path).len() as i64, records);
+    }
+
+    /// A crash that left a backlog in the journal does not hold start-up
+    /// back: the store opens while another connection holds the database's
+    /// write lock, with the torn record already cut off and nothing copied
+    /// yet; the writer copies the backlog once it gets the lock, before the
+    /// writes queued behind it.
+    #[tokio::test]
+    async fn start_up_cuts_a_torn_journal_and_leaves_the_copy_to_the_writer() {
+        let records = 20_000;
+        let (_dir, path, journal, conn) = writer_with_journal(records).await;
+        drop((journal, conn));
+        let whole = journal_bytes(&path);
+        tear_journal(&path);
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let store =
+            SqliteStore::open_tuned(&path, Synchronous::Normal, test_tuning(WAL_RESTART_PAGES))
+                .expect("opens without the write lock");
+        assert_eq!(journal_bytes(&path), whole, "the torn record is cut off");
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 0);
+        holder.execute_batch("ROLLBACK").unwrap();
+        store.settle_usage().await.unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), records);
         assert_eq!(chain_of(&path).len() as i64, records);
     }
@@ -3438,7 +3522,7 @@ mod tests {
         drop((journal, conn));
         let journal = Journal::open(&path, false).unwrap();
         let conn = open_writer(&path, Synchronous::Normal).unwrap();
-        recover_journal(&conn, &journal, &path.with_extension("db-wal")).unwrap();
+        recover(&conn, &journal, &path);
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1_110);
         assert_eq!(
             count(&path, "SELECT COUNT(DISTINCT at) FROM usage"),
@@ -3463,7 +3547,7 @@ mod tests {
         drop((journal, conn));
         let journal = Journal::open(&path, false).unwrap();
         let conn = open_writer(&path, Synchronous::Normal).unwrap();
-        recover_journal(&conn, &journal, &path.with_extension("db-wal")).unwrap();
+        recover(&conn, &journal, &path);
         assert_eq!(count(&path, "SELECT COUNT(DISTINCT at) FROM usage"), 110);
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 110);
         assert_eq!(journal.switching(), None);
@@ -3489,7 +3573,7 @@ mod tests {
         std::fs::write(journal::path_for(&path), &legacy).unwrap();
         let journal = Journal::open(&path, false).unwrap();
         assert_eq!((journal.start(), journal.len()), (0, legacy.len() as u64));
-        recover_journal(&conn, &journal, &path.with_extension("db-wal")).unwrap();
+        recover(&conn, &journal, &path);
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 2);
         let wal = path.with_extension("db-wal");
         rotate_journal(&conn, &journal, &wal).unwrap();
