@@ -877,6 +877,7 @@ fn cut_torn_journal(conn: &Connection, journal: &Journal) -> Result<()> {
 /// copy before it): they are gone, the rest is copied.
 fn recover_usage(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
     let started = std::time::Instant::now();
+    let mut copied = 0;
     let through = in_transaction(conn, |c| {
         let mut through = ingested_through(c)?;
         let (start, len) = (journal.start(), journal.len());
@@ -890,9 +891,10 @@ fn recover_usage(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64
         if len < through || through < start {
             through = start;
         }
-        if len > through {
+        copied = len.saturating_sub(through);
+        if copied > 0 {
             tracing::info!(
-                bytes = len - through,
+                bytes = copied,
                 "copying the usage journal a stopped server left"
             );
         }
@@ -914,7 +916,9 @@ fn recover_usage(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64
     finish_switch(journal, wal, through)?;
     release_leases(conn)?;
     let ms = started.elapsed().as_millis() as u64;
-    tracing::debug!(through, ms, "usage journal recovered");
+    if copied > 0 {
+        tracing::info!(bytes = copied, ms, "usage journal copied");
+    }
     Ok(through)
 }
 
