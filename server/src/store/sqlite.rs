@@ -3334,13 +3334,25 @@ mod tests {
     /// A crash that left a backlog in the journal does not hold start-up
     /// back: the store opens while another connection holds the database's
     /// write lock, with the torn record already cut off and nothing copied
-    /// yet; the writer copies the backlog once it gets the lock, before the
-    /// writes queued behind it.
+    /// yet, and answers a validation that takes no seat meanwhile; the
+    /// writer copies the backlog once it gets the lock, before the writes
+    /// queued behind it.
     #[tokio::test]
     async fn start_up_cuts_a_torn_journal_and_leaves_the_copy_to_the_writer() {
+        let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        // Activated: its next validation takes no seat and needs no writer.
+        store
+            .validate(validation(&license.key, 1_000))
+            .await
+            .unwrap();
+        drop(store);
+        let seq = count(&path, "SELECT seq FROM licenses");
         let records = 20_000;
-        let (_dir, path, journal, conn) = writer_with_journal(records).await;
-        drop((journal, conn));
+        let journal = Journal::open(&path, false).unwrap();
+        for at in 0..records {
+            journal.append(&valid_usage(seq, 2_000 + at)).unwrap();
+        }
+        drop(journal);
         let whole = journal_bytes(&path);
         tear_journal(&path);
         let holder = Connection::open(&path).unwrap();
@@ -3349,11 +3361,17 @@ mod tests {
             SqliteStore::open_tuned(&path, Synchronous::Normal, test_tuning(WAL_RESTART_PAGES))
                 .expect("opens without the write lock");
         assert_eq!(journal_bytes(&path), whole, "the torn record is cut off");
-        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 0);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), 1);
+        let answered = store.validate(validation(&license.key, 30_000));
+        let answered = tokio::time::timeout(Duration::from_secs(2), answered)
+            .await
+            .expect("answered while the writer waits for the lock")
+            .unwrap();
+        assert_eq!(answered.code, Code::Valid);
         holder.execute_batch("ROLLBACK").unwrap();
         store.settle_usage().await.unwrap();
-        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), records);
-        assert_eq!(chain_of(&path).len() as i64, records);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), records + 2);
+        assert_eq!(chain_of(&path).len() as i64, records + 2);
     }
 
     /// Moving appends to a new journal file copies every record of the
