@@ -636,19 +636,32 @@ fn ingest(conn: &Connection, journal: &Journal, pace: Option<&mut Pace>) -> Resu
     if end <= at {
         return Ok(at);
     }
+    copy_journal(conn, journal, at, end, pace)?;
+    Ok(end)
+}
+
+/// Copies the journal's records in `from..to` into `usage` and moves the
+/// watermark to `to`, in the caller's transaction.
+fn copy_journal(
+    conn: &Connection,
+    journal: &Journal,
+    from: u64,
+    to: u64,
+    pace: Option<&mut Pace>,
+) -> Result<()> {
     let mut copy = UsageCopy::default();
-    let good = copy.pieces(conn, journal, at, end, pace)?;
-    if good < end {
-        // Appends are whole records, so this is damage to the file: skip
-        // it rather than stop recording usage.
+    let good = copy.pieces(conn, journal, from, to, pace)?;
+    if good < to {
+        // Appends are whole records, and start-up cut off a torn one, so
+        // this is damage to the file: skip it rather than stop recording
+        // usage.
         tracing::error!(
             from = good,
-            to = end,
+            to,
             "damaged records in the usage journal were skipped"
         );
     }
-    copy.finish(conn, end)?;
-    Ok(end)
+    copy.finish(conn, to)
 }
 
 /// Journal bytes read and copied at a time (about 5,500 records): the
@@ -898,18 +911,7 @@ fn recover_usage(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64
                 "copying the usage journal a stopped server left"
             );
         }
-        let mut copy = UsageCopy::default();
-        let good = copy.pieces(c, journal, through, len, None)?;
-        if good < len {
-            // Damage past `cut_torn_journal`'s check: a record whose
-            // checksum holds but which does not parse.
-            tracing::error!(
-                from = good,
-                to = len,
-                "damaged records in the usage journal were skipped"
-            );
-        }
-        copy.finish(c, len)?;
+        copy_journal(c, journal, through, len, None)?;
         Ok(len)
     })?;
     // A switch cut short by a crash: its old file is copied now.
