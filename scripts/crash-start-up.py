@@ -11,8 +11,10 @@ made by `keysmith-bench --seed-only`), writes a journal of N records
 move to a new file) past its watermark, as a `kill -9` under load would
 leave it with nothing copied, then starts each server binary (default
 `target/release/keysmith-server`) on it and times, from the spawn:
-"listening" (the line on stdout), `/healthz` answering, and a read that
-waits for the usage journal to be copied (`GET /api/v1/licenses/:id`).
+"listening" (the line on stdout), `/healthz` answering, a validation
+that takes no seat answered `VALID` (the data set's first key, on a
+domain it holds), and a read that waits for the usage journal to be
+copied (`GET /api/v1/licenses/:id`).
 With several binaries the runs alternate. Prints one line per run and the
 medians. Linux only.
 """
@@ -79,6 +81,17 @@ def get(url):
         return answer.status
 
 
+def validate(base, key):
+    """Validates `key` on the first domain the harness's seeding gave it."""
+    body = json.dumps({"key": key, "domain": "app0.customer0.example.com"}).encode()
+    request = urllib.request.Request(base + "/api/v1/validate", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        code = json.load(answer).get("code")
+    if code != "VALID":
+        sys.exit(f"the first key of the data set validated as {code}")
+
+
 def run(binary, journal_bytes, license_id):
     work = tempfile.mkdtemp(prefix="crash-start-up-")
     try:
@@ -109,9 +122,11 @@ def run(binary, journal_bytes, license_id):
                 except OSError:
                     time.sleep(0.001)
             healthy = time.monotonic() - spawned
+            validate(base, first_key)
+            validated = time.monotonic() - spawned
             get(f"{base}/api/v1/licenses/{license_id}")
             copied = time.monotonic() - spawned
-            return listening, healthy, copied
+            return listening, healthy, validated, copied
         finally:
             server.kill()
             server.wait()
@@ -120,16 +135,19 @@ def run(binary, journal_bytes, license_id):
 
 
 journal_bytes, license_id = journal(os.path.join(seed, "keysmith.db"), args.records)
+with open(os.path.join(seed, "..", "keys.txt")) as f:
+    first_key = f.readline().strip()
 print(f"{args.records} records, {len(journal_bytes) / 2**20:.1f} MiB of journal, "
       f"{args.licenses} licenses")
 results = {binary: [] for binary in binaries}
 for i in range(args.runs):
     for binary in binaries:
-        listening, healthy, copied = run(binary, journal_bytes, license_id)
-        results[binary].append((listening, healthy, copied))
-        print(f"run {i + 1} {binary}: listening {listening * 1000:.0f} ms, "
-              f"/healthz {healthy * 1000:.0f} ms, journal copied {copied * 1000:.0f} ms")
+        timings = run(binary, journal_bytes, license_id)
+        results[binary].append(timings)
+        ms = [f"{t * 1000:.0f}" for t in timings]
+        print(f"run {i + 1} {binary}: listening {ms[0]} ms, /healthz {ms[1]} ms, "
+              f"validated {ms[2]} ms, journal copied {ms[3]} ms")
 for binary, runs in results.items():
-    medians = [statistics.median(r[k] for r in runs) * 1000 for k in range(3)]
-    print(f"median {binary}: listening {medians[0]:.0f} ms, /healthz {medians[1]:.0f} ms, "
-          f"journal copied {medians[2]:.0f} ms")
+    ms = [f"{statistics.median(r[k] for r in runs) * 1000:.0f}" for k in range(4)]
+    print(f"median {binary}: listening {ms[0]} ms, /healthz {ms[1]} ms, "
+          f"validated {ms[2]} ms, journal copied {ms[3]} ms")
