@@ -785,6 +785,45 @@ mod tests {
         (entries, at)
     }
 
+    /// `whole_through` finds where the whole records end, across pieces
+    /// of its scan: at a torn last record, at a damaged one in the middle
+    /// (whatever follows it), or at the end; from an offset past the
+    /// start, it reads from there.
+    #[test]
+    fn whole_records_end_at_a_torn_or_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let journal = Journal::open(&db, false).unwrap();
+        let mut ends = vec![journal.len()];
+        // Several scan pieces' worth of records.
+        for n in 0..20_000 {
+            journal.append(&entry(n)).unwrap();
+            ends.push(journal.len());
+        }
+        let end = journal.len();
+        assert!(end - ends[0] > 2 * SCAN_PIECE);
+        assert_eq!(journal.whole_through(0).unwrap(), end);
+        assert_eq!(journal.whole_through(ends[17_000]).unwrap(), end);
+        drop(journal);
+
+        let path = path_for(&db);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[90, 0, 0, 0, 1, 2, 3]).unwrap();
+        drop(file);
+        let journal = Journal::open(&db, false).unwrap();
+        assert_eq!(journal.whole_through(0).unwrap(), end, "torn at the end");
+        drop(journal);
+
+        // One byte of a payload in the middle changed: its checksum fails.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let damaged = ends[12_345];
+        file.write_all_at(b"#", FILE_HEADER + damaged + HEADER as u64 + 2)
+            .unwrap();
+        drop(file);
+        let journal = Journal::open(&db, false).unwrap();
+        assert_eq!(journal.whole_through(0).unwrap(), damaged);
+    }
+
     /// A piece ends where its bytes do, even inside a record: that record
     /// is read whole by the next piece, and the pieces together are the
     /// records, in order, with nothing taken for damage. No piece reads
