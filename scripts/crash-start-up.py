@@ -75,9 +75,13 @@ def journal(db, records):
     return b"".join(out), license_id
 
 
+# Straight to the server on loopback, whatever proxy the environment names.
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get(url):
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    with urllib.request.urlopen(request, timeout=60) as answer:
+    with opener.open(request, timeout=60) as answer:
         return answer.status
 
 
@@ -86,7 +90,7 @@ def validate(base, key):
     body = json.dumps({"key": key, "domain": "app0.customer0.example.com"}).encode()
     request = urllib.request.Request(base + "/api/v1/validate", data=body,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as answer:
+    with opener.open(request, timeout=60) as answer:
         code = json.load(answer).get("code")
     if code != "VALID":
         sys.exit(f"the first key of the data set validated as {code}")
