@@ -855,15 +855,8 @@ fn in_transaction<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>
 /// server back from listening.
 fn cut_torn_journal(conn: &Connection, journal: &Journal) -> Result<()> {
     let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
-    let (start, len) = (journal.start(), journal.len());
-    let through = ingested_through(conn)?;
-    // Past a watermark that does not fit the journal, everything is read
-    // (`recover_usage` says why).
-    let from = if (start..=len).contains(&through) {
-        through
-    } else {
-        start
-    };
+    let len = journal.len();
+    let from = resume_from(journal, ingested_through(conn)?);
     let good = journal.whole_through(from).map_err(storage)?;
     if good < len {
         tracing::warn!(
@@ -873,6 +866,18 @@ fn cut_torn_journal(conn: &Connection, journal: &Journal) -> Result<()> {
         journal.lock().truncate(journal, good).map_err(storage)?;
     }
     Ok(())
+}
+
+/// Where a copy of the journal goes on from after a watermark of
+/// `through`: there, unless the watermark does not fit the journal
+/// (`recover_usage` says when), and then from its first record.
+fn resume_from(journal: &Journal, through: u64) -> u64 {
+    let start = journal.start();
+    if (start..=journal.len()).contains(&through) {
+        through
+    } else {
+        start
+    }
 }
 
 /// The writer's first work: copies into `usage` what the journal still
@@ -892,18 +897,16 @@ fn recover_usage(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64
     let started = std::time::Instant::now();
     let mut copied = 0;
     let through = in_transaction(conn, |c| {
-        let mut through = ingested_through(c)?;
+        let watermark = ingested_through(c)?;
         let (start, len) = (journal.start(), journal.len());
-        if through < start {
+        if watermark < start {
             tracing::error!(
-                from = through,
+                from = watermark,
                 to = start,
                 "usage journal records were lost; the rest is copied"
             );
         }
-        if len < through || through < start {
-            through = start;
-        }
+        let through = resume_from(journal, watermark);
         copied = len.saturating_sub(through);
         if copied > 0 {
             tracing::info!(
