@@ -1,5 +1,6 @@
 //! The `keysmith` command line (feature `cli`): check a key, validate it
-//! against a server, print this machine's fingerprint.
+//! against a server, print this machine's fingerprint, and, for support
+//! staff with the admin token, find and manage licenses (`license`).
 //!
 //! Exit codes of `validate` (SPEC §8): 0 the license is valid; 1 a decided
 //! invalid answer (`KEY_MALFORMED`, a signed invalid answer — online or
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+
+mod license;
 
 use crate::blocking::Client;
 use crate::{Source, ValidateOptions, Validation};
@@ -33,7 +36,8 @@ const EXIT_NO_ANSWER: u8 = 2;
     name = "keysmith",
     version,
     about = "Check and validate Keysmith license keys",
-    after_help = "Exit codes of `validate`: 0 valid, 1 decided not valid, 2 no answer or bad usage."
+    after_help = "Exit codes of `validate`: 0 valid, 1 decided not valid, 2 no answer or bad usage.\n\
+                  Exit codes of `license`: 0 done, 1 refused by the server, 2 no answer or bad usage."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,6 +63,12 @@ enum Command {
         #[arg(long, env = "KEYSMITH_APP_ID", default_value = CLI_APP_ID)]
         app_id: String,
     },
+    /// For support staff: find, show, suspend, reinstate or revoke a license, read its usage, free a seat.
+    ///
+    /// Needs the server's admin token in KEYSMITH_ADMIN_TOKEN (never a flag,
+    /// so that it stays out of the process list). A license is named by its
+    /// key or its id (lic_…).
+    License(license::LicenseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +166,9 @@ pub fn run(
                 EXIT_NO_ANSWER
             }
         },
+        Command::License(args) => {
+            license::run(args, std::env::var(license::TOKEN_ENV).ok(), out, err)
+        }
     }
 }
 
@@ -279,6 +292,23 @@ mod tests {
         )
     }
 
+    /// `keysmith license ARGS` with `token` as the admin token.
+    fn run_license(args: &[&str], token: Option<&str>) -> (u8, String, String) {
+        let argv = ["keysmith", "license"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let Command::License(parsed) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!("parsed as `license`");
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = license::run(parsed, token.map(str::to_owned), &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
     #[test]
     fn check_key_exit_codes() {
         let key = keysmith_core::LicenseKey::generate("KS").unwrap();
@@ -309,9 +339,19 @@ mod tests {
         let (code, out, _) = run_args(&["--help"]);
         assert_eq!(code, 0);
         assert!(
-            out.contains("check-key") && out.contains("validate"),
+            out.contains("check-key") && out.contains("validate") && out.contains("license"),
             "{out}"
         );
+        // The admin commands without a token: bad usage, nothing sent.
+        let (code, _, err) =
+            run_license(&["show", "lic_X", "--server", "http://127.0.0.1:9"], None);
+        assert_eq!(code, 2);
+        assert!(err.contains("KEYSMITH_ADMIN_TOKEN"), "{err}");
+        if std::env::var_os("KEYSMITH_SERVER").is_none() {
+            let (code, _, err) = run_license(&["show", "lic_X"], Some("a-token-of-16-chars"));
+            assert_eq!(code, 2, "no server named");
+            assert!(err.contains("--server"), "{err}");
+        }
         let (code, _, err) = run_args(&[
             "validate",
             "--server",

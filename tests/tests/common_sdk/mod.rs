@@ -231,6 +231,12 @@ fn serve(stream: std::net::TcpStream, requests: &Mutex<Vec<FakeRequest>>, handle
 /// Runs the real `keysmith` CLI with `args`, no inherited `KEYSMITH_*`
 /// settings.
 pub fn cli(args: &[&str]) -> Output {
+    cli_with_env(args, &[])
+}
+
+/// Runs the real `keysmith` CLI with `args` and, of the `KEYSMITH_*`
+/// settings, only `envs`.
+pub fn cli_with_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin_path("ks-e2e-cli"));
     cmd.args(args);
     for (k, _) in std::env::vars() {
@@ -238,6 +244,7 @@ pub fn cli(args: &[&str]) -> Output {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(envs.iter().copied());
     cmd.output().expect("run the CLI")
 }
 

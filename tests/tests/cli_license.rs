@@ -1,0 +1,260 @@
+//! The real `keysmith license …` commands against a real server: what
+//! support staff do with a customer's license, and what the customer's app
+//! then gets from `/validate`.
+
+mod common_sdk;
+
+use std::process::Output;
+
+use common_sdk::{cli_with_env, closed_url, code_of, json_of, Licensed};
+use keysmith_tests::ADMIN_TOKEN;
+use serde_json::{json, Value};
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `keysmith license ARGS --server URL` with the admin token in the
+/// environment, as support staff run it.
+fn license_cli(url: &str, args: &[&str]) -> Output {
+    license_cli_as(url, args, Some(ADMIN_TOKEN))
+}
+
+fn license_cli_as(url: &str, args: &[&str], token: Option<&str>) -> Output {
+    let mut all = vec!["license"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--server", url]);
+    let envs: Vec<(&str, &str)> = token
+        .map(|t| ("KEYSMITH_ADMIN_TOKEN", t))
+        .into_iter()
+        .collect();
+    cli_with_env(&all, &envs)
+}
+
+/// What `/validate` answers for `key` on `domain`.
+fn validation_code(l: &Licensed, key: &str, domain: &str) -> String {
+    let (_, body) = l.server.validate(json!({"key": key, "domain": domain}));
+    body["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_license_is_found_by_key_id_or_email_and_shown_with_its_usage() {
+    let l = Licensed::start();
+    let url = &l.server.url;
+    assert_eq!(validation_code(&l, &l.key, "example.com"), "VALID");
+    assert_eq!(validation_code(&l, &l.key, "shop.example.com"), "VALID");
+
+    // By key, spelled as a customer reads it out (lower case, no dashes),
+    // and by id: the same license, in words.
+    let spoken = l.key.to_lowercase().replace('-', " ");
+    for name in [spoken.as_str(), l.id.as_str()] {
+        let out = license_cli(url, &["show", name]);
+        assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+        let text = stdout(&out);
+        for expected in [
+            l.id.as_str(),
+            "active",
+            l.key.as_str(),
+            "pro",
+            "2099-01-01T00:00:00Z",
+            "2 (no limit): ",
+            "example.com",
+            "validations:  2",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
+        }
+    }
+    // --json is the management API's object.
+    let out = license_cli(url, &["show", &l.key, "--json"]);
+    assert_eq!(code_of(&out), 0);
+    assert_eq!(json_of(&out), l.license());
+
+    // By the customer's e-mail: one line per license, newest first.
+    let other = l.server.license(
+        "pro",
+        json!({"customer_email": "ops@example.org", "metadata": {"order": "7"}}),
+    );
+    let out = license_cli(url, &["list", "--email", "ops@example.org"]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains(other["id"].as_str().unwrap()) && !text.contains(&l.id),
+        "{text}"
+    );
+    let out = license_cli(url, &["list", "--email", "nobody@example.net"]);
+    assert_eq!((code_of(&out), stdout(&out).as_str()), (0, ""));
+    assert!(
+        stderr(&out).contains("no license matches"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Usage: the totals, then each validation, newest first; a page at a time.
+    let out = license_cli(url, &["usage", &l.key]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "2 validations, 2 valid", "{text}");
+    assert!(lines[1].contains("example.com (1)") && lines[1].contains("shop.example.com (1)"));
+    assert!(lines[2].contains("VALID") && lines[2].contains("domain shop.example.com"));
+    assert!(
+        lines[3].contains("domain example.com") && lines.len() == 4,
+        "{text}"
+    );
+    let out = license_cli(url, &["usage", &l.id, "--limit", "1", "--json"]);
+    let page = json_of(&out);
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let out = license_cli(url, &["usage", &l.id, "--limit", "1", "--cursor", &cursor]);
+    assert!(
+        stdout(&out).contains("domain example.com"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn suspend_reinstate_and_revoke_change_what_the_app_is_told() {
+    let l = Licensed::start();
+    let url = &l.server.url;
+
+    let out = license_cli(url, &["suspend", &l.key]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("{}  suspended", l.id)));
+    assert_eq!(
+        validation_code(&l, &l.key, "example.com"),
+        "LICENSE_SUSPENDED"
+    );
+
+    let out = license_cli(url, &["reinstate", &l.id]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert_eq!(validation_code(&l, &l.key, "example.com"), "VALID");
+
+    // Revoking is final, so it asks for --yes and changes nothing without it.
+    let out = license_cli(url, &["revoke", &l.key]);
+    assert_eq!(code_of(&out), 2);
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    assert_eq!(l.license()["status"], "active");
+    let out = license_cli(url, &["revoke", &l.key, "--yes", "--json"]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert_eq!(json_of(&out)["status"], "revoked");
+    assert_eq!(
+        validation_code(&l, &l.key, "example.com"),
+        "LICENSE_REVOKED"
+    );
+
+    // The server refuses to bring it back: exit 1, its reason on stderr.
+    let out = license_cli(url, &["reinstate", &l.key]);
+    assert_eq!(code_of(&out), 1);
+    assert!(stderr(&out).contains("LICENSE_REVOKED"), "{}", stderr(&out));
+    assert_eq!(l.license()["status"], "revoked");
+}
+
+#[test]
+fn freeing_a_seat_lets_the_customer_move_to_another_domain() {
+    let l = Licensed::start();
+    let url = &l.server.url;
+    let license = l.server.license("pro", json!({"max_domains": 1}));
+    let key = license["key"].as_str().unwrap();
+    assert_eq!(validation_code(&l, key, "old.example.com"), "VALID");
+    assert_eq!(
+        validation_code(&l, key, "new.example.com"),
+        "DOMAIN_LIMIT_REACHED"
+    );
+
+    // The domain as typed (upper case) names the seat.
+    let out = license_cli(url, &["free-seat", key, "--domain", "OLD.example.com"]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("domains:      0 of 1"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(validation_code(&l, key, "new.example.com"), "VALID");
+
+    // A seat the license does not hold, and neither or both kinds named.
+    let out = license_cli(url, &["free-seat", key, "--machine", "abc"]);
+    assert_eq!(code_of(&out), 1);
+    assert!(
+        stderr(&out).contains("MACHINE_NOT_FOUND"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(code_of(&license_cli(url, &["free-seat", key])), 2);
+    let both = [
+        "free-seat",
+        key,
+        "--domain",
+        "a.example",
+        "--machine",
+        "abc",
+    ];
+    assert_eq!(code_of(&license_cli(url, &both)), 2);
+}
+
+#[test]
+fn a_missing_or_wrong_token_and_an_unknown_license_are_clear_errors() {
+    let l = Licensed::start();
+    let url = &l.server.url;
+
+    // Without the token nothing is sent; a wrong one is refused (1) and
+    // never echoed.
+    let out = license_cli_as(url, &["show", &l.key], None);
+    assert_eq!(code_of(&out), 2);
+    assert!(
+        stderr(&out).contains("KEYSMITH_ADMIN_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+    let wrong = "not-the-admin-token-4242";
+    let out = license_cli_as(url, &["suspend", &l.key], Some(wrong));
+    assert_eq!(code_of(&out), 1);
+    let text = stderr(&out);
+    assert!(
+        text.contains("refused the admin token") && !text.contains(wrong),
+        "{text}"
+    );
+    assert_eq!(l.license()["status"], "active");
+
+    // A well-formed key no license has, an id no license has: refused (1).
+    let unknown = keysmith_core::LicenseKey::generate("KS").unwrap();
+    let out = license_cli(url, &["show", unknown.as_str()]);
+    assert_eq!(code_of(&out), 1);
+    assert!(
+        stderr(&out).contains("no license has the key"),
+        "{}",
+        stderr(&out)
+    );
+    let out = license_cli(url, &["suspend", "lic_NOSUCHTHING"]);
+    assert_eq!(code_of(&out), 1);
+    assert!(
+        stderr(&out).contains("LICENSE_NOT_FOUND"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A mistyped key is caught locally (2), and no server is no answer (2).
+    let mut typo = l.key.clone();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'X' { 'Y' } else { 'X' });
+    let out = license_cli(url, &["show", &typo]);
+    assert_eq!(code_of(&out), 2);
+    assert!(stderr(&out).contains("nor a valid key"), "{}", stderr(&out));
+    let out = license_cli(&closed_url(), &["show", &l.key]);
+    assert_eq!(code_of(&out), 2);
+    assert!(stderr(&out).contains("no answer from"), "{}", stderr(&out));
+    let out = license_cli("ftp://example.com", &["show", &l.key]);
+    assert_eq!(code_of(&out), 2);
+
+    // Nothing above changed the license.
+    let license: Value = l.license();
+    assert_eq!(license["status"], "active");
+}
