@@ -1,6 +1,7 @@
 //! The `keysmith` command line (feature `cli`): check a key, validate it
 //! against a server, print this machine's fingerprint, and, for support
-//! staff with the admin token, find and manage licenses (`license`).
+//! staff and scripts with the admin token, issue and manage licenses
+//! (`license`).
 //!
 //! Exit codes of `validate` (SPEC §8): 0 the license is valid; 1 a decided
 //! invalid answer (`KEY_MALFORMED`, a signed invalid answer — online or
@@ -63,7 +64,7 @@ enum Command {
         #[arg(long, env = "KEYSMITH_APP_ID", default_value = CLI_APP_ID)]
         app_id: String,
     },
-    /// For support staff: find, show, suspend, reinstate or revoke a license, read its usage, free a seat.
+    /// For support staff and scripts: issue, find, show, change, suspend, reinstate or revoke a license, read its usage, free a seat.
     ///
     /// Needs the server's admin token in KEYSMITH_ADMIN_TOKEN (never a flag,
     /// so that it stays out of the process list). A license is named by its

@@ -122,6 +122,94 @@ fn a_license_is_found_by_key_id_or_email_and_shown_with_its_usage() {
 }
 
 #[test]
+fn a_script_issues_a_license_and_support_raises_its_limit_and_extends_it() {
+    let l = Licensed::start();
+    let url = &l.server.url;
+    let out = license_cli(
+        url,
+        &[
+            "create",
+            "--plan",
+            "pro",
+            "--email",
+            "new@example.com",
+            "--max-domains",
+            "1",
+            "--expires-at",
+            "2030-01-01T00:00:00Z",
+            "--metadata",
+            "order=77",
+            "--json",
+        ],
+    );
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    let created = json_of(&out);
+    let key = created["key"].as_str().expect("the new key").to_owned();
+    assert_eq!(
+        (
+            &created["max_domains"],
+            &created["expires_at"],
+            &created["metadata"]
+        ),
+        (
+            &json!(1),
+            &json!("2030-01-01T00:00:00Z"),
+            &json!({"order": "77"})
+        )
+    );
+    assert_eq!(validation_code(&l, &key, "a.example.com"), "VALID");
+    assert_eq!(
+        validation_code(&l, &key, "b.example.com"),
+        "DOMAIN_LIMIT_REACHED"
+    );
+
+    let out = license_cli(
+        url,
+        &[
+            "update",
+            &key,
+            "--max-domains",
+            "2",
+            "--expires-at",
+            "never",
+        ],
+    );
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("expires:      never") && text.contains("1 of 2: a.example.com"),
+        "{text}"
+    );
+    assert_eq!(validation_code(&l, &key, "b.example.com"), "VALID");
+
+    // Nothing to change is bad usage, and nothing is sent; a plan the
+    // server does not have is refused with its reason; neither changes it.
+    let before = l.server.admin(
+        "GET",
+        &format!("/licenses/{}", created["id"].as_str().unwrap()),
+        None,
+    );
+    let out = license_cli(url, &["update", &key]);
+    assert_eq!(code_of(&out), 2);
+    assert!(
+        stderr(&out).contains("nothing to change"),
+        "{}",
+        stderr(&out)
+    );
+    let out = license_cli(url, &["update", &key, "--plan", "platinum"]);
+    assert_eq!(code_of(&out), 1);
+    assert!(stderr(&out).contains("PLAN_NOT_FOUND"), "{}", stderr(&out));
+    let out = license_cli(url, &["update", &key, "--expires-at", "next week"]);
+    assert_eq!(code_of(&out), 2);
+    let after = l.server.admin(
+        "GET",
+        &format!("/licenses/{}", created["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
 fn suspend_reinstate_and_revoke_change_what_the_app_is_told() {
     let l = Licensed::start();
     let url = &l.server.url;

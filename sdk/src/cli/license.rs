@@ -1,6 +1,7 @@
-//! `keysmith license …`: what support staff do with a customer's license
-//! through the management API — find it by key, id or e-mail, read it and
-//! its usage, suspend, reinstate or revoke it, free a seat.
+//! `keysmith license …`: what support staff and scripts do with a
+//! customer's license through the management API — issue one, find it by
+//! key, id or e-mail, read it and its usage, change its plan, limits or
+//! expiry, suspend, reinstate or revoke it, free a seat.
 //!
 //! The admin token comes from `KEYSMITH_ADMIN_TOKEN` only (never a flag, so
 //! that it stays out of the process list and shell history). Exit codes: 0
@@ -71,6 +72,10 @@ enum LicenseCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
+    /// Issue a license; prints it, key included.
+    Create(CreateArgs),
+    /// Change a license's plan, customer, limits, expiry or metadata.
+    Update(UpdateArgs),
     /// Suspend a license: its validations answer LICENSE_SUSPENDED until it is reinstated.
     Suspend {
         /// The license's key or id.
@@ -91,6 +96,107 @@ enum LicenseCommand {
     },
     /// Free a domain or machine seat, e.g. after the customer moved to a new host.
     FreeSeat(FreeSeatArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// The plan (its features, default limits, duration and offline grace).
+    #[arg(long)]
+    plan: String,
+    /// The customer's e-mail.
+    #[arg(long, value_name = "EMAIL")]
+    email: String,
+    #[command(flatten)]
+    fields: Fields,
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// The license's key or id.
+    license: String,
+    /// Move the license to this plan.
+    #[arg(long)]
+    plan: Option<String>,
+    /// The customer's e-mail.
+    #[arg(long, value_name = "EMAIL")]
+    email: Option<String>,
+    #[command(flatten)]
+    fields: Fields,
+}
+
+/// What `create` and `update` may set besides the plan and the e-mail.
+#[derive(Debug, Args)]
+struct Fields {
+    /// Domain seats: a number, or `none` for no limit (create: the plan's by default).
+    #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+    max_domains: Option<Value>,
+    /// Machine seats: a number, or `none` for no limit (create: the plan's by default).
+    #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+    max_machines: Option<Value>,
+    /// When it expires, RFC 3339 (2027-03-06T00:00:00Z), or `never` (create: the plan's duration by default).
+    #[arg(long, value_name = "TIME|never", value_parser = parse_expiry)]
+    expires_at: Option<Value>,
+    /// Metadata as KEY=VALUE, repeatable (update: replaces all of it).
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    metadata: Vec<(String, String)>,
+}
+
+impl Fields {
+    /// The request body: `base` with the fields given.
+    fn body(self, mut base: serde_json::Map<String, Value>) -> Value {
+        for (name, value) in [
+            ("max_domains", self.max_domains),
+            ("max_machines", self.max_machines),
+            ("expires_at", self.expires_at),
+        ] {
+            if let Some(value) = value {
+                base.insert(name.to_owned(), value);
+            }
+        }
+        if !self.metadata.is_empty() {
+            let metadata = self
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            base.insert("metadata".to_owned(), Value::Object(metadata));
+        }
+        Value::Object(base)
+    }
+}
+
+fn parse_limit(s: &str) -> Result<Value, String> {
+    match s {
+        "none" => Ok(Value::Null),
+        _ => s
+            .parse::<u32>()
+            .map(Value::from)
+            .map_err(|_| "a number of seats, or `none` for no limit".to_owned()),
+    }
+}
+
+fn parse_expiry(s: &str) -> Result<Value, String> {
+    match s {
+        "never" => Ok(Value::Null),
+        _ => keysmith_core::time::parse_rfc3339(s)
+            .map(|_| Value::from(s))
+            .ok_or_else(|| "an RFC 3339 time such as 2027-03-06T00:00:00Z, or `never`".to_owned()),
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| "KEY=VALUE".to_owned())
+}
+
+/// `(name, value)` pairs of the given ones, as a JSON object.
+fn given(pairs: [(&str, Option<String>); 2]) -> serde_json::Map<String, Value> {
+    pairs
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), Value::String(value?))))
+        .collect()
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +436,32 @@ fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure>
                 url.query_pairs_mut().append_pair("cursor", &cursor);
             }
             (api.send(Method::GET, url, None)?, show_usage)
+        }
+        LicenseCommand::Create(args) => {
+            let base = given([
+                ("plan", Some(args.plan)),
+                ("customer_email", Some(args.email)),
+            ]);
+            let body = args.fields.body(base);
+            (
+                api.send(Method::POST, api.url(&["licenses"]), Some(body))?,
+                show_license,
+            )
+        }
+        LicenseCommand::Update(args) => {
+            let body = args
+                .fields
+                .body(given([("plan", args.plan), ("customer_email", args.email)]));
+            if body.as_object().is_some_and(|b| b.is_empty()) {
+                return Err(Failure::no_answer(
+                    "nothing to change: give --plan, --email, --max-domains, --max-machines, --expires-at or --metadata",
+                ));
+            }
+            let id = api.license_id(&args.license)?;
+            (
+                api.send(Method::PUT, api.url(&["licenses", &id]), Some(body))?,
+                show_license,
+            )
         }
         LicenseCommand::Suspend { license } => (set_status(&license, "suspended")?, show_license),
         LicenseCommand::Reinstate { license } => (set_status(&license, "active")?, show_license),
