@@ -36,7 +36,7 @@ const EXIT_NO_ANSWER: u8 = 2;
 #[command(
     name = "keysmith",
     version,
-    about = "Check and validate Keysmith license keys",
+    about = "Check and validate Keysmith license keys; issue and manage licenses (admin)",
     after_help = "Exit codes of `validate`: 0 valid, 1 decided not valid, 2 no answer or bad usage.\n\
                   Exit codes of `license`: 0 done, 1 refused by the server, 2 no answer or bad usage."
 )]
