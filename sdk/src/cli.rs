@@ -17,7 +17,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+mod admin;
 mod license;
+mod plan;
 
 use crate::blocking::Client;
 use crate::{Source, ValidateOptions, Validation};
@@ -38,7 +40,7 @@ const EXIT_NO_ANSWER: u8 = 2;
     version,
     about = "Check and validate Keysmith license keys; issue and manage licenses (admin)",
     after_help = "Exit codes of `validate`: 0 valid, 1 decided not valid, 2 no answer or bad usage.\n\
-                  Exit codes of `license`: 0 done, 1 refused by the server, 2 no answer or bad usage."
+                  Exit codes of `license` and `plan`: 0 done, 1 refused by the server, 2 no answer or bad usage."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,6 +72,10 @@ enum Command {
     /// so that it stays out of the process list). A license is named by its
     /// key or its id (lic_…).
     License(license::LicenseArgs),
+    /// For support staff and scripts: list, show, create or replace, and delete plans.
+    ///
+    /// Needs the server's admin token in KEYSMITH_ADMIN_TOKEN, as `license` does.
+    Plan(plan::PlanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -168,8 +174,9 @@ pub fn run(
             }
         },
         Command::License(args) => {
-            license::run(args, std::env::var(license::TOKEN_ENV).ok(), out, err)
+            license::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err)
         }
+        Command::Plan(args) => plan::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err),
     }
 }
 

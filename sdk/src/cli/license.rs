@@ -3,37 +3,23 @@
 //! key, id or e-mail, read it and its usage, change its plan, limits or
 //! expiry, suspend, reinstate or revoke it, free a seat.
 //!
-//! The admin token comes from `KEYSMITH_ADMIN_TOKEN` only (never a flag, so
-//! that it stays out of the process list and shell history). Exit codes: 0
-//! done; 1 the server refused (no such license, a change its status does not
-//! allow, a wrong token); 2 bad usage or no answer.
+//! The admin token, the server and the exit codes are `admin`'s.
 
 use std::io::Write;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use keysmith_core::wire::{ErrorBody, License, Page};
-use reqwest::{Method, Url};
+use keysmith_core::wire::{License, Page};
+use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{parse_timeout, EXIT_INVALID, EXIT_NO_ANSWER, EXIT_VALID};
-
-/// The environment variable that holds the admin token.
-pub(super) const TOKEN_ENV: &str = "KEYSMITH_ADMIN_TOKEN";
+use super::admin::{self, or, text, Api, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct LicenseArgs {
     #[command(subcommand)]
     command: LicenseCommand,
-    /// License server URL, e.g. https://license.example.com
-    #[arg(long, global = true, env = "KEYSMITH_SERVER", value_name = "URL")]
-    server: Option<String>,
-    /// Seconds to wait for the server.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_timeout)]
-    timeout: f64,
-    /// Print the server's JSON instead of text.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    target: admin::Target,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,149 +197,27 @@ struct FreeSeatArgs {
     machine: Option<String>,
 }
 
-/// Why a command did not get its answer, and the exit code that says so:
-/// `no_answer` (2) for bad usage or no answer, `refused` (1) for a refusal
-/// by the server.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl Failure {
-    fn no_answer(message: impl Into<String>) -> Failure {
-        Failure {
-            code: EXIT_NO_ANSWER,
-            message: message.into(),
-        }
+/// The id of the license `given` names: an id as it is, a key looked up.
+fn license_id(api: &Api, given: &str) -> Result<String, Failure> {
+    if given.starts_with("lic_") {
+        return Ok(given.to_owned());
     }
-
-    fn refused(message: impl Into<String>) -> Failure {
-        Failure {
-            code: EXIT_INVALID,
-            message: message.into(),
-        }
-    }
-}
-
-/// The management API of one server, with the admin token.
-struct Api {
-    http: reqwest::Client,
-    base: Url,
-    token: String,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Api {
-    fn new(server: Option<&str>, timeout: f64, token: Option<String>) -> Result<Api, Failure> {
-        let server = server.ok_or_else(|| {
-            Failure::no_answer("give the server with --server URL or KEYSMITH_SERVER")
-        })?;
-        let base = Url::parse(server)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| Failure::no_answer(format!("{server:?} is not an http(s) URL")))?;
-        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
-            Failure::no_answer(format!("set {TOKEN_ENV} to the server's admin token"))
-        })?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(timeout))
-            .user_agent(concat!("keysmith-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Failure::no_answer(format!("cannot make an HTTP client: {e}")))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failure::no_answer(format!("cannot start a runtime: {e}")))?;
-        Ok(Api {
-            http,
-            base,
-            token,
-            runtime,
-        })
-    }
-
-    /// `/api/v1/` followed by `segments`, each percent-encoded as needed.
-    fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        {
-            let mut path = url.path_segments_mut().expect("an http(s) URL has a path");
-            path.pop_if_empty().extend(["api", "v1"]).extend(segments);
-        }
-        url
-    }
-
-    /// Sends the request; the answer's JSON on 2xx, else why not.
-    fn send(&self, method: Method, url: Url, body: Option<Value>) -> Result<Value, Failure> {
-        let mut request = self.http.request(method, url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let base = self.base.as_str().trim_end_matches('/');
-        self.runtime.block_on(async {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| Failure::no_answer(format!("no answer from {base}: {}", cause(&e))))?;
-            let status = response.status();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| Failure::no_answer(format!("no answer from {base}: {}", cause(&e))))?;
-            if status.is_success() {
-                return serde_json::from_str(&text).map_err(|_| {
-                    Failure::no_answer(format!(
-                        "{base} answered {status} with something other than JSON"
-                    ))
-                });
-            }
-            let detail = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| format!("{}: {}", b.error.code, b.error.message))
-                .unwrap_or_else(|_| format!("HTTP {status}"));
-            if status == reqwest::StatusCode::UNAUTHORIZED {
-                Err(Failure::refused(format!(
-                    "the server refused the admin token ({detail}); check {TOKEN_ENV}"
-                )))
-            } else if status.is_client_error() {
-                Err(Failure::refused(detail))
-            } else {
-                Err(Failure::no_answer(format!("{base} failed: {detail}")))
-            }
-        })
-    }
-
-    /// The id of the license `given` names: an id as it is, a key looked up.
-    fn license_id(&self, given: &str) -> Result<String, Failure> {
-        if given.starts_with("lic_") {
-            return Ok(given.to_owned());
-        }
-        let key = crate::check_key(given).map_err(|e| {
-            Failure::no_answer(format!(
-                "{given:?} is neither a license id (lic_…) nor a valid key: {e}"
-            ))
-        })?;
-        let mut url = self.url(&["licenses"]);
-        url.query_pairs_mut()
-            .append_pair("key", key.as_str())
-            .append_pair("limit", "1");
-        let page: Page<License> = serde_json::from_value(self.send(Method::GET, url, None)?)
-            .map_err(|e| {
-                Failure::no_answer(format!("unexpected answer to a license search: {e}"))
-            })?;
-        page.data
-            .into_iter()
-            .next()
-            .map(|l| l.id)
-            .ok_or_else(|| Failure::refused(format!("no license has the key {}", key.as_str())))
-    }
-}
-
-/// The innermost cause of a request error ("connection refused", …).
-fn cause(e: &reqwest::Error) -> String {
-    let mut source: &dyn std::error::Error = e;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    source.to_string()
+    let key = crate::check_key(given).map_err(|e| {
+        Failure::no_answer(format!(
+            "{given:?} is neither a license id (lic_…) nor a valid key: {e}"
+        ))
+    })?;
+    let mut url = api.url(&["licenses"]);
+    url.query_pairs_mut()
+        .append_pair("key", key.as_str())
+        .append_pair("limit", "1");
+    let page: Page<License> = serde_json::from_value(api.send(Method::GET, url, None)?)
+        .map_err(|e| Failure::no_answer(format!("unexpected answer to a license search: {e}")))?;
+    page.data
+        .into_iter()
+        .next()
+        .map(|l| l.id)
+        .ok_or_else(|| Failure::refused(format!("no license has the key {}", key.as_str())))
 }
 
 /// Runs `keysmith license …`; returns the exit code.
@@ -363,37 +227,21 @@ pub(super) fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let json = args.json;
-    let answer = Api::new(args.server.as_deref(), args.timeout, token)
-        .and_then(|api| execute(&api, args.command));
-    match answer {
-        Ok((answer, show)) => {
-            let _ = if json {
-                writeln!(out, "{answer}")
-            } else {
-                show(&answer, out, err)
-            };
-            EXIT_VALID
-        }
-        Err(f) => {
-            let _ = writeln!(err, "keysmith: {}", f.message);
-            f.code
-        }
-    }
+    admin::run(args.target, token, out, err, |api| {
+        execute(api, args.command)
+    })
 }
-
-type Show = fn(&Value, &mut dyn Write, &mut dyn Write) -> std::io::Result<()>;
 
 /// Sends what `command` asks for; its answer and how to print it as text.
 fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure> {
     let set_status = |given: &str, status: &str| {
-        let id = api.license_id(given)?;
+        let id = license_id(api, given)?;
         let url = api.url(&["licenses", &id]);
         api.send(Method::PUT, url, Some(json!({ "status": status })))
     };
     Ok(match command {
         LicenseCommand::Show { license } => {
-            let id = api.license_id(&license)?;
+            let id = license_id(api, &license)?;
             (
                 api.send(Method::GET, api.url(&["licenses", &id]), None)?,
                 show_license,
@@ -428,7 +276,7 @@ fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure>
             limit,
             cursor,
         } => {
-            let id = api.license_id(&license)?;
+            let id = license_id(api, &license)?;
             let mut url = api.url(&["licenses", &id, "usage"]);
             url.query_pairs_mut()
                 .append_pair("limit", &limit.to_string());
@@ -457,7 +305,7 @@ fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure>
                     "nothing to change: give --plan, --email, --max-domains, --max-machines, --expires-at or --metadata",
                 ));
             }
-            let id = api.license_id(&args.license)?;
+            let id = license_id(api, &args.license)?;
             (
                 api.send(Method::PUT, api.url(&["licenses", &id]), Some(body))?,
                 show_license,
@@ -471,14 +319,14 @@ fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure>
                     "revoking a license cannot be undone; add --yes to revoke it",
                 ));
             }
-            let id = api.license_id(&license)?;
+            let id = license_id(api, &license)?;
             (
                 api.send(Method::DELETE, api.url(&["licenses", &id]), None)?,
                 show_license,
             )
         }
         LicenseCommand::FreeSeat(seat) => {
-            let id = api.license_id(&seat.license)?;
+            let id = license_id(api, &seat.license)?;
             let url = match (&seat.domain, &seat.machine) {
                 (Some(domain), _) => api.url(&["licenses", &id, "domains", domain]),
                 (None, Some(machine)) => api.url(&["licenses", &id, "machines", machine]),
@@ -487,15 +335,6 @@ fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure>
             (api.send(Method::DELETE, url, None)?, show_license)
         }
     })
-}
-
-fn text<'a>(v: &'a Value, field: &str) -> &'a str {
-    v[field].as_str().unwrap_or("")
-}
-
-/// `value`, or `none` when it is null.
-fn or<'a>(v: &'a Value, field: &str, none: &'a str) -> &'a str {
-    v[field].as_str().unwrap_or(none)
 }
 
 /// "1 of 3: example.com" — the seats taken, the limit, the values.

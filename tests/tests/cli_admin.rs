@@ -1,6 +1,7 @@
-//! The real `keysmith license …` commands against a real server: what
-//! support staff do with a customer's license, and what the customer's app
-//! then gets from `/validate`.
+//! The real `keysmith license …` and `keysmith plan …` commands against a
+//! real server: what support staff and scripts do with plans and a
+//! customer's license, and what the customer's app then gets from
+//! `/validate`.
 
 mod common_sdk;
 
@@ -25,7 +26,16 @@ fn license_cli(url: &str, args: &[&str]) -> Output {
 }
 
 fn license_cli_as(url: &str, args: &[&str], token: Option<&str>) -> Output {
-    let mut all = vec!["license"];
+    admin_cli("license", url, args, token)
+}
+
+/// `keysmith plan ARGS --server URL` with the admin token.
+fn plan_cli(url: &str, args: &[&str]) -> Output {
+    admin_cli("plan", url, args, Some(ADMIN_TOKEN))
+}
+
+fn admin_cli(group: &str, url: &str, args: &[&str], token: Option<&str>) -> Output {
+    let mut all = vec![group];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--server", url]);
     let envs: Vec<(&str, &str)> = token
@@ -345,4 +355,73 @@ fn a_missing_or_wrong_token_and_an_unknown_license_are_clear_errors() {
     // Nothing above changed the license.
     let license: Value = l.license();
     assert_eq!(license["status"], "active");
+}
+
+#[test]
+fn a_plan_is_set_up_from_the_command_line_and_its_licenses_follow_it() {
+    let l = Licensed::start();
+    let url = &l.server.url;
+    let put = [
+        "put",
+        "team",
+        "--feature",
+        "sso",
+        "--feature",
+        "export",
+        "--max-domains",
+        "2",
+        "--offline-grace-days",
+        "3",
+    ];
+    let out = plan_cli(url, &put);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("sso, export") && text.contains("max domains:    2"),
+        "{text}"
+    );
+    let out = plan_cli(url, &["show", "team", "--json"]);
+    assert_eq!(
+        json_of(&out),
+        json!({"name": "team", "features": ["sso", "export"], "max_domains": 2,
+               "max_machines": null, "duration_days": null, "offline_grace_days": 3})
+    );
+    let out = plan_cli(url, &["list"]);
+    let text = stdout(&out);
+    assert!(text.contains("pro\n") && text.contains("team\n"), "{text}");
+
+    // A license issued on it takes its limit and grants its features.
+    let out = license_cli(
+        url,
+        &[
+            "create",
+            "--plan",
+            "team",
+            "--email",
+            "t@example.com",
+            "--json",
+        ],
+    );
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    let key = json_of(&out)["key"].as_str().unwrap().to_owned();
+    let (_, answer) = l
+        .server
+        .validate(json!({"key": key, "domain": "a.example.com"}));
+    assert_eq!(answer["license"]["features"], json!(["sso", "export"]));
+    assert_eq!(json_of(&out)["max_domains"], 2);
+
+    // A plan with licenses is not deleted (1, the server's reason); an
+    // unused one is, and is gone after.
+    let out = plan_cli(url, &["delete", "team"]);
+    assert_eq!(code_of(&out), 1);
+    assert!(stderr(&out).contains("PLAN_IN_USE"), "{}", stderr(&out));
+    plan_cli(url, &["put", "spare"]);
+    let out = plan_cli(url, &["delete", "spare"]);
+    assert_eq!(
+        (code_of(&out), stdout(&out).trim()),
+        (0, "deleted plan spare")
+    );
+    let out = plan_cli(url, &["show", "spare"]);
+    assert_eq!(code_of(&out), 1);
+    assert!(stderr(&out).contains("PLAN_NOT_FOUND"), "{}", stderr(&out));
 }

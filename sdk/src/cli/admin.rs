@@ -1,0 +1,204 @@
+//! What the admin commands (`license`, `plan`) share: the server and its
+//! admin token, a request and its answer, a refusal or no answer as an exit
+//! code.
+//!
+//! The admin token comes from `KEYSMITH_ADMIN_TOKEN` only (never a flag, so
+//! that it stays out of the process list and shell history). Exit codes: 0
+//! done; 1 the server refused (not found, a change it does not allow, a
+//! wrong token); 2 bad usage or no answer.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use keysmith_core::wire::ErrorBody;
+use reqwest::{Method, Url};
+use serde_json::Value;
+
+use super::{parse_timeout, EXIT_INVALID, EXIT_NO_ANSWER, EXIT_VALID};
+
+/// The environment variable that holds the admin token.
+pub(super) const TOKEN_ENV: &str = "KEYSMITH_ADMIN_TOKEN";
+
+/// Where an admin command goes and how it prints (global: they may follow
+/// the subcommand).
+#[derive(Debug, Args)]
+pub(super) struct Target {
+    /// License server URL, e.g. https://license.example.com
+    #[arg(long, global = true, env = "KEYSMITH_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// Seconds to wait for the server.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_timeout)]
+    timeout: f64,
+    /// Print the server's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// How to print an answer as text: to `out`, with notes for people on `err`.
+pub(super) type Show = fn(&Value, &mut dyn Write, &mut dyn Write) -> std::io::Result<()>;
+
+/// Runs an admin command: `execute` sends its request on the API of
+/// `target`, and its answer is printed as JSON or with the `Show` it gives;
+/// returns the exit code.
+pub(super) fn run(
+    target: Target,
+    token: Option<String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    execute: impl FnOnce(&Api) -> Result<(Value, Show), Failure>,
+) -> u8 {
+    let answer =
+        Api::new(target.server.as_deref(), target.timeout, token).and_then(|api| execute(&api));
+    match answer {
+        Ok((answer, show)) => {
+            let _ = if target.json {
+                writeln!(out, "{answer}")
+            } else {
+                show(&answer, out, err)
+            };
+            EXIT_VALID
+        }
+        Err(f) => {
+            let _ = writeln!(err, "keysmith: {}", f.message);
+            f.code
+        }
+    }
+}
+
+/// Why a command did not get its answer, and the exit code that says so:
+/// `no_answer` (2) for bad usage or no answer, `refused` (1) for a refusal
+/// by the server.
+pub(super) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub(super) fn no_answer(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_NO_ANSWER,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn refused(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_INVALID,
+            message: message.into(),
+        }
+    }
+}
+
+/// The management API of one server, with the admin token.
+pub(super) struct Api {
+    http: reqwest::Client,
+    base: Url,
+    token: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn new(server: Option<&str>, timeout: f64, token: Option<String>) -> Result<Api, Failure> {
+        let server = server.ok_or_else(|| {
+            Failure::no_answer("give the server with --server URL or KEYSMITH_SERVER")
+        })?;
+        let base = Url::parse(server)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| Failure::no_answer(format!("{server:?} is not an http(s) URL")))?;
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            Failure::no_answer(format!("set {TOKEN_ENV} to the server's admin token"))
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(timeout))
+            .user_agent(concat!("keysmith-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Failure::no_answer(format!("cannot make an HTTP client: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::no_answer(format!("cannot start a runtime: {e}")))?;
+        Ok(Api {
+            http,
+            base,
+            token,
+            runtime,
+        })
+    }
+
+    /// `/api/v1/` followed by `segments`, each percent-encoded as needed.
+    pub(super) fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("an http(s) URL has a path");
+            path.pop_if_empty().extend(["api", "v1"]).extend(segments);
+        }
+        url
+    }
+
+    /// Sends the request; the answer's JSON on 2xx, else why not.
+    pub(super) fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let base = self.base.as_str().trim_end_matches('/');
+        self.runtime.block_on(async {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| Failure::no_answer(format!("no answer from {base}: {}", cause(&e))))?;
+            let status = response.status();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| Failure::no_answer(format!("no answer from {base}: {}", cause(&e))))?;
+            if status.is_success() && text.is_empty() {
+                return Ok(Value::Null); // 204: done, nothing to show
+            }
+            if status.is_success() {
+                return serde_json::from_str(&text).map_err(|_| {
+                    Failure::no_answer(format!(
+                        "{base} answered {status} with something other than JSON"
+                    ))
+                });
+            }
+            let detail = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| format!("{}: {}", b.error.code, b.error.message))
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                Err(Failure::refused(format!(
+                    "the server refused the admin token ({detail}); check {TOKEN_ENV}"
+                )))
+            } else if status.is_client_error() {
+                Err(Failure::refused(detail))
+            } else {
+                Err(Failure::no_answer(format!("{base} failed: {detail}")))
+            }
+        })
+    }
+}
+
+/// The innermost cause of a request error ("connection refused", …).
+fn cause(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+pub(super) fn text<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field].as_str().unwrap_or("")
+}
+
+/// `value`, or `none` when it is null.
+pub(super) fn or<'a>(v: &'a Value, field: &str, none: &'a str) -> &'a str {
+    v[field].as_str().unwrap_or(none)
+}
