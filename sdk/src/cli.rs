@@ -1,12 +1,16 @@
 //! The `keysmith` command line (feature `cli`): check a key, validate it
 //! against a server, print this machine's fingerprint, and, for support
 //! staff and scripts with the admin token, issue and manage licenses
-//! (`license`).
+//! (`license`) and the plans they are on (`plan`).
 //!
 //! Exit codes of `validate` (SPEC §8): 0 the license is valid; 1 a decided
 //! invalid answer (`KEY_MALFORMED`, a signed invalid answer — online or
 //! replayed from the cache —, `OFFLINE_GRACE_EXPIRED`, `CLOCK_TAMPERED`); 2 no
 //! answer at all (no network and no usable cache) or bad usage.
+
+mod admin;
+mod license;
+mod plan;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -16,10 +20,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-
-mod admin;
-mod license;
-mod plan;
 
 use crate::blocking::Client;
 use crate::{Source, ValidateOptions, Validation};
