@@ -26,6 +26,13 @@ impl std::fmt::Debug for AdminAuth {
     }
 }
 
+/// A new random admin token: `ksa_` and 256 bits from the OS, base64url.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!("ksa_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
 fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -57,9 +64,7 @@ impl AdminAuth {
         if let Some(hex_hash) = store.admin_token_hash().await? {
             return AdminAuth::from_hex(&hex_hash);
         }
-        let mut bytes = [0u8; 32];
-        OsRng.fill_bytes(&mut bytes);
-        let token = format!("ksa_{}", URL_SAFE_NO_PAD.encode(bytes));
+        let token = new_token();
         let auth = AdminAuth::from_token(&token);
         let mine = hex::encode(auth.hash);
         let stored = store.keep_first_admin_token_hash(mine.clone()).await?;
@@ -70,6 +75,23 @@ impl AdminAuth {
         }
         println!("Generated admin token (shown once; only its hash is stored): {token}");
         Ok(auth)
+    }
+
+    /// Replaces the stored admin token with a new random one and returns
+    /// it, to be shown once (`keysmith-server rotate-admin-token`). Servers
+    /// already running keep the hash they read at start-up.
+    pub async fn rotate(store: &dyn Store) -> anyhow::Result<String> {
+        if std::env::var_os(ADMIN_TOKEN_ENV).is_some() {
+            anyhow::bail!(
+                "{ADMIN_TOKEN_ENV} is set, and while it is, it is the admin token: \
+                 change it there, or unset it to use a stored one"
+            );
+        }
+        let token = new_token();
+        store
+            .replace_admin_token_hash(hex::encode(sha256(&token)))
+            .await?;
+        Ok(token)
     }
 
     /// Checks an `Authorization` header value `Bearer <token>`.

@@ -22,15 +22,20 @@ pub enum Command {
     ///
     /// The admin token comes from KEYSMITH_ADMIN_TOKEN; without it, a random
     /// token is generated on first start, printed once, and only its hash is kept.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Replace the admin token with a new random one, printed once (only its hash is kept).
+    ///
+    /// For a token that was lost or leaked. On SQLite, stop the server first
+    /// (its database is the server's while it runs); on PostgreSQL, restart
+    /// every server afterwards: each reads the token's hash at start-up.
+    /// Not for a token set by KEYSMITH_ADMIN_TOKEN: change that instead.
+    RotateAdminToken(StorageArgs),
 }
 
+/// Where the data is: the data dir (SQLite's database, the signing key)
+/// and the database URL.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port (printed at start-up).
-    #[arg(long, env = "KEYSMITH_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-
+pub struct StorageArgs {
     /// Directory for the SQLite database and the signing key; created if missing.
     #[arg(long, env = "KEYSMITH_DATA_DIR", default_value = "./keysmith-data")]
     pub data_dir: PathBuf,
@@ -43,6 +48,25 @@ pub struct ServeArgs {
     /// Default: SQLite at <data-dir>/keysmith.db.
     #[arg(long, env = "KEYSMITH_DATABASE", hide_env_values = true)]
     pub database: Option<DatabaseUrl>,
+}
+
+impl StorageArgs {
+    pub fn database_url(&self) -> String {
+        self.database
+            .as_ref()
+            .map(|url| url.0.clone())
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("keysmith.db").display()))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed at start-up).
+    #[arg(long, env = "KEYSMITH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// SQLite only: `normal` — an answered write survives a crash of the server
     /// process (it is in the WAL before the answer leaves); a power cut may lose
@@ -157,17 +181,10 @@ impl ServeArgs {
         }
     }
 
-    pub fn database_url(&self) -> String {
-        self.database
-            .as_ref()
-            .map(|url| url.0.clone())
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("keysmith.db").display()))
-    }
-
     pub fn signing_key_path(&self) -> PathBuf {
         self.signing_key
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("signing.key"))
+            .unwrap_or_else(|| self.storage.data_dir.join("signing.key"))
     }
 }
 

@@ -27,10 +27,58 @@ use crate::config::ServeArgs;
 /// The `keysmith-server` program: parses the command line and runs it.
 pub fn main() -> std::process::ExitCode {
     use clap::Parser;
-    let config::Cli {
-        command: config::Command::Serve(args),
-    } = config::Cli::parse();
-    serve_until_signal(args)
+    match config::Cli::parse().command {
+        config::Command::Serve(args) => serve_until_signal(*args),
+        config::Command::RotateAdminToken(storage) => rotate_admin_token(storage),
+    }
+}
+
+/// `keysmith-server rotate-admin-token`: stores a new admin token's hash in
+/// place of the old one and prints the token once.
+fn rotate_admin_token(storage: config::StorageArgs) -> std::process::ExitCode {
+    let rotated = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let url = storage.database_url();
+                let sqlite = store::sqlite_path(&url);
+                if let Some(path) = sqlite.filter(|p| !p.exists()) {
+                    anyhow::bail!(
+                        "no database at {}: the first start of a server on it generates a token",
+                        path.display()
+                    );
+                }
+                let sqlite = sqlite.is_some();
+                let store = store::open(&url, store::sqlite::Synchronous::default())
+                    .await
+                    .with_context(|| {
+                        if sqlite {
+                            "opening the database (on SQLite, stop the server first)"
+                        } else {
+                            "opening the database"
+                        }
+                    })?;
+                let token = auth::AdminAuth::rotate(store.as_ref()).await?;
+                Ok((token, sqlite))
+            })
+        });
+    match rotated {
+        Ok((token, sqlite)) => {
+            println!("New admin token (shown once; only its hash is stored): {token}");
+            if !sqlite {
+                println!(
+                    "Restart every server on this database: each reads the token at start-up."
+                );
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keysmith-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the server until SIGTERM or Ctrl-C; exit code 0 after a clean stop.
@@ -120,11 +168,12 @@ pub async fn serve(
             args.key_prefix
         );
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let data_dir = &args.storage.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let signing_key = signing::load_or_create(&args.signing_key_path())?;
     let signer = signing::Signer::new(signing_key, args.issuer.clone());
-    let store = store::open(&args.database_url(), args.sqlite_synchronous).await?;
+    let store = store::open(&args.storage.database_url(), args.sqlite_synchronous).await?;
     let admin = auth::AdminAuth::establish(store.as_ref()).await?;
 
     let listener = TcpListener::bind(args.listen)

@@ -178,7 +178,7 @@ conformance!(
     failed_deliveries_can_be_redelivered,
     each_delivery_is_claimed_by_one_store,
     events_are_queued_only_for_subscribed_enabled_endpoints,
-    the_admin_token_hash_is_kept,
+    the_admin_token_hash_is_kept_and_replaced_by_a_rotation,
     reopening_keeps_everything,
     usage_past_the_retention_is_pruned_and_counts_stay,
     settled_events_past_the_retention_are_pruned_with_their_deliveries,
@@ -1613,7 +1613,7 @@ async fn usage_past_the_retention_is_pruned_and_counts_stay(f: &Fixture) {
     );
 }
 
-async fn the_admin_token_hash_is_kept(f: &Fixture) {
+async fn the_admin_token_hash_is_kept_and_replaced_by_a_rotation(f: &Fixture) {
     let s = &f.store;
     assert_eq!(s.admin_token_hash().await.unwrap(), None);
     let ab = "ab".repeat(32);
@@ -1629,6 +1629,16 @@ async fn the_admin_token_hash_is_kept(f: &Fixture) {
         ab
     );
     assert_eq!(peer.admin_token_hash().await.unwrap(), Some(ab));
+    // A rotation replaces it, and a later first start keeps the new one.
+    let ef = "ef".repeat(32);
+    s.replace_admin_token_hash(ef.clone()).await.unwrap();
+    assert_eq!(peer.admin_token_hash().await.unwrap(), Some(ef.clone()));
+    assert_eq!(
+        peer.keep_first_admin_token_hash("12".repeat(32))
+            .await
+            .unwrap(),
+        ef
+    );
 }
 
 async fn reopening_keeps_everything(f: &Fixture) {

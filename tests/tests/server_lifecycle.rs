@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 keysmith_tests::on_both_backends!(
     first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after,
     a_shared_signing_key_path_gives_servers_one_public_key,
-    without_an_env_token_one_is_generated_printed_once_and_kept_hashed,
+    without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated,
     sigterm_finishes_in_flight_requests_and_exits_zero,
     kill_9_keeps_every_acknowledged_write,
     logs_never_hold_a_key_or_a_token,
@@ -72,7 +72,7 @@ fn a_signing_key_readable_by_others_is_refused() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
-fn without_an_env_token_one_is_generated_printed_once_and_kept_hashed(backend: Backend) {
+fn without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let pg = (backend == Backend::Postgres).then(PgDatabase::create);
@@ -150,6 +150,53 @@ fn without_an_env_token_one_is_generated_printed_once_and_kept_hashed(backend: B
     );
     second.kill().unwrap();
     second.wait().unwrap();
+
+    // Lost or leaked: `rotate-admin-token` stores a new token's hash in its
+    // place and prints the token once; after a restart only the new one works.
+    let rotate = |env_token: Option<&str>| {
+        let mut cmd = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"));
+        cmd.args(["rotate-admin-token", "--data-dir"])
+            .arg(&data)
+            .args(&database)
+            .env_remove("KEYSMITH_ADMIN_TOKEN")
+            .env_remove("KEYSMITH_DATABASE");
+        if let Some(t) = env_token {
+            cmd.env("KEYSMITH_ADMIN_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = rotate(Some("an-env-token-0123456789"));
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("KEYSMITH_ADMIN_TOKEN is set"), "{why}");
+    let out = rotate(None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let rotated = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("New admin token (shown once; only its hash is stored): "))
+        .expect("the new token printed")
+        .to_owned();
+    assert!(rotated.starts_with("ksa_") && rotated != token, "{rotated}");
+    let (mut third, url, again) = run();
+    assert_eq!(again, None, "no token generated on top of the rotated one");
+    assert_eq!(ok(&url, &token), 401, "the old token no longer works");
+    assert_eq!(ok(&url, &rotated), 200);
+    if pg.is_none() {
+        // A running server's SQLite database is its own: rotating refuses
+        // and says why, and the token stays.
+        let busy = rotate(None);
+        assert!(!busy.status.success());
+        let why = String::from_utf8_lossy(&busy.stderr);
+        assert!(why.contains("stop the server first"), "{why}");
+        assert_eq!(ok(&url, &rotated), 200);
+    }
+    third.kill().unwrap();
+    third.wait().unwrap();
 }
 
 /// SIGTERM: requests in flight are answered and recorded, the process

@@ -388,20 +388,28 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `hash` as the admin token's unless one is stored already;
     /// returns the stored one (of servers starting at once, the first wins).
     async fn keep_first_admin_token_hash(&self, hash: String) -> Result<String>;
+    /// Stores `hash` as the admin token's, in place of any stored one.
+    async fn replace_admin_token_hash(&self, hash: String) -> Result<()>;
 }
 
 /// Opens the backend the URL names: `postgres://…` or `postgresql://…`
 /// (PostgreSQL), else `sqlite://PATH` or a bare path (SQLite, committing
 /// with `synchronous`).
 pub async fn open(url: &str, synchronous: sqlite::Synchronous) -> anyhow::Result<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(postgres::PostgresStore::connect(url).await?));
+    match sqlite_path(url) {
+        None => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
+        Some(path) => Ok(Arc::new(sqlite::SqliteStore::open_with(path, synchronous)?)),
     }
-    let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    Ok(Arc::new(sqlite::SqliteStore::open_with(
-        std::path::Path::new(path),
-        synchronous,
-    )?))
+}
+
+/// The SQLite database file the URL names, or `None` for PostgreSQL.
+pub fn sqlite_path(url: &str) -> Option<&std::path::Path> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return None;
+    }
+    Some(std::path::Path::new(
+        url.strip_prefix("sqlite://").unwrap_or(url),
+    ))
 }
 
 /// Unix seconds to a time, clamping what chrono cannot represent.

@@ -1836,6 +1836,18 @@ impl Store for PostgresStore {
             .await?;
         Ok(client.query_one(&stmt, &[&hash]).await?.try_get(0)?)
     }
+
+    async fn replace_admin_token_hash(&self, hash: String) -> Result<()> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO meta (k, v) VALUES ('admin_token_sha256', $1) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            )
+            .await?;
+        client.execute(&stmt, &[&hash]).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1554,6 +1554,18 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn replace_admin_token_hash(&self, hash: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO meta (k, v) VALUES ('admin_token_sha256', ?1) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            )?
+            .execute([hash])?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
