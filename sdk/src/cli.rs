@@ -1,7 +1,8 @@
 //! The `keysmith` command line (feature `cli`): check a key, validate it
 //! against a server, print this machine's fingerprint, and, for support
 //! staff and scripts with the admin token, issue and manage licenses
-//! (`license`) and the plans they are on (`plan`).
+//! (`license`), the plans they are on (`plan`) and the webhooks that
+//! announce their changes (`webhook`).
 //!
 //! Exit codes of `validate` (SPEC §8): 0 the license is valid; 1 a decided
 //! invalid answer (`KEY_MALFORMED`, a signed invalid answer — online or
@@ -11,6 +12,7 @@
 mod admin;
 mod license;
 mod plan;
+mod webhook;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -40,7 +42,7 @@ const EXIT_NO_ANSWER: u8 = 2;
     version,
     about = "Check and validate Keysmith license keys; issue and manage licenses (admin)",
     after_help = "Exit codes of `validate`: 0 valid, 1 decided not valid, 2 no answer or bad usage.\n\
-                  Exit codes of `license` and `plan`: 0 done, 1 refused by the server, 2 no answer or bad usage."
+                  Exit codes of `license`, `plan` and `webhook`: 0 done, 1 refused by the server, 2 no answer or bad usage."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -76,6 +78,10 @@ enum Command {
     ///
     /// Needs the server's admin token in KEYSMITH_ADMIN_TOKEN, as `license` does.
     Plan(plan::PlanArgs),
+    /// For support staff and scripts: add, list, disable, enable or delete webhook endpoints, see their deliveries, redeliver an event.
+    ///
+    /// Needs the server's admin token in KEYSMITH_ADMIN_TOKEN, as `license` does.
+    Webhook(webhook::WebhookArgs),
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +183,9 @@ pub fn run(
             license::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err)
         }
         Command::Plan(args) => plan::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err),
+        Command::Webhook(args) => {
+            webhook::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err)
+        }
     }
 }
 

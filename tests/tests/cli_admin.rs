@@ -1,14 +1,16 @@
-//! The real `keysmith license …` and `keysmith plan …` commands against a
-//! real server: what support staff and scripts do with plans and a
-//! customer's license, and what the customer's app then gets from
+//! The real `keysmith license …`, `plan …` and `webhook …` commands
+//! against a real server: what support staff and scripts do with plans,
+//! webhooks and a customer's license, and what the customer's app then gets from
 //! `/validate`.
 
 mod common_sdk;
 
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use common_sdk::{cli_with_env, closed_url, code_of, json_of, Licensed};
-use keysmith_tests::ADMIN_TOKEN;
+use keysmith_tests::receiver::Receiver;
+use keysmith_tests::{ServerOptions, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 fn stdout(out: &Output) -> String {
@@ -32,6 +34,11 @@ fn license_cli_as(url: &str, args: &[&str], token: Option<&str>) -> Output {
 /// `keysmith plan ARGS --server URL` with the admin token.
 fn plan_cli(url: &str, args: &[&str]) -> Output {
     admin_cli("plan", url, args, Some(ADMIN_TOKEN))
+}
+
+/// `keysmith webhook ARGS --server URL` with the admin token.
+fn webhook_cli(url: &str, args: &[&str]) -> Output {
+    admin_cli("webhook", url, args, Some(ADMIN_TOKEN))
 }
 
 fn admin_cli(group: &str, url: &str, args: &[&str], token: Option<&str>) -> Output {
@@ -424,4 +431,109 @@ fn a_plan_is_set_up_from_the_command_line_and_its_licenses_follow_it() {
     let out = plan_cli(url, &["show", "spare"]);
     assert_eq!(code_of(&out), 1);
     assert!(stderr(&out).contains("PLAN_NOT_FOUND"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_webhook_is_added_its_failed_delivery_seen_and_the_event_sent_again() {
+    let receiver = Receiver::start();
+    receiver.set_status(503);
+    let fast = [
+        "--webhook-retry-base-ms",
+        "200",
+        "--webhook-retry-max-ms",
+        "400",
+        "--webhook-give-up",
+        "1",
+    ];
+    let l = Licensed::start_with(
+        7,
+        ServerOptions {
+            args: fast.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        },
+    );
+    let url = &l.server.url;
+    let out = webhook_cli(
+        url,
+        &["create", &receiver.url, "--event", "license.suspended"],
+    );
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let id = text.split_whitespace().next().unwrap().to_owned();
+    assert!(
+        id.starts_with("wh_") && text.contains("secret:   whsec_"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("not shown again"), "{}", stderr(&out));
+    let out = webhook_cli(url, &["list"]);
+    let text = stdout(&out);
+    assert!(text.contains(&id) && !text.contains("whsec_"), "{text}");
+
+    // A suspension fires the event; the receiver refuses it until the
+    // server gives up, and `deliveries` shows each attempt and the outcome.
+    assert_eq!(code_of(&license_cli(url, &["suspend", &l.key])), 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let page = json_of(&webhook_cli(url, &["deliveries", &id, "--json"]));
+        if page["data"][0]["state"] == "failed" {
+            break page["data"][0]["event_id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "never failed: {page}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = webhook_cli(url, &["deliveries", &id]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&event) && text.contains("license.suspended") && text.contains("HTTP 503"),
+        "{text}"
+    );
+    assert!(text.contains("now failed"), "{text}");
+
+    receiver.set_status(200);
+    let out = webhook_cli(url, &["redeliver", &id, &event]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("queued {event} for delivery again")
+    );
+    receiver.wait_until(Duration::from_secs(10), "the redelivery", |r| {
+        r.iter().any(|x| x.status == 200 && x.body.contains(&event))
+    });
+    let out = webhook_cli(url, &["redeliver", &id, "evt_NOPE"]);
+    assert_eq!(code_of(&out), 1);
+    assert!(
+        stderr(&out).contains("DELIVERY_NOT_FOUND"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Off and on again, then gone.
+    let out = webhook_cli(url, &["disable", &id, "--json"]);
+    assert_eq!(json_of(&out)["enabled"], false);
+    let out = webhook_cli(url, &["enable", &id]);
+    assert!(
+        stdout(&out).starts_with(&format!("{id}  enabled")),
+        "{}",
+        stdout(&out)
+    );
+    let out = webhook_cli(url, &["delete", &id]);
+    assert_eq!(
+        (code_of(&out), stdout(&out).trim()),
+        (0, format!("deleted webhook {id}").as_str())
+    );
+    let out = webhook_cli(url, &["deliveries", &id]);
+    assert_eq!(code_of(&out), 1);
+    assert!(
+        stderr(&out).contains("WEBHOOK_NOT_FOUND"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An event the server does not know is refused with the list it knows.
+    let out = webhook_cli(
+        url,
+        &["create", &receiver.url, "--event", "license.exploded"],
+    );
+    assert_eq!(code_of(&out), 1);
+    assert!(stderr(&out).contains("license.revoked"), "{}", stderr(&out));
 }

@@ -1,4 +1,4 @@
-//! What the admin commands (`license`, `plan`) share: the server and its
+//! What the admin commands (`license`, `plan`, `webhook`) share: the server and its
 //! admin token, a request and its answer, a refusal or no answer as an exit
 //! code.
 //!
@@ -201,4 +201,12 @@ pub(super) fn text<'a>(v: &'a Value, field: &str) -> &'a str {
 /// `value`, or `none` when it is null.
 pub(super) fn or<'a>(v: &'a Value, field: &str, none: &'a str) -> &'a str {
     v[field].as_str().unwrap_or(none)
+}
+
+/// Where the next page starts, on stderr, so that stdout stays the list.
+pub(super) fn next_page(v: &Value, err: &mut dyn Write) -> std::io::Result<()> {
+    if let Some(cursor) = v["next_cursor"].as_str() {
+        writeln!(err, "(more: add --cursor {cursor})")?;
+    }
+    Ok(())
 }

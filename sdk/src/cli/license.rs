@@ -12,7 +12,7 @@ use keysmith_core::wire::{License, Page};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::admin::{self, or, text, Api, Failure, Show};
+use super::admin::{self, next_page, or, text, Api, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct LicenseArgs {
@@ -379,14 +379,6 @@ fn show_license(v: &Value, out: &mut dyn Write, _: &mut dyn Write) -> std::io::R
     writeln!(out, "  created:      {}", text(v, "created_at"))?;
     if v["metadata"].as_object().is_some_and(|m| !m.is_empty()) {
         writeln!(out, "  metadata:     {}", v["metadata"])?;
-    }
-    Ok(())
-}
-
-/// Where the next page starts, on stderr, so that stdout stays the list.
-fn next_page(v: &Value, err: &mut dyn Write) -> std::io::Result<()> {
-    if let Some(cursor) = v["next_cursor"].as_str() {
-        writeln!(err, "(more: add --cursor {cursor})")?;
     }
     Ok(())
 }
