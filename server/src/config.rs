@@ -30,6 +30,23 @@ pub enum Command {
     /// every server afterwards: each reads the token's hash at start-up.
     /// Not for a token set by KEYSMITH_ADMIN_TOKEN: change that instead.
     RotateAdminToken(StorageArgs),
+    /// Copy a SQLite database into one new file, consistently, while the server runs or not.
+    ///
+    /// The copy (mode 0600) holds every license, seat, plan and webhook
+    /// committed when it starts; usage recorded in the last second or so,
+    /// still in the usage journal, is not in it. To restore, stop the
+    /// server and put the copy in place of keysmith.db (with no
+    /// keysmith.db-wal beside it). On PostgreSQL use pg_dump.
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// The new file to write; an existing file is never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
 }
 
 /// Where the data is: the data dir (SQLite's database, the signing key)

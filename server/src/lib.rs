@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod expiry;
 pub mod http;
@@ -30,6 +31,36 @@ pub fn main() -> std::process::ExitCode {
     match config::Cli::parse().command {
         config::Command::Serve(args) => serve_until_signal(*args),
         config::Command::RotateAdminToken(storage) => rotate_admin_token(storage),
+        config::Command::Backup(args) => run_backup(args),
+    }
+}
+
+/// `keysmith-server backup --to FILE`.
+fn run_backup(args: config::BackupArgs) -> std::process::ExitCode {
+    let url = args.storage.database_url();
+    let Some(db) = store::sqlite_path(&url) else {
+        eprintln!(
+            "keysmith-server: backup copies a SQLite database; for PostgreSQL use pg_dump \
+             (e.g. pg_dump --format=custom --file=FILE DATABASE_URL)"
+        );
+        return std::process::ExitCode::FAILURE;
+    };
+    eprintln!("backing up {} to {} …", db.display(), args.to.display());
+    match backup::backup(db, &args.to) {
+        Ok(done) => {
+            println!(
+                "backed up {} licenses ({:.1} MB) to {} in {:.1} s",
+                done.licenses,
+                done.bytes as f64 / 1e6,
+                args.to.display(),
+                done.seconds
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keysmith-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

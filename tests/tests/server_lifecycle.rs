@@ -72,6 +72,99 @@ fn a_signing_key_readable_by_others_is_refused() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
+/// `keysmith-server backup` while the server takes writes: a file only
+/// its owner reads, which a new server starts on with every license,
+/// seat and plan the copy began with.
+#[cfg(unix)]
+#[test]
+fn a_backup_taken_while_serving_restores_into_a_working_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start();
+    server.plan("p", json!({"features": ["sso"], "max_domains": 1}));
+    let license = server.license("p", json!({}));
+    let key = license["key"].as_str().unwrap().to_owned();
+    let (_, answer) = server.validate(json!({"key": key, "domain": "a.example.com"}));
+    assert_eq!(answer["code"], "VALID");
+
+    // Licenses keep being created while the copy runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let created = Arc::new(Mutex::new(0usize));
+    let writer = {
+        let (stop, created, url) = (stop.clone(), created.clone(), server.url.clone());
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                let status = http
+                    .post(format!("{url}/api/v1/licenses"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"plan": "p", "customer_email": "w@example.com"}))
+                    .send()
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 201);
+                *created.lock().unwrap() += 1;
+            }
+        })
+    };
+    while *created.lock().unwrap() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("backup.db");
+    let out = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+        .args(["backup", "--data-dir"])
+        .arg(&server.data_dir)
+        .arg("--to")
+        .arg(&copy)
+        .env_remove("KEYSMITH_DATABASE")
+        .output()
+        .unwrap();
+    let before_stop = *created.lock().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("backed up "));
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // A second backup to the same file is refused and leaves it alone.
+    let again = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+        .args(["backup", "--data-dir"])
+        .arg(&server.data_dir)
+        .arg("--to")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+
+    // Restored alone into a new data dir, the copy serves.
+    let restored_dir = dir.path().join("restored");
+    std::fs::create_dir_all(&restored_dir).unwrap();
+    std::fs::copy(&copy, restored_dir.join("keysmith.db")).unwrap();
+    let restored = TestServer::start_with(ServerOptions {
+        data_dir: Some(restored_dir),
+        ..Default::default()
+    });
+    let (_, page) = restored.admin("GET", "/licenses?limit=500&plan=p", None);
+    let count = page["data"].as_array().unwrap().len();
+    assert!(
+        (21..=before_stop + 1).contains(&count),
+        "{count} licenses restored, {before_stop} created while copying"
+    );
+    let (_, kept) = restored.validate(json!({"key": key, "domain": "a.example.com"}));
+    assert_eq!(
+        (kept["code"].as_str(), kept["valid"].as_bool()),
+        (Some("VALID"), Some(true))
+    );
+    let (_, full) = restored.validate(json!({"key": key, "domain": "b.example.com"}));
+    assert_eq!(full["code"], "DOMAIN_LIMIT_REACHED", "the seat came along");
+}
+
 fn without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
