@@ -8,6 +8,11 @@
 //! and event committed when it starts. Usage records still in the journal
 //! (up to about a second of validations, which the server copies into the
 //! database once a second) are not in it.
+//!
+//! `keysmith-server restore` puts such a copy in place, with the server
+//! stopped: the files it replaces (the database, its log and the usage
+//! journal, which belong to the old database and must not be applied to
+//! the copy) are moved aside into a folder of their own, not deleted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,15 +46,7 @@ pub fn backup(db: &Path, to: &Path) -> anyhow::Result<Backup> {
     )
     .with_context(|| format!("opening {}", db.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    let schema: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let is_keysmith: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'licenses')",
-        [],
-        |r| r.get(0),
-    )?;
-    if schema == 0 || !is_keysmith {
-        bail!("{} is not a Keysmith database", db.display());
-    }
+    must_be_keysmith(&conn, db)?;
 
     let partial = partial_path(to);
     let _ = std::fs::remove_file(&partial); // a failed earlier attempt's
@@ -63,25 +60,143 @@ pub fn backup(db: &Path, to: &Path) -> anyhow::Result<Backup> {
     }
     drop(conn);
 
-    let copy = Connection::open_with_flags(&partial, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let check: String = copy.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-    let licenses: i64 = copy.query_row("SELECT COUNT(*) FROM licenses", [], |r| r.get(0))?;
-    drop(copy);
-    if check != "ok" {
-        let _ = std::fs::remove_file(&partial);
-        bail!("the copy failed its check ({check}); nothing was kept");
-    }
+    let licenses = match checked(&partial) {
+        Ok(licenses) => licenses,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.context("the copy failed its check; nothing was kept"));
+        }
+    };
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, to)
         .with_context(|| format!("renaming {} to {}", partial.display(), to.display()))?;
-    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    sync_dir_of(to)?;
     Ok(Backup {
         bytes: std::fs::metadata(to)?.len(),
-        licenses: licenses as u64,
+        licenses,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    pub licenses: u64,
+    /// Where the replaced files went, if there were any.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// Puts the backup `from` in place of the database at `db`, which no
+/// server may have open: the database's files are moved into a new folder
+/// beside it (`replaced-<UTC time>`), then a checked copy of `from` takes
+/// its name.
+pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
+    let licenses =
+        checked(from).with_context(|| format!("{} is not a backup to restore", from.display()))?;
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let journal = sibling(db, "-usage");
+    // The server holds this lock while it runs; holding it here keeps one
+    // from starting until the copy is in place.
+    let _lock = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&journal)
+    {
+        Ok(file) => {
+            if file.try_lock().is_err() {
+                bail!(
+                    "a server is running on {} (it holds {}): stop it first",
+                    db.display(),
+                    journal.display()
+                );
+            }
+            Some(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("opening {}", journal.display())),
+    };
+
+    let incoming = sibling(db, ".restoring");
+    let _ = std::fs::remove_file(&incoming); // a failed earlier attempt's
+    create_private(&incoming)?;
+    std::fs::copy(from, &incoming).with_context(|| format!("copying {}", from.display()))?;
+    std::fs::File::open(&incoming)?.sync_all()?;
+
+    let replaced: Vec<PathBuf> = ["", "-wal", "-shm", "-usage", "-usage.next"]
+        .iter()
+        .map(|suffix| sibling(db, suffix))
+        .filter(|p| p.exists())
+        .collect();
+    let moved_aside = if replaced.is_empty() {
+        None
+    } else {
+        let aside = dir.join(format!(
+            "replaced-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
+        std::fs::create_dir(&aside).with_context(|| format!("creating {}", aside.display()))?;
+        for file in &replaced {
+            let name = file.file_name().expect("a file name");
+            std::fs::rename(file, aside.join(name))
+                .with_context(|| format!("moving {} aside", file.display()))?;
+        }
+        Some(aside)
+    };
+    std::fs::rename(&incoming, db)
+        .with_context(|| format!("renaming {} to {}", incoming.display(), db.display()))?;
+    sync_dir_of(db)?;
+    Ok(Restored {
+        licenses,
+        moved_aside,
+    })
+}
+
+/// `db` with `suffix` appended to its file name (`keysmith.db-wal`, …).
+fn sibling(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Refuses a database that is not Keysmith's.
+fn must_be_keysmith(conn: &Connection, path: &Path) -> anyhow::Result<()> {
+    let schema: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let is_keysmith: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'licenses')",
+        [],
+        |r| r.get(0),
+    )?;
+    if schema == 0 || !is_keysmith {
+        bail!("{} is not a Keysmith database", path.display());
+    }
+    Ok(())
+}
+
+/// Opens a single-file copy read-only, checks it whole and Keysmith's, and
+/// counts its licenses.
+fn checked(copy: &Path) -> anyhow::Result<u64> {
+    if !copy.is_file() {
+        bail!("no file at {}", copy.display());
+    }
+    let conn = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    must_be_keysmith(&conn, copy)?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        bail!("{} is damaged: {check}", copy.display());
+    }
+    let licenses: i64 = conn.query_row("SELECT COUNT(*) FROM licenses", [], |r| r.get(0))?;
+    Ok(licenses as u64)
+}
+
+fn sync_dir_of(file: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn partial_path(to: &Path) -> PathBuf {

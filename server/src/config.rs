@@ -34,10 +34,24 @@ pub enum Command {
     ///
     /// The copy (mode 0600) holds every license, seat, plan and webhook
     /// committed when it starts; usage recorded in the last second or so,
-    /// still in the usage journal, is not in it. To restore, stop the
-    /// server and put the copy in place of keysmith.db (with no
-    /// keysmith.db-wal beside it). On PostgreSQL use pg_dump.
+    /// still in the usage journal, is not in it. `restore` puts it back.
+    /// On PostgreSQL use pg_dump.
     Backup(BackupArgs),
+    /// Put a backup in place of a SQLite database, with the server stopped.
+    ///
+    /// The files it replaces (the database, its log and the usage journal)
+    /// are moved into a new folder beside them, replaced-<UTC time>, not
+    /// deleted. On PostgreSQL use pg_restore.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// The backup to restore (a file `backup` wrote).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -32,6 +32,36 @@ pub fn main() -> std::process::ExitCode {
         config::Command::Serve(args) => serve_until_signal(*args),
         config::Command::RotateAdminToken(storage) => rotate_admin_token(storage),
         config::Command::Backup(args) => run_backup(args),
+        config::Command::Restore(args) => run_restore(args),
+    }
+}
+
+/// `keysmith-server restore --from FILE`.
+fn run_restore(args: config::RestoreArgs) -> std::process::ExitCode {
+    let url = args.storage.database_url();
+    let Some(db) = store::sqlite_path(&url) else {
+        eprintln!(
+            "keysmith-server: restore replaces a SQLite database; for PostgreSQL use pg_restore"
+        );
+        return std::process::ExitCode::FAILURE;
+    };
+    match backup::restore(&args.from, db) {
+        Ok(done) => {
+            if let Some(aside) = &done.moved_aside {
+                println!("moved the replaced files to {}", aside.display());
+            }
+            println!(
+                "restored {} licenses from {} into {}",
+                done.licenses,
+                args.from.display(),
+                db.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keysmith-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

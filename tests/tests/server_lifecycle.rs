@@ -165,6 +165,81 @@ fn a_backup_taken_while_serving_restores_into_a_working_server() {
     assert_eq!(full["code"], "DOMAIN_LIMIT_REACHED", "the seat came along");
 }
 
+/// `keysmith-server restore`: refused while the server runs; with it
+/// stopped, the backup takes the database's place, and what it replaced
+/// (the database, its log and the usage journal) is kept aside.
+#[test]
+fn restore_puts_a_backup_back_and_keeps_what_it_replaced() {
+    let mut server = TestServer::start();
+    server.plan("p", json!({"features": []}));
+    let kept = server.license("p", json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("backup.db");
+    let data_dir = server.data_dir.clone();
+    let run = |args: &[&str]| {
+        std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("KEYSMITH_DATABASE")
+            .output()
+            .unwrap()
+    };
+    let copy_arg = copy.to_str().unwrap();
+    assert!(run(&["backup", "--to", copy_arg]).status.success());
+    let later = server.license("p", json!({}));
+
+    let busy = run(&["restore", "--from", copy_arg]);
+    assert!(!busy.status.success());
+    let why = String::from_utf8_lossy(&busy.stderr);
+    assert!(why.contains("stop it first"), "{why}");
+    let later_path = format!("/licenses/{}", later["id"].as_str().unwrap());
+    assert_eq!(
+        server.admin("GET", &later_path, None).0,
+        200,
+        "nothing changed"
+    );
+
+    assert_eq!(server.terminate(), Some(0));
+    let out = run(&["restore", "--from", copy_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let aside = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("moved the replaced files to "))
+        .expect("where the replaced files went");
+    assert!(
+        std::path::Path::new(aside).join("keysmith.db").is_file(),
+        "{printed}"
+    );
+    assert!(printed.contains("restored 1 licenses"), "{printed}");
+
+    server.restart();
+    let kept_path = format!("/licenses/{}", kept["id"].as_str().unwrap());
+    assert_eq!(server.admin("GET", &kept_path, None).0, 200);
+    assert_eq!(
+        server.admin("GET", &later_path, None).0,
+        404,
+        "made after the backup"
+    );
+    let (_, answer) = server.validate(json!({"key": kept["key"], "domain": "a.example.com"}));
+    assert_eq!(answer["code"], "VALID");
+
+    // Not a backup: refused, and the database stays.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"not a database").unwrap();
+    server.terminate();
+    let out = run(&["restore", "--from", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a backup to restore"));
+    server.restart();
+    assert_eq!(server.admin("GET", &kept_path, None).0, 200);
+}
+
 fn without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
