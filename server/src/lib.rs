@@ -1,6 +1,8 @@
 //! Keysmith license server. Reads top-down: `config` (flags) → `api` (one
 //! module per resource) → `license` (the rules) → `store` (the storage trait
-//! and its backends) → background workers (`expiry`).
+//! and its backends) → background workers (`expiry`, `webhooks`,
+//! `retention`). `maintenance` has the commands besides `serve` (rotating
+//! the admin token, `backup` and `restore`, whose files are `backup`'s).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -11,6 +13,7 @@ pub mod expiry;
 pub mod http;
 pub mod ids;
 pub mod license;
+pub mod maintenance;
 pub mod retention;
 pub mod signing;
 pub mod store;
@@ -30,115 +33,11 @@ pub fn main() -> std::process::ExitCode {
     use clap::Parser;
     match config::Cli::parse().command {
         config::Command::Serve(args) => serve_until_signal(*args),
-        config::Command::RotateAdminToken(storage) => rotate_admin_token(storage),
-        config::Command::Backup(args) => run_backup(args),
-        config::Command::Restore(args) => run_restore(args),
-    }
-}
-
-/// `keysmith-server restore --from FILE`.
-fn run_restore(args: config::RestoreArgs) -> std::process::ExitCode {
-    let url = args.storage.database_url();
-    let Some(db) = store::sqlite_path(&url) else {
-        eprintln!(
-            "keysmith-server: restore replaces a SQLite database; for PostgreSQL use pg_restore"
-        );
-        return std::process::ExitCode::FAILURE;
-    };
-    match backup::restore(&args.from, db) {
-        Ok(done) => {
-            if let Some(aside) = &done.moved_aside {
-                println!("moved the replaced files to {}", aside.display());
-            }
-            println!(
-                "restored {} licenses from {} into {}",
-                done.licenses,
-                args.from.display(),
-                db.display()
-            );
-            std::process::ExitCode::SUCCESS
+        config::Command::RotateAdminToken(storage) => {
+            maintenance::exit(maintenance::rotate_admin_token(storage))
         }
-        Err(e) => {
-            eprintln!("keysmith-server: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// `keysmith-server backup --to FILE`.
-fn run_backup(args: config::BackupArgs) -> std::process::ExitCode {
-    let url = args.storage.database_url();
-    let Some(db) = store::sqlite_path(&url) else {
-        eprintln!(
-            "keysmith-server: backup copies a SQLite database; for PostgreSQL use pg_dump \
-             (e.g. pg_dump --format=custom --file=FILE DATABASE_URL)"
-        );
-        return std::process::ExitCode::FAILURE;
-    };
-    eprintln!("backing up {} to {} …", db.display(), args.to.display());
-    match backup::backup(db, &args.to) {
-        Ok(done) => {
-            println!(
-                "backed up {} licenses ({:.1} MB) to {} in {:.1} s",
-                done.licenses,
-                done.bytes as f64 / 1e6,
-                args.to.display(),
-                done.seconds
-            );
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("keysmith-server: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// `keysmith-server rotate-admin-token`: stores a new admin token's hash in
-/// place of the old one and prints the token once.
-fn rotate_admin_token(storage: config::StorageArgs) -> std::process::ExitCode {
-    let rotated = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let url = storage.database_url();
-                let sqlite = store::sqlite_path(&url);
-                if let Some(path) = sqlite.filter(|p| !p.exists()) {
-                    anyhow::bail!(
-                        "no database at {}: the first start of a server on it generates a token",
-                        path.display()
-                    );
-                }
-                let sqlite = sqlite.is_some();
-                let store = store::open(&url, store::sqlite::Synchronous::default())
-                    .await
-                    .with_context(|| {
-                        if sqlite {
-                            "opening the database (on SQLite, stop the server first)"
-                        } else {
-                            "opening the database"
-                        }
-                    })?;
-                let token = auth::AdminAuth::rotate(store.as_ref()).await?;
-                Ok((token, sqlite))
-            })
-        });
-    match rotated {
-        Ok((token, sqlite)) => {
-            println!("New admin token (shown once; only its hash is stored): {token}");
-            if !sqlite {
-                println!(
-                    "Restart every server on this database: each reads the token at start-up."
-                );
-            }
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("keysmith-server: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        config::Command::Backup(args) => maintenance::exit(maintenance::backup(args)),
+        config::Command::Restore(args) => maintenance::exit(maintenance::restore(args)),
     }
 }
 
