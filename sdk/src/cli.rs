@@ -179,14 +179,21 @@ pub fn run(
                 EXIT_NO_ANSWER
             }
         },
-        Command::License(args) => {
-            license::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err)
-        }
-        Command::Plan(args) => plan::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err),
-        Command::Webhook(args) => {
-            webhook::run(args, std::env::var(admin::TOKEN_ENV).ok(), out, err)
-        }
+        Command::License(a) => admin::run(a.target, admin_token(), out, err, |api| {
+            license::execute(api, a.command)
+        }),
+        Command::Plan(a) => admin::run(a.target, admin_token(), out, err, |api| {
+            plan::execute(api, a.command)
+        }),
+        Command::Webhook(a) => admin::run(a.target, admin_token(), out, err, |api| {
+            webhook::execute(api, a.command)
+        }),
     }
+}
+
+/// The admin token of `license`, `plan` and `webhook`, from the environment only.
+fn admin_token() -> Option<String> {
+    std::env::var(admin::TOKEN_ENV).ok()
 }
 
 fn check_key(key: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
@@ -318,7 +325,10 @@ mod tests {
             unreachable!("parsed as `license`");
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = license::run(parsed, token.map(str::to_owned), &mut out, &mut err);
+        let token = token.map(str::to_owned);
+        let code = admin::run(parsed.target, token, &mut out, &mut err, |api| {
+            license::execute(api, parsed.command)
+        });
         (
             code,
             String::from_utf8(out).unwrap(),

@@ -210,3 +210,11 @@ pub(super) fn next_page(v: &Value, err: &mut dyn Write) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The strings of the array `field` (features, events, seats).
+pub(super) fn strings<'a>(v: &'a Value, field: &str) -> Vec<&'a str> {
+    v[field]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}

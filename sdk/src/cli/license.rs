@@ -12,18 +12,18 @@ use keysmith_core::wire::{License, Page};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::admin::{self, next_page, or, text, Api, Failure, Show};
+use super::admin::{self, next_page, or, strings, text, Api, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct LicenseArgs {
     #[command(subcommand)]
-    command: LicenseCommand,
+    pub(super) command: LicenseCommand,
     #[command(flatten)]
-    target: admin::Target,
+    pub(super) target: admin::Target,
 }
 
 #[derive(Debug, Subcommand)]
-enum LicenseCommand {
+pub(super) enum LicenseCommand {
     /// Show a license: status, plan, customer, seats, validations.
     Show {
         /// The license's key (any spelling the SDK accepts) or id (lic_…).
@@ -85,7 +85,7 @@ enum LicenseCommand {
 }
 
 #[derive(Debug, Args)]
-struct CreateArgs {
+pub(super) struct CreateArgs {
     /// The plan (its features, default limits, duration and offline grace).
     #[arg(long)]
     plan: String,
@@ -97,7 +97,7 @@ struct CreateArgs {
 }
 
 #[derive(Debug, Args)]
-struct UpdateArgs {
+pub(super) struct UpdateArgs {
     /// The license's key or id.
     license: String,
     /// Move the license to this plan.
@@ -112,7 +112,7 @@ struct UpdateArgs {
 
 /// What `create` and `update` may set besides the plan and the e-mail.
 #[derive(Debug, Args)]
-struct Fields {
+pub(super) struct Fields {
     /// Domain seats: a number, or `none` for no limit (create: the plan's by default).
     #[arg(long, value_name = "N|none", value_parser = parse_limit)]
     max_domains: Option<Value>,
@@ -186,7 +186,7 @@ fn given(pairs: [(&str, Option<String>); 2]) -> serde_json::Map<String, Value> {
 }
 
 #[derive(Debug, Args)]
-struct FreeSeatArgs {
+pub(super) struct FreeSeatArgs {
     /// The license's key or id.
     license: String,
     /// The domain whose seat to free.
@@ -220,20 +220,8 @@ fn license_id(api: &Api, given: &str) -> Result<String, Failure> {
         .ok_or_else(|| Failure::refused(format!("no license has the key {}", key.as_str())))
 }
 
-/// Runs `keysmith license …`; returns the exit code.
-pub(super) fn run(
-    args: LicenseArgs,
-    token: Option<String>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    admin::run(args.target, token, out, err, |api| {
-        execute(api, args.command)
-    })
-}
-
 /// Sends what `command` asks for; its answer and how to print it as text.
-fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure> {
+pub(super) fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure> {
     let set_status = |given: &str, status: &str| {
         let id = license_id(api, given)?;
         let url = api.url(&["licenses", &id]);
@@ -339,10 +327,7 @@ fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show), Failure>
 
 /// "1 of 3: example.com" — the seats taken, the limit, the values.
 fn seats(v: &Value, list: &str, max: &str) -> String {
-    let taken: Vec<&str> = v[list]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let taken = strings(v, list);
     let limit = match v[max].as_u64() {
         Some(max) => format!(" of {max}"),
         None => " (no limit)".to_owned(),

@@ -9,18 +9,18 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::admin::{self, or, text, Api, Failure, Show};
+use super::admin::{self, or, strings, text, Api, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct PlanArgs {
     #[command(subcommand)]
-    command: PlanCommand,
+    pub(super) command: PlanCommand,
     #[command(flatten)]
-    target: admin::Target,
+    pub(super) target: admin::Target,
 }
 
 #[derive(Debug, Subcommand)]
-enum PlanCommand {
+pub(super) enum PlanCommand {
     /// Every plan, by name.
     List,
     /// One plan.
@@ -38,7 +38,7 @@ enum PlanCommand {
 }
 
 #[derive(Debug, Args)]
-struct PutArgs {
+pub(super) struct PutArgs {
     /// The plan's name: 1 to 64 of A-Z a-z 0-9 - _ .
     name: String,
     /// A feature the plan grants (repeatable).
@@ -58,20 +58,8 @@ struct PutArgs {
     offline_grace_days: Option<u32>,
 }
 
-/// Runs `keysmith plan …`; returns the exit code.
-pub(super) fn run(
-    args: PlanArgs,
-    token: Option<String>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    admin::run(args.target, token, out, err, |api| {
-        execute(api, args.command)
-    })
-}
-
 /// Sends what `command` asks for; its answer and how to print it as text.
-fn execute(api: &Api, command: PlanCommand) -> Result<(Value, Show), Failure> {
+pub(super) fn execute(api: &Api, command: PlanCommand) -> Result<(Value, Show), Failure> {
     Ok(match command {
         PlanCommand::List => (
             api.send(Method::GET, api.url(&["plans"]), None)?,
@@ -111,32 +99,19 @@ fn number(v: &Value, field: &str, none: &str) -> String {
 }
 
 fn show_plan(v: &Value, out: &mut dyn Write, _: &mut dyn Write) -> std::io::Result<()> {
-    let features: Vec<&str> = v["features"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    writeln!(out, "{}", text(v, "name"))?;
-    let features = if features.is_empty() {
-        "none".to_owned()
-    } else {
-        features.join(", ")
+    let features = match strings(v, "features") {
+        none if none.is_empty() => "none".to_owned(),
+        some => some.join(", "),
     };
+    writeln!(out, "{}", text(v, "name"))?;
     writeln!(out, "  features:       {features}")?;
-    writeln!(
-        out,
-        "  max domains:    {}",
-        number(v, "max_domains", "no limit")
-    )?;
-    writeln!(
-        out,
-        "  max machines:   {}",
-        number(v, "max_machines", "no limit")
-    )?;
-    writeln!(
-        out,
-        "  duration days:  {}",
-        number(v, "duration_days", "no expiry")
-    )?;
+    for (label, field, none) in [
+        ("max domains:", "max_domains", "no limit"),
+        ("max machines:", "max_machines", "no limit"),
+        ("duration days:", "duration_days", "no expiry"),
+    ] {
+        writeln!(out, "  {label:<15} {}", number(v, field, none))?;
+    }
     writeln!(
         out,
         "  offline grace:  {} days",

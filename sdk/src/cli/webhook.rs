@@ -10,18 +10,18 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::admin::{self, next_page, or, text, Api, Failure, Show};
+use super::admin::{self, next_page, or, strings, text, Api, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct WebhookArgs {
     #[command(subcommand)]
-    command: WebhookCommand,
+    pub(super) command: WebhookCommand,
     #[command(flatten)]
-    target: admin::Target,
+    pub(super) target: admin::Target,
 }
 
 #[derive(Debug, Subcommand)]
-enum WebhookCommand {
+pub(super) enum WebhookCommand {
     /// Register an endpoint; prints its signing secret, shown only this once.
     Create {
         /// The endpoint's http(s) URL.
@@ -75,18 +75,6 @@ enum WebhookCommand {
     },
 }
 
-/// Runs `keysmith webhook …`; returns the exit code.
-pub(super) fn run(
-    args: WebhookArgs,
-    token: Option<String>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    admin::run(args.target, token, out, err, |api| {
-        execute(api, args.command)
-    })
-}
-
 /// `?limit=…&cursor=…` on `url`.
 fn paged(mut url: reqwest::Url, limit: u32, cursor: Option<String>) -> reqwest::Url {
     url.query_pairs_mut()
@@ -98,7 +86,7 @@ fn paged(mut url: reqwest::Url, limit: u32, cursor: Option<String>) -> reqwest::
 }
 
 /// Sends what `command` asks for; its answer and how to print it as text.
-fn execute(api: &Api, command: WebhookCommand) -> Result<(Value, Show), Failure> {
+pub(super) fn execute(api: &Api, command: WebhookCommand) -> Result<(Value, Show), Failure> {
     let enable = |id: &str, enabled: bool| {
         let url = api.url(&["webhooks", id]);
         api.send(Method::PUT, url, Some(json!({ "enabled": enabled })))
@@ -141,15 +129,6 @@ fn execute(api: &Api, command: WebhookCommand) -> Result<(Value, Show), Failure>
     })
 }
 
-/// The events an endpoint gets, comma-separated.
-fn events(v: &Value) -> String {
-    v["events"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .join(", ")
-}
-
 fn show_webhook(v: &Value, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<()> {
     let state = if v["enabled"].as_bool() == Some(false) {
         "disabled"
@@ -157,7 +136,7 @@ fn show_webhook(v: &Value, out: &mut dyn Write, err: &mut dyn Write) -> std::io:
         "enabled"
     };
     writeln!(out, "{}  {state}  {}", text(v, "id"), text(v, "url"))?;
-    writeln!(out, "  events:   {}", events(v))?;
+    writeln!(out, "  events:   {}", strings(v, "events").join(", "))?;
     writeln!(out, "  created:  {}", text(v, "created_at"))?;
     if let Some(secret) = v["secret"].as_str() {
         writeln!(out, "  secret:   {secret}")?;
