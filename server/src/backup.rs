@@ -51,9 +51,15 @@ pub fn backup(db: &Path, to: &Path) -> anyhow::Result<Backup> {
     let partial = partial_path(to);
     let _ = std::fs::remove_file(&partial); // a failed earlier attempt's
     create_private(&partial)?;
-    let copied = conn
-        .execute("VACUUM INTO ?1", [partial.to_string_lossy()])
-        .with_context(|| format!("copying into {}", partial.display()));
+    let source_bytes = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| std::fs::metadata(sibling(db, suffix)).ok())
+        .map(|m| m.len())
+        .sum();
+    let copied = with_progress(&partial, source_bytes, || {
+        conn.execute("VACUUM INTO ?1", [partial.to_string_lossy()])
+    })
+    .with_context(|| format!("copying into {}", partial.display()));
     if let Err(e) = copied {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
@@ -197,6 +203,35 @@ fn sync_dir_of(file: &Path) -> anyhow::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Runs `copy` while a progress bar on a terminal shows how far `growing`
+/// has come towards `expected` bytes (the copy is a little smaller than its
+/// source: it leaves out free pages).
+fn with_progress<R>(growing: &Path, expected: u64, copy: impl FnOnce() -> R) -> R {
+    let bar = indicatif::ProgressBar::new(expected);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes} of ~{total_bytes} ({elapsed}, ~{eta} left)",
+        )
+        .expect("a valid template"),
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(m) = std::fs::metadata(growing) {
+                    bar.set_position(m.len().min(expected));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let result = copy();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    });
+    bar.finish_and_clear();
+    result
 }
 
 fn partial_path(to: &Path) -> PathBuf {
