@@ -48,15 +48,17 @@ pub fn backup(db: &Path, to: &Path) -> anyhow::Result<Backup> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     must_be_keysmith(&conn, db)?;
 
-    let partial = partial_path(to);
+    let partial = sibling(to, ".partial");
     let _ = std::fs::remove_file(&partial); // a failed earlier attempt's
     create_private(&partial)?;
-    let source_bytes = ["", "-wal"]
-        .iter()
-        .filter_map(|suffix| std::fs::metadata(sibling(db, suffix)).ok())
-        .map(|m| m.len())
-        .sum();
-    let copied = with_progress(&partial, source_bytes, || {
+    // The pages in use: about what the copy will take.
+    let in_use: i64 = conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size \
+         FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+        [],
+        |r| r.get(0),
+    )?;
+    let copied = with_progress(&partial, in_use.max(0) as u64, || {
         conn.execute("VACUUM INTO ?1", [partial.to_string_lossy()])
     })
     .with_context(|| format!("copying into {}", partial.display()));
@@ -161,9 +163,9 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
     })
 }
 
-/// `db` with `suffix` appended to its file name (`keysmith.db-wal`, …).
-fn sibling(db: &Path, suffix: &str) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
+/// `path` with `suffix` appended to its file name (`keysmith.db-wal`, …).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
 }
@@ -206,8 +208,7 @@ fn sync_dir_of(file: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `copy` while a progress bar on a terminal shows how far `growing`
-/// has come towards `expected` bytes (the copy is a little smaller than its
-/// source: it leaves out free pages).
+/// has come towards `expected` bytes.
 fn with_progress<R>(growing: &Path, expected: u64, copy: impl FnOnce() -> R) -> R {
     let bar = indicatif::ProgressBar::new(expected);
     bar.set_style(
@@ -232,12 +233,6 @@ fn with_progress<R>(growing: &Path, expected: u64, copy: impl FnOnce() -> R) -> 
     });
     bar.finish_and_clear();
     result
-}
-
-fn partial_path(to: &Path) -> PathBuf {
-    let mut name = to.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
 }
 
 /// An empty file only its owner can read.
@@ -268,7 +263,7 @@ mod tests {
         let to = dir.path().join("copy.db");
         let e = backup(&other, &to).unwrap_err().to_string();
         assert!(e.contains("not a Keysmith database"), "{e}");
-        assert!(!to.exists() && !partial_path(&to).exists());
+        assert!(!to.exists() && !sibling(&to, ".partial").exists());
 
         let e = backup(&dir.path().join("missing.db"), &to)
             .unwrap_err()
