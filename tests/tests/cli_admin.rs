@@ -329,6 +329,10 @@ fn a_missing_or_wrong_token_and_an_unknown_license_are_clear_errors() {
     );
     assert_eq!(l.license()["status"], "active");
 
+    // A token read from a file with its newline works as it is.
+    let out = license_cli_as(url, &["show", &l.key], Some(&format!("{ADMIN_TOKEN}\n")));
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+
     // A well-formed key no license has, an id no license has: refused (1).
     let unknown = keysmith_core::LicenseKey::generate("KS").unwrap();
     let out = license_cli(url, &["show", unknown.as_str()]);

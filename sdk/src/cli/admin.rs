@@ -107,9 +107,13 @@ impl Api {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
             .ok_or_else(|| Failure::no_answer(format!("{server:?} is not an http(s) URL")))?;
-        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
-            Failure::no_answer(format!("set {TOKEN_ENV} to the server's admin token"))
-        })?;
+        // Trimmed as the server trims it: `$(cat token-file)` keeps a newline.
+        let token = token
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Failure::no_answer(format!("set {TOKEN_ENV} to the server's admin token"))
+            })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs_f64(timeout))
             .user_agent(concat!("keysmith-cli/", env!("CARGO_PKG_VERSION")))
