@@ -401,6 +401,47 @@ fn a_plan_is_set_up_from_the_command_line_and_its_licenses_follow_it() {
     let text = stdout(&out);
     assert!(text.contains("pro\n") && text.contains("team\n"), "{text}");
 
+    // `put` does not replace an existing plan by accident (its features
+    // would go): refused unless --replace; `update` changes only what it
+    // is given.
+    let out = plan_cli(url, &["put", "team", "--max-domains", "5"]);
+    assert_eq!(code_of(&out), 2);
+    assert!(stderr(&out).contains("plan update"), "{}", stderr(&out));
+    let out = plan_cli(
+        url,
+        &[
+            "update",
+            "team",
+            "--add-feature",
+            "audit",
+            "--remove-feature",
+            "export",
+            "--max-domains",
+            "none",
+            "--json",
+        ],
+    );
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        json_of(&out),
+        json!({"name": "team", "features": ["sso", "audit"], "max_domains": null,
+               "max_machines": null, "duration_days": null, "offline_grace_days": 3})
+    );
+    assert_eq!(
+        code_of(&plan_cli(url, &["update", "team"])),
+        2,
+        "nothing to change"
+    );
+    let out = plan_cli(url, &["update", "nosuch", "--max-domains", "1"]);
+    assert_eq!(code_of(&out), 1);
+    assert!(stderr(&out).contains("PLAN_NOT_FOUND"), "{}", stderr(&out));
+    let out = plan_cli(
+        url,
+        &put.iter().copied().chain(["--replace"]).collect::<Vec<_>>(),
+    );
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("sso, export"), "{}", stdout(&out));
+
     // A license issued on it takes its limit and grants its features.
     let out = license_cli(
         url,

@@ -72,6 +72,8 @@ pub(super) fn run(
 pub(super) struct Failure {
     code: u8,
     message: String,
+    /// The server answered 404.
+    not_found: bool,
 }
 
 impl Failure {
@@ -79,6 +81,7 @@ impl Failure {
         Failure {
             code: EXIT_NO_ANSWER,
             message: message.into(),
+            not_found: false,
         }
     }
 
@@ -86,7 +89,13 @@ impl Failure {
         Failure {
             code: EXIT_INVALID,
             message: message.into(),
+            not_found: false,
         }
+    }
+
+    /// Whether the server said there is no such thing.
+    pub(super) fn is_not_found(&self) -> bool {
+        self.not_found
     }
 }
 
@@ -181,7 +190,10 @@ impl Api {
                     "the server refused the admin token ({detail}); check {TOKEN_ENV}"
                 )))
             } else if status.is_client_error() {
-                Err(Failure::refused(detail))
+                Err(Failure {
+                    not_found: status == reqwest::StatusCode::NOT_FOUND,
+                    ..Failure::refused(detail)
+                })
             } else {
                 Err(Failure::no_answer(format!("{base} failed: {detail}")))
             }
@@ -221,4 +233,16 @@ pub(super) fn strings<'a>(v: &'a Value, field: &str) -> Vec<&'a str> {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default()
+}
+
+/// A flag's value that may also be `none` (no limit, no expiry): a JSON
+/// number or null.
+pub(super) fn number_or_none(s: &str) -> Result<Value, String> {
+    match s {
+        "none" => Ok(Value::Null),
+        _ => s
+            .parse::<u32>()
+            .map(Value::from)
+            .map_err(|_| "a whole number, or `none`".to_owned()),
+    }
 }

@@ -12,7 +12,7 @@ use keysmith_core::wire::{License, Page};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::admin::{self, next_page, or, strings, text, Api, Failure, Show};
+use super::admin::{self, next_page, number_or_none, or, strings, text, Api, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct LicenseArgs {
@@ -114,10 +114,10 @@ pub(super) struct UpdateArgs {
 #[derive(Debug, Args)]
 pub(super) struct Fields {
     /// Domain seats: a number, or `none` for no limit (create: the plan's by default).
-    #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+    #[arg(long, value_name = "N|none", value_parser = number_or_none)]
     max_domains: Option<Value>,
     /// Machine seats: a number, or `none` for no limit (create: the plan's by default).
-    #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+    #[arg(long, value_name = "N|none", value_parser = number_or_none)]
     max_machines: Option<Value>,
     /// When it expires, RFC 3339 (2027-03-06T00:00:00Z), or `never` (create: the plan's duration by default).
     #[arg(long, value_name = "TIME|never", value_parser = parse_expiry)]
@@ -148,16 +148,6 @@ impl Fields {
             base.insert("metadata".to_owned(), Value::Object(metadata));
         }
         Value::Object(base)
-    }
-}
-
-fn parse_limit(s: &str) -> Result<Value, String> {
-    match s {
-        "none" => Ok(Value::Null),
-        _ => s
-            .parse::<u32>()
-            .map(Value::from)
-            .map_err(|_| "a number of seats, or `none` for no limit".to_owned()),
     }
 }
 

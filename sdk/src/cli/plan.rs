@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::admin::{self, or, strings, text, Api, Failure, Show};
+use super::admin::{self, number_or_none, or, strings, text, Api, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct PlanArgs {
@@ -28,8 +28,10 @@ pub(super) enum PlanCommand {
         /// The plan's name.
         name: String,
     },
-    /// Create a plan, or replace it whole (what is left out is unset).
+    /// Create a plan (`--replace`: or replace one whole, what is left out unset).
     Put(PutArgs),
+    /// Change some of a plan's features, limits, duration or grace; the rest stays.
+    Update(UpdateArgs),
     /// Delete a plan no license is on.
     Delete {
         /// The plan's name.
@@ -56,6 +58,33 @@ pub(super) struct PutArgs {
     /// Days an app may trust its last answer offline (default: the server's, 7).
     #[arg(long, value_name = "DAYS")]
     offline_grace_days: Option<u32>,
+    /// Replace the plan if it exists (every field; without this, an existing plan is refused).
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct UpdateArgs {
+    /// The plan's name.
+    name: String,
+    /// A feature to grant (repeatable).
+    #[arg(long = "add-feature", value_name = "FEATURE")]
+    add: Vec<String>,
+    /// A feature to take away (repeatable).
+    #[arg(long = "remove-feature", value_name = "FEATURE")]
+    remove: Vec<String>,
+    /// Domain seats of its licenses, or `none` for no limit.
+    #[arg(long, value_name = "N|none", value_parser = number_or_none)]
+    max_domains: Option<Value>,
+    /// Machine seats of its licenses, or `none` for no limit.
+    #[arg(long, value_name = "N|none", value_parser = number_or_none)]
+    max_machines: Option<Value>,
+    /// Days a new license runs, or `none` for no expiry.
+    #[arg(long, value_name = "DAYS|none", value_parser = number_or_none)]
+    duration_days: Option<Value>,
+    /// Days an app may trust its last answer offline.
+    #[arg(long, value_name = "DAYS")]
+    offline_grace_days: Option<u32>,
 }
 
 /// Sends what `command` asks for; its answer and how to print it as text.
@@ -70,6 +99,13 @@ pub(super) fn execute(api: &Api, command: PlanCommand) -> Result<(Value, Show), 
             show_plan,
         ),
         PlanCommand::Put(plan) => {
+            if !plan.replace && plan_exists(api, &plan.name)? {
+                return Err(Failure::no_answer(format!(
+                    "plan {:?} exists: `keysmith plan update` changes only what it is given, \
+                     `put --replace` replaces the whole plan",
+                    plan.name
+                )));
+            }
             let mut body = json!({ "features": plan.features });
             for (field, value) in [
                 ("max_domains", plan.max_domains),
@@ -84,11 +120,59 @@ pub(super) fn execute(api: &Api, command: PlanCommand) -> Result<(Value, Show), 
             let url = api.url(&["plans", &plan.name]);
             (api.send(Method::PUT, url, Some(body))?, show_plan)
         }
+        PlanCommand::Update(change) => {
+            let fields = [
+                ("max_domains", change.max_domains),
+                ("max_machines", change.max_machines),
+                ("duration_days", change.duration_days),
+                (
+                    "offline_grace_days",
+                    change.offline_grace_days.map(Value::from),
+                ),
+            ];
+            if change.add.is_empty()
+                && change.remove.is_empty()
+                && fields.iter().all(|(_, v)| v.is_none())
+            {
+                return Err(Failure::no_answer(
+                    "nothing to change: give --add-feature, --remove-feature, --max-domains, \
+                     --max-machines, --duration-days or --offline-grace-days",
+                ));
+            }
+            let url = api.url(&["plans", &change.name]);
+            let mut plan = api.send(Method::GET, url.clone(), None)?;
+            let mut features: Vec<String> = strings(&plan, "features")
+                .into_iter()
+                .filter(|f| !change.remove.iter().any(|r| r == f))
+                .map(str::to_owned)
+                .collect();
+            for added in change.add {
+                if !features.contains(&added) {
+                    features.push(added);
+                }
+            }
+            plan["features"] = json!(features);
+            for (field, value) in fields {
+                if let Some(value) = value {
+                    plan[field] = value;
+                }
+            }
+            (api.send(Method::PUT, url, Some(plan))?, show_plan)
+        }
         PlanCommand::Delete { name } => {
             api.send(Method::DELETE, api.url(&["plans", &name]), None)?;
             (json!({ "deleted": name }), show_deleted)
         }
     })
+}
+
+/// Whether the server has a plan named `name`.
+fn plan_exists(api: &Api, name: &str) -> Result<bool, Failure> {
+    match api.send(Method::GET, api.url(&["plans", name]), None) {
+        Ok(_) => Ok(true),
+        Err(f) if f.is_not_found() => Ok(false),
+        Err(f) => Err(f),
+    }
 }
 
 /// A limit or a number of days, or `none` when it is null.
