@@ -189,6 +189,8 @@ fn a_script_issues_a_license_and_support_raises_its_limit_and_extends_it() {
             "2",
             "--expires-at",
             "never",
+            "--metadata",
+            "seats=2",
         ],
     );
     assert_eq!(code_of(&out), 0, "{}", stderr(&out));
@@ -198,6 +200,13 @@ fn a_script_issues_a_license_and_support_raises_its_limit_and_extends_it() {
         "{text}"
     );
     assert_eq!(validation_code(&l, &key, "b.example.com"), "VALID");
+    // Metadata keys are set and removed one by one; the others stay.
+    assert!(text.contains(r#"{"order":"77","seats":"2"}"#), "{text}");
+    let out = license_cli(
+        url,
+        &["update", &key, "--remove-metadata", "order", "--json"],
+    );
+    assert_eq!(json_of(&out)["metadata"], json!({"seats": "2"}));
 
     // Nothing to change is bad usage, and nothing is sent; a plan the
     // server does not have is refused with its reason; neither changes it.

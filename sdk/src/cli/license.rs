@@ -108,6 +108,9 @@ pub(super) struct UpdateArgs {
     email: Option<String>,
     #[command(flatten)]
     fields: Fields,
+    /// A metadata key to remove (repeatable).
+    #[arg(long = "remove-metadata", value_name = "KEY")]
+    remove_metadata: Vec<String>,
 }
 
 /// What `create` and `update` may set besides the plan and the e-mail.
@@ -122,7 +125,7 @@ pub(super) struct Fields {
     /// When it expires, RFC 3339 (2027-03-06T00:00:00Z), or `never` (create: the plan's duration by default).
     #[arg(long, value_name = "TIME|never", value_parser = parse_expiry)]
     expires_at: Option<Value>,
-    /// Metadata as KEY=VALUE, repeatable (update: replaces all of it).
+    /// Metadata as KEY=VALUE, repeatable (update: sets these keys, keeps the others).
     #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_pair)]
     metadata: Vec<(String, String)>,
 }
@@ -275,19 +278,30 @@ pub(super) fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show
             )
         }
         LicenseCommand::Update(args) => {
-            let body = args
+            let mut body = args
                 .fields
                 .body(given([("plan", args.plan), ("customer_email", args.email)]));
-            if body.as_object().is_some_and(|b| b.is_empty()) {
+            if body.as_object().is_some_and(|b| b.is_empty()) && args.remove_metadata.is_empty() {
                 return Err(Failure::no_answer(
-                    "nothing to change: give --plan, --email, --max-domains, --max-machines, --expires-at or --metadata",
+                    "nothing to change: give --plan, --email, --max-domains, --max-machines, \
+                     --expires-at, --metadata or --remove-metadata",
                 ));
             }
             let id = license_id(api, &args.license)?;
-            (
-                api.send(Method::PUT, api.url(&["licenses", &id]), Some(body))?,
-                show_license,
-            )
+            let url = api.url(&["licenses", &id]);
+            // The API replaces metadata whole: merge into what it holds.
+            if body.get("metadata").is_some() || !args.remove_metadata.is_empty() {
+                let current = api.send(Method::GET, url.clone(), None)?;
+                let mut metadata = current["metadata"].as_object().cloned().unwrap_or_default();
+                for key in &args.remove_metadata {
+                    metadata.remove(key);
+                }
+                if let Some(set) = body.get("metadata").and_then(Value::as_object) {
+                    metadata.extend(set.clone());
+                }
+                body["metadata"] = Value::Object(metadata);
+            }
+            (api.send(Method::PUT, url, Some(body))?, show_license)
         }
         LicenseCommand::Suspend { license } => (set_status(&license, "suspended")?, show_license),
         LicenseCommand::Reinstate { license } => (set_status(&license, "active")?, show_license),
