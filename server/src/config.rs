@@ -25,9 +25,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Replace the admin token with a new random one, printed once (only its hash is kept).
     ///
-    /// For a token that was lost or leaked. On SQLite, stop the server first
-    /// (its database is the server's while it runs); on PostgreSQL, restart
-    /// every server afterwards: each reads the token's hash at start-up.
+    /// For a token that was lost or leaked. Servers running on the database
+    /// take the new token within 5 seconds; the old one stops working then.
     /// Not for a token set by KEYSMITH_ADMIN_TOKEN: change that instead.
     RotateAdminToken(StorageArgs),
     /// Copy a SQLite database into one new file, consistently, while the server runs or not.

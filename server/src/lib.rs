@@ -160,6 +160,12 @@ pub async fn serve(
     ));
     let state = api::AppState::new(store.clone(), Arc::new(signer), admin, &args);
     let deliverer = tokio::spawn(webhooks::run(store.clone(), args.delivery_policy()));
+    let rotations = tokio::spawn(
+        state
+            .admin
+            .clone()
+            .follow_rotations(store.clone(), auth::ROTATION_CHECK_EVERY),
+    );
     let limits = state.limits.clone();
     let forgetter = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -185,7 +191,7 @@ pub async fn serve(
         std::time::Duration::from_secs(30),
     )
     .await;
-    for task in [sweeper, forgetter, deliverer, retention] {
+    for task in [sweeper, forgetter, deliverer, retention, rotations] {
         task.abort();
         let _ = task.await;
     }

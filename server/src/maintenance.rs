@@ -21,33 +21,42 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
 }
 
 /// `keysmith-server rotate-admin-token`: stores a new admin token's hash in
-/// place of the old one and prints the token once.
+/// place of the old one and prints the token once. Running servers take it
+/// at their next look (`auth::ROTATION_CHECK_EVERY`).
 pub fn rotate_admin_token(storage: StorageArgs) -> anyhow::Result<()> {
-    let url = storage.database_url();
-    let sqlite = store::sqlite_path(&url);
-    if let Some(path) = sqlite.filter(|p| !p.exists()) {
+    if std::env::var_os(auth::ADMIN_TOKEN_ENV).is_some() {
         bail!(
-            "no database at {}: the first start of a server on it generates a token",
-            path.display()
+            "{} is set, and while it is, it is the admin token: change it there, \
+             or unset it to use a stored one",
+            auth::ADMIN_TOKEN_ENV
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    let token = runtime.block_on(async {
-        let store = store::open(&url, store::sqlite::Synchronous::default())
-            .await
-            .with_context(|| match sqlite {
-                Some(_) => "opening the database (on SQLite, stop the server first)",
-                None => "opening the database",
+    let url = storage.database_url();
+    let (token, hash) = auth::new_token_and_hash();
+    match store::sqlite_path(&url) {
+        Some(path) if !path.exists() => bail!(
+            "no database at {}: the first start of a server on it generates a token",
+            path.display()
+        ),
+        Some(path) => store::sqlite::replace_admin_token_hash_at(path, &hash)
+            .with_context(|| format!("storing the new token's hash in {}", path.display()))?,
+        None => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            runtime.block_on(async {
+                let store = store::open(&url, store::sqlite::Synchronous::default()).await?;
+                store.replace_admin_token_hash(hash).await?;
+                anyhow::Ok(())
             })?;
-        auth::AdminAuth::rotate(store.as_ref()).await
-    })?;
-    println!("New admin token (shown once; only its hash is stored): {token}");
-    if sqlite.is_none() {
-        println!("Restart every server on this database: each reads the token at start-up.");
+        }
     }
+    println!("New admin token (shown once; only its hash is stored): {token}");
+    println!(
+        "Servers running on this database take it within {} s; the old token stops working then.",
+        auth::ROTATION_CHECK_EVERY.as_secs()
+    );
     Ok(())
 }
 

@@ -82,6 +82,20 @@ impl Synchronous {
     }
 }
 
+const REPLACE_ADMIN_TOKEN_HASH: &str = "INSERT INTO meta (k, v) VALUES ('admin_token_sha256', ?1) \
+     ON CONFLICT (k) DO UPDATE SET v = excluded.v";
+
+/// Stores `hash` as the admin token's in the database at `path`, whether a
+/// server runs on it or not: a plain connection's one write, which a
+/// running server's writer waits for like any other (the store itself, its
+/// journal and its writer, stay the server's).
+pub fn replace_admin_token_hash_at(path: &Path, hash: &str) -> Result<()> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.execute(REPLACE_ADMIN_TOKEN_HASH, [hash])?;
+    Ok(())
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
@@ -1557,11 +1571,8 @@ impl Store for SqliteStore {
 
     async fn replace_admin_token_hash(&self, hash: String) -> Result<()> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO meta (k, v) VALUES ('admin_token_sha256', ?1) \
-                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-            )?
-            .execute([hash])?;
+            conn.prepare_cached(REPLACE_ADMIN_TOKEN_HASH)?
+                .execute([hash])?;
             Ok(())
         })
         .await
