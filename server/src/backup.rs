@@ -21,6 +21,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::store::sqlite::with_suffix;
+
 /// What a backup wrote.
 #[derive(Debug)]
 pub struct Backup {
@@ -48,7 +50,7 @@ pub fn backup(db: &Path, to: &Path) -> anyhow::Result<Backup> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     must_be_keysmith(&conn, db)?;
 
-    let partial = sibling(to, ".partial");
+    let partial = with_suffix(to, ".partial");
     let _ = std::fs::remove_file(&partial); // a failed earlier attempt's
     create_private(&partial)?;
     // The pages in use: about what the copy will take.
@@ -106,7 +108,7 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let journal = sibling(db, "-usage");
+    let journal = with_suffix(db, "-usage");
     // The server holds this lock while it runs; holding it here keeps one
     // from starting until the copy is in place.
     let _lock = match std::fs::OpenOptions::new()
@@ -128,7 +130,7 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
         Err(e) => return Err(e).with_context(|| format!("opening {}", journal.display())),
     };
 
-    let incoming = sibling(db, ".restoring");
+    let incoming = with_suffix(db, ".restoring");
     let _ = std::fs::remove_file(&incoming); // a failed earlier attempt's
     create_private(&incoming)?;
     std::fs::copy(from, &incoming).with_context(|| format!("copying {}", from.display()))?;
@@ -136,7 +138,7 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
 
     let replaced: Vec<PathBuf> = ["", "-wal", "-shm", "-usage", "-usage.next"]
         .iter()
-        .map(|suffix| sibling(db, suffix))
+        .map(|suffix| with_suffix(db, suffix))
         .filter(|p| p.exists())
         .collect();
     let moved_aside = if replaced.is_empty() {
@@ -161,13 +163,6 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
         licenses,
         moved_aside,
     })
-}
-
-/// `path` with `suffix` appended to its file name (`keysmith.db-wal`, …).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 /// Refuses a database that is not Keysmith's.
@@ -263,7 +258,7 @@ mod tests {
         let to = dir.path().join("copy.db");
         let e = backup(&other, &to).unwrap_err().to_string();
         assert!(e.contains("not a Keysmith database"), "{e}");
-        assert!(!to.exists() && !sibling(&to, ".partial").exists());
+        assert!(!to.exists() && !with_suffix(&to, ".partial").exists());
 
         let e = backup(&dir.path().join("missing.db"), &to)
             .unwrap_err()

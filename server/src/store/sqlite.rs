@@ -36,6 +36,7 @@ use super::{
 };
 use crate::ids;
 use crate::license::{decide, effective_status, transition, Decision, Seats};
+pub use journal::with_suffix;
 use journal::{Entry, Journal};
 use totals::Counted;
 use writer::{

@@ -407,6 +407,11 @@ pub(super) fn in_transaction<R>(
     Ok(result)
 }
 
+/// A failed read or write of the usage journal's file, as a store error.
+fn journal_error(e: std::io::Error) -> StoreError {
+    StoreError::Storage(format!("usage journal: {e}"))
+}
+
 /// At start-up, before anything appends: cuts off a record torn by a crash
 /// at the end of the journal (its validation was never answered), or
 /// whatever follows damage to the file. Only the records' framing is read
@@ -415,16 +420,18 @@ pub(super) fn in_transaction<R>(
 /// ~350,000 records: 1.5 s of copying at 1M licenses) does not hold the
 /// server back from listening.
 pub(super) fn cut_torn_journal(conn: &Connection, journal: &Journal) -> Result<()> {
-    let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     let len = journal.len();
     let from = resume_from(journal, ingested_through(conn)?);
-    let good = journal.whole_through(from).map_err(storage)?;
+    let good = journal.whole_through(from).map_err(journal_error)?;
     if good < len {
         tracing::warn!(
             bytes = len - good,
             "cutting off a record torn by a crash at the end of the usage journal"
         );
-        journal.lock().truncate(journal, good).map_err(storage)?;
+        journal
+            .lock()
+            .truncate(journal, good)
+            .map_err(journal_error)?;
     }
     Ok(())
 }
@@ -534,15 +541,17 @@ pub(super) fn rotate_journal(conn: &Connection, journal: &Journal, wal: &Path) -
 /// journal's name yet (`finish_switch`, which the writer leaves to a
 /// thread of its own, see `name_beside`).
 fn switch_journal(conn: &Connection, journal: &Journal, wal: &Path) -> Result<u64> {
-    let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     if journal.switching().is_some() {
         // The last switch did not finish (its rename failed): finish it.
         let through = in_transaction(conn, |c| ingest(c, journal, None))?;
         finish_switch(journal, wal, through)?;
     }
-    let next = journal.next_file().map_err(storage)?;
+    let next = journal.next_file().map_err(journal_error)?;
     let held = std::time::Instant::now();
-    let retired = journal.lock().switch_to(journal, next).map_err(storage)?;
+    let retired = journal
+        .lock()
+        .switch_to(journal, next)
+        .map_err(journal_error)?;
     let held_us = held.elapsed().as_micros() as u64;
     journal.retire(retired);
     let through = in_transaction(conn, |c| ingest(c, journal, None))?;
@@ -588,11 +597,10 @@ fn finish_switch(journal: &Journal, wal: &Path, through: u64) -> Result<()> {
     if journal.switching().is_none() {
         return Ok(());
     }
-    let storage = |e: std::io::Error| StoreError::Storage(format!("usage journal: {e}"));
     std::fs::File::open(wal)
         .and_then(|f| f.sync_data())
-        .map_err(storage)?;
-    journal.name(through).map_err(storage)
+        .map_err(journal_error)?;
+    journal.name(through).map_err(journal_error)
 }
 
 /// How the writer spreads out a copy of the journal that no write waits
