@@ -570,7 +570,12 @@ fn a_webhook_is_added_its_failed_delivery_seen_and_the_event_sent_again() {
         "{}",
         stdout(&out)
     );
+    // Its delivery history goes with it, so only with --yes.
     let out = webhook_cli(url, &["delete", &id]);
+    assert_eq!(code_of(&out), 2);
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    assert_eq!(code_of(&webhook_cli(url, &["deliveries", &id])), 0);
+    let out = webhook_cli(url, &["delete", &id, "--yes"]);
     assert_eq!(
         (code_of(&out), stdout(&out).trim()),
         (0, format!("deleted webhook {id}").as_str())

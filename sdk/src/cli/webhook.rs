@@ -68,10 +68,13 @@ pub(super) enum WebhookCommand {
         /// The endpoint's id (wh_…).
         webhook: String,
     },
-    /// Delete an endpoint and its delivery history.
+    /// Delete an endpoint and its delivery history (it cannot be undone).
     Delete {
         /// The endpoint's id (wh_…).
         webhook: String,
+        /// Confirm: the delivery history goes too.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -122,7 +125,12 @@ pub(super) fn execute(api: &Api, command: WebhookCommand) -> Result<(Value, Show
         }
         WebhookCommand::Disable { webhook } => (enable(&webhook, false)?, show_webhook),
         WebhookCommand::Enable { webhook } => (enable(&webhook, true)?, show_webhook),
-        WebhookCommand::Delete { webhook } => {
+        WebhookCommand::Delete { webhook, yes } => {
+            if !yes {
+                return Err(Failure::no_answer(
+                    "deleting an endpoint deletes its delivery history too; add --yes to delete it",
+                ));
+            }
             api.send(Method::DELETE, api.url(&["webhooks", &webhook]), None)?;
             (json!({ "deleted": webhook }), show_deleted)
         }
