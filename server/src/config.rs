@@ -42,6 +42,53 @@ pub enum Command {
     /// are moved into a new folder beside them, replaced-<UTC time>, not
     /// deleted. On PostgreSQL use pg_restore.
     Restore(RestoreArgs),
+    /// Print the public key a server on this data dir (or --signing-key) signs with.
+    ///
+    /// What the SDK's public_key wants, without starting a server; the key
+    /// file is read, never created.
+    PublicKey(PublicKeyArgs),
+    /// Create a new signing key file (mode 0600) for a key rotation and print its public key.
+    ///
+    /// Ship the printed public key in your app beside the current one (the
+    /// SDK takes a comma-separated list); once that release is out, restart
+    /// the servers with --signing-key FILE. An existing file is never overwritten.
+    NewSigningKey(NewSigningKeyArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublicKeyArgs {
+    /// The data dir whose signing.key to read.
+    #[arg(long, env = "KEYSMITH_DATA_DIR", default_value = "./keysmith-data")]
+    pub data_dir: PathBuf,
+    /// The signing key file to read instead of <data-dir>/signing.key.
+    #[arg(long, env = "KEYSMITH_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Print the JSON of GET /api/v1/public-key.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PublicKeyArgs {
+    pub fn signing_key_path(&self) -> PathBuf {
+        signing_key_path(&self.data_dir, &self.signing_key)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NewSigningKeyArgs {
+    /// The new key file to create (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Print the JSON of GET /api/v1/public-key for the new key.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--signing-key`, or signing.key in the data dir.
+fn signing_key_path(data_dir: &std::path::Path, signing_key: &Option<PathBuf>) -> PathBuf {
+    signing_key
+        .clone()
+        .unwrap_or_else(|| data_dir.join("signing.key"))
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -212,9 +259,7 @@ impl ServeArgs {
     }
 
     pub fn signing_key_path(&self) -> PathBuf {
-        self.signing_key
-            .clone()
-            .unwrap_or_else(|| self.storage.data_dir.join("signing.key"))
+        signing_key_path(&self.storage.data_dir, &self.signing_key)
     }
 }
 

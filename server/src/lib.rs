@@ -2,7 +2,8 @@
 //! module per resource) → `license` (the rules) → `store` (the storage trait
 //! and its backends) → background workers (`expiry`, `webhooks`,
 //! `retention`). `maintenance` has the commands besides `serve` (rotating
-//! the admin token, `backup` and `restore`, whose files are `backup`'s).
+//! the admin token, `backup` and `restore`, whose files are `backup`'s,
+//! and the signing key's `public-key` and `new-signing-key`).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -38,6 +39,10 @@ pub fn main() -> std::process::ExitCode {
         }
         config::Command::Backup(args) => maintenance::exit(maintenance::backup(args)),
         config::Command::Restore(args) => maintenance::exit(maintenance::restore(args)),
+        config::Command::PublicKey(args) => maintenance::exit(maintenance::public_key(args)),
+        config::Command::NewSigningKey(args) => {
+            maintenance::exit(maintenance::new_signing_key(args))
+        }
     }
 }
 

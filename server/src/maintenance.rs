@@ -1,13 +1,13 @@
-//! The commands besides `serve`: `rotate-admin-token`, `backup` and
-//! `restore`. Each says what it did on stdout; a failure is one line on
+//! The commands besides `serve`: `rotate-admin-token`, `backup`,
+//! `restore`, `public-key` and `new-signing-key`. Each says what it did on stdout; a failure is one line on
 //! stderr and exit code 1.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
-use crate::config::{BackupArgs, RestoreArgs, StorageArgs};
-use crate::{auth, backup, store};
+use crate::config::{BackupArgs, NewSigningKeyArgs, PublicKeyArgs, RestoreArgs, StorageArgs};
+use crate::{auth, backup, signing, store};
 
 /// The exit code of a command's result, its error printed.
 pub fn exit(result: anyhow::Result<()>) -> ExitCode {
@@ -98,4 +98,42 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         db.display()
     );
     Ok(())
+}
+
+/// `keysmith-server public-key`: the public key of the key file a server
+/// would sign with.
+pub fn public_key(args: PublicKeyArgs) -> anyhow::Result<()> {
+    let path = args.signing_key_path();
+    let key = signing::load(&path)?;
+    print_public_key(&key.verifying_key(), args.json);
+    Ok(())
+}
+
+/// `keysmith-server new-signing-key --to FILE`: the next key of a rotation.
+pub fn new_signing_key(args: NewSigningKeyArgs) -> anyhow::Result<()> {
+    let key = signing::create_new(&args.to)?;
+    if !args.json {
+        println!(
+            "Created a new signing key in {} (mode 0600).",
+            args.to.display()
+        );
+    }
+    print_public_key(&key.verifying_key(), args.json);
+    eprintln!(
+        "Next: ship this public key in your app beside the current one (the SDK's \
+         public_key takes a comma-separated list); once that release is out, restart \
+         the servers with --signing-key {} (KEYSMITH_SIGNING_KEY).",
+        args.to.display()
+    );
+    Ok(())
+}
+
+fn print_public_key(key: &ed25519_dalek::VerifyingKey, json: bool) {
+    let shown = signing::public_key_json(key);
+    if json {
+        println!("{shown}");
+    } else {
+        println!("public key: {}", shown["public_key"].as_str().unwrap_or(""));
+        println!("key id:     {}", shown["key_id"].as_str().unwrap_or(""));
+    }
 }

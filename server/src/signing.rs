@@ -39,23 +39,77 @@ impl Signer {
 /// Loads the key at `path`, creating it (0600) if the file does not exist.
 pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
     match std::fs::read_to_string(path) {
-        Ok(text) => {
-            check_permissions(path)?;
-            let seed: [u8; 32] = STANDARD
-                .decode(text.trim())
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .with_context(|| {
-                    format!(
-                        "{} does not hold a base64 Ed25519 seed of 32 bytes",
-                        path.display()
-                    )
-                })?;
-            Ok(SigningKey::from_bytes(&seed))
-        }
+        Ok(text) => parse(path, &text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
         Err(e) => Err(e).with_context(|| format!("reading signing key {}", path.display())),
     }
+}
+
+/// Loads the key at `path`; unlike `load_or_create`, never creates one.
+pub fn load(path: &Path) -> anyhow::Result<SigningKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no signing key at {}: a server creates one on its first start",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading signing key {}", path.display())),
+    }
+}
+
+/// The key in `text`, read from `path`, once `path` is found private.
+fn parse(path: &Path, text: &str) -> anyhow::Result<SigningKey> {
+    check_permissions(path)?;
+    let seed: [u8; 32] = STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| {
+            format!(
+                "{} does not hold a base64 Ed25519 seed of 32 bytes",
+                path.display()
+            )
+        })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Creates a new key at `path` (0600, fsynced) for a rotation; a file
+/// already there is never replaced.
+pub fn create_new(path: &Path) -> anyhow::Result<SigningKey> {
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    match write_new(path, &seed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} already exists, and a signing key is never overwritten: name a new file",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating signing key {}", path.display()))
+        }
+    }
+    sync_parent(path)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The public key as `GET /api/v1/public-key` shows it.
+pub fn public_key_json(key: &VerifyingKey) -> serde_json::Value {
+    serde_json::json!({
+        "algorithm": "EdDSA",
+        "curve": "Ed25519",
+        "key_id": token::key_id(key),
+        "public_key": token::public_key_base64(key),
+    })
+}
+
+/// Makes a new name in `path`'s directory survive a power cut.
+fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Writes a new key to a temporary file beside `path` and links it into
@@ -100,12 +154,7 @@ fn create_linking(
     let _ = std::fs::remove_file(&temp);
     match written {
         Ok(()) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                // The new name survives a power cut too.
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .with_context(|| format!("syncing {}", dir.display()))?;
-            }
+            sync_parent(path)?;
             tracing::info!(path = %path.display(), "created a new signing key");
             Ok(SigningKey::from_bytes(&seed))
         }

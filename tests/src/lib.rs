@@ -545,6 +545,20 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs a `keysmith-server` command other than `serve` (e.g. `public-key`)
+/// to its end, with none of the `KEYSMITH_*` settings of the test's
+/// environment.
+pub fn server_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    let mut cmd = Command::new(bin_path("ks-e2e-server"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEYSMITH_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().expect("run keysmith-server")
+}
+
 /// Copies a file's bytes (e.g. the database) for before/after comparisons.
 pub fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()

@@ -223,6 +223,114 @@ fn a_token_signed_by_another_key_is_rejected() {
     );
 }
 
+/// A signing-key rotation as docs/security.md tells it: `public-key` prints
+/// what the app pins now, `new-signing-key` makes the next key and prints
+/// its public key; an app that pins both keeps working when the server
+/// switches to the new key, one that pins only the old key refuses it.
+#[test]
+fn a_signing_key_rotation_with_the_server_commands() {
+    let mut l = Licensed::start();
+    let data_dir = l.server.data_dir.clone();
+    let text = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout.clone()).unwrap()
+    };
+    let line = |text: &str, label: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+            .trim()
+            .to_owned()
+    };
+
+    // `public-key` reads the running server's key file: what the API serves.
+    let dir_arg = ["public-key", "--data-dir", data_dir.to_str().unwrap()];
+    let shown = text(&keysmith_tests::server_command(&dir_arg));
+    assert_eq!(line(&shown, "public key:"), l.public_key);
+    let json_out = text(&keysmith_tests::server_command(
+        &[&dir_arg[..], &["--json"]].concat(),
+    ));
+    let (_, served) = l.server.request("GET", "/api/v1/public-key", None, None);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json_out).unwrap(),
+        served
+    );
+
+    // `new-signing-key` makes the next key, private, and never overwrites.
+    let keys = tempfile::tempdir().unwrap();
+    let next = keys.path().join("next.key");
+    let created =
+        keysmith_tests::server_command(&["new-signing-key", "--to", next.to_str().unwrap()]);
+    let created = text(&created);
+    let next_public = line(&created, "public key:");
+    assert_ne!(next_public, l.public_key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&next).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let bytes = std::fs::read(&next).unwrap();
+    let again =
+        keysmith_tests::server_command(&["new-signing-key", "--to", next.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+    assert_eq!(
+        std::fs::read(&next).unwrap(),
+        bytes,
+        "the key file is untouched"
+    );
+    let by_path = ["public-key", "--signing-key", next.to_str().unwrap()];
+    let by_path = text(&keysmith_tests::server_command(&by_path));
+    assert_eq!(line(&by_path, "public key:"), next_public);
+    assert_eq!(line(&by_path, "key id:"), line(&created, "key id:"));
+
+    // The next release pins both keys: valid against the old key ...
+    let both = format!("{},{next_public}", l.public_key);
+    let options = ValidateOptions::new();
+    let before = l.client().public_key(&both).build().unwrap();
+    assert!(before.validate(&l.key, &options).unwrap().valid);
+
+    // ... and after the switch, where the old release refuses the answer.
+    assert_eq!(l.server.terminate(), Some(0));
+    let switched = TestServer::start_with(keysmith_tests::ServerOptions {
+        data_dir: Some(data_dir.clone()),
+        args: vec!["--signing-key".into(), next.display().to_string()],
+        ..Default::default()
+    });
+    assert_eq!(switched.public_key(), next_public);
+    let client = |keys: &str| {
+        let cache = tempfile::tempdir().unwrap();
+        let client = keysmith::blocking::Client::builder(&switched.url)
+            .public_key(keys)
+            .cache_dir(cache.path())
+            .build()
+            .unwrap();
+        (client, cache)
+    };
+    let (new_release, _cache) = client(&both);
+    let after = new_release.validate(&l.key, &options).unwrap();
+    assert!(after.valid && after.source == Source::Online, "{after:?}");
+    let (old_release, _cache) = client(&l.public_key);
+    let refused = old_release.validate(&l.key, &options).unwrap_err();
+    assert!(refused.is_signature(), "{refused:#}");
+
+    // `public-key` never creates a key where there is none.
+    let empty = tempfile::tempdir().unwrap();
+    let missing = keysmith_tests::server_command(&[
+        "public-key",
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no signing key at"));
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn a_second_server_with_its_own_key_is_not_trusted() {
     let l = Licensed::start();

@@ -2,18 +2,13 @@
 
 use axum::extract::State;
 use axum::Json;
-use keysmith_core::token::{public_key_base64, public_key_base64url};
+use keysmith_core::token::public_key_base64url;
 use serde_json::{json, Value};
 
 use super::AppState;
 
 pub async fn public_key(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "algorithm": "EdDSA",
-        "curve": "Ed25519",
-        "key_id": state.signer.key_id(),
-        "public_key": public_key_base64(&state.signer.public()),
-    }))
+    Json(crate::signing::public_key_json(&state.signer.public()))
 }
 
 pub async fn jwks(State(state): State<AppState>) -> Json<Value> {
