@@ -3,7 +3,7 @@
  *
  *   license_check SERVER_URL PUBLIC_KEY LICENSE_KEY [CACHE_DIR]
  *
- * or set KEYSMITH_SERVER, KEYSMITH_PUBLIC_KEY, KEYSMITH_LICENSE_KEY and
+ * or set KEYSMITH_SERVER, KEYSMITH_PUBLIC_KEY, KEYSMITH_KEY and
  * KEYSMITH_CACHE_DIR. In a real app the server URL and the public key are
  * compiled in (never fetch the public key at run time), the license key
  * comes from the user, and the cache dir is left NULL (the platform's cache
@@ -40,7 +40,6 @@ static const struct {
     {"DOMAIN_LIMIT_REACHED", "Your license is in use on as many sites as it allows."},
     {"MACHINE_LIMIT_REACHED",
      "Your license is in use on as many computers as it allows: free one first."},
-    {"RATE_LIMITED", "Too many license checks right now: please try again in a minute."},
     {"OFFLINE_GRACE_EXPIRED",
      "We could not reach the license server for too long: please go online once."},
     {"CLOCK_TAMPERED", "Your computer's clock looks wrong: please set it to the right time."},
@@ -67,7 +66,7 @@ static const char *friendly(const ks_validation *answer) {
 int main(int argc, char **argv) {
     const char *server = arg_or_env(argc, argv, 1, "KEYSMITH_SERVER");
     const char *public_key = arg_or_env(argc, argv, 2, "KEYSMITH_PUBLIC_KEY");
-    const char *license_key = arg_or_env(argc, argv, 3, "KEYSMITH_LICENSE_KEY");
+    const char *license_key = arg_or_env(argc, argv, 3, "KEYSMITH_KEY");
     const char *cache_dir = arg_or_env(argc, argv, 4, "KEYSMITH_CACHE_DIR"); /* NULL: default */
     if (server == NULL || public_key == NULL || license_key == NULL) {
         fprintf(stderr, "usage: %s SERVER_URL PUBLIC_KEY LICENSE_KEY [CACHE_DIR]\n", argv[0]);

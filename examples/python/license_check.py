@@ -3,7 +3,7 @@
 
     python3 license_check.py SERVER_URL PUBLIC_KEY LICENSE_KEY [CACHE_DIR]
 
-or set KEYSMITH_SERVER, KEYSMITH_PUBLIC_KEY, KEYSMITH_LICENSE_KEY and
+or set KEYSMITH_SERVER, KEYSMITH_PUBLIC_KEY, KEYSMITH_KEY and
 KEYSMITH_CACHE_DIR. In a real app the server URL and the public key are
 constants (never fetch the public key at run time), the license key comes
 from the user, and the cache dir is left out (the platform's default).
@@ -31,7 +31,6 @@ MESSAGES = {
     "LICENSE_EXPIRED": "Your license has expired: renew it to keep using the app.",
     "DOMAIN_LIMIT_REACHED": "Your license is in use on as many sites as it allows.",
     "MACHINE_LIMIT_REACHED": "Your license is in use on as many computers as it allows: free one first.",
-    "RATE_LIMITED": "Too many license checks right now: please try again in a minute.",
     "OFFLINE_GRACE_EXPIRED": "We could not reach the license server for too long: please go online once.",
     "CLOCK_TAMPERED": "Your computer's clock looks wrong: please set it to the right time.",
 }
@@ -46,7 +45,7 @@ def setting(index: int, env: str) -> str | None:
 def main() -> int:
     server = setting(1, "KEYSMITH_SERVER")
     public_key = setting(2, "KEYSMITH_PUBLIC_KEY")
-    license_key = setting(3, "KEYSMITH_LICENSE_KEY")
+    license_key = setting(3, "KEYSMITH_KEY")
     cache_dir = setting(4, "KEYSMITH_CACHE_DIR")
     if not (server and public_key and license_key):
         print(f"usage: {sys.argv[0]} SERVER_URL PUBLIC_KEY LICENSE_KEY [CACHE_DIR]", file=sys.stderr)

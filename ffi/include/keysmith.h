@@ -443,10 +443,12 @@ bool ks_validation_valid(const ks_validation *v);
 /**
  * Why: `"VALID"`, `"KEY_MALFORMED"`, `"LICENSE_NOT_FOUND"`,
  * `"LICENSE_SUSPENDED"`, `"LICENSE_REVOKED"`, `"LICENSE_EXPIRED"`,
- * `"DOMAIN_LIMIT_REACHED"`, `"MACHINE_LIMIT_REACHED"`, `"RATE_LIMITED"`,
- * `"INVALID_DOMAIN"`, `"BAD_REQUEST"`, `"OFFLINE_GRACE_EXPIRED"` or
- * `"CLOCK_TAMPERED"` (new codes may be added: treat unknown ones as not
- * licensed). `NULL` for `NULL`.
+ * `"DOMAIN_LIMIT_REACHED"`, `"MACHINE_LIMIT_REACHED"`,
+ * `"OFFLINE_GRACE_EXPIRED"` or `"CLOCK_TAMPERED"` (new codes may be
+ * added: treat unknown ones as not licensed). A server that rate-limits
+ * the app or refuses the request's domain gives no answer:
+ * `ks_client_validate` fails instead (`KS_NETWORK`,
+ * `KS_INVALID_ARGUMENT`). `NULL` for `NULL`.
  *
  * Owned by `v`: valid until `ks_validation_free(v)`.
  *

@@ -164,7 +164,7 @@ fn c_example_linked_shared_and_static_answers_online_and_offline() {
     let out = Command::new(&shared)
         .env("KEYSMITH_SERVER", &url)
         .env("KEYSMITH_PUBLIC_KEY", &pk)
-        .env("KEYSMITH_LICENSE_KEY", &licensed.valid_key)
+        .env("KEYSMITH_KEY", &licensed.valid_key)
         .env("KEYSMITH_CACHE_DIR", caches[0].path())
         .output()
         .unwrap();

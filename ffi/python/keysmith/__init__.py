@@ -139,7 +139,8 @@ class Validation:
     """``"VALID"``, ``"KEY_MALFORMED"``, ``"LICENSE_NOT_FOUND"``,
     ``"LICENSE_SUSPENDED"``, ``"LICENSE_REVOKED"``, ``"LICENSE_EXPIRED"``,
     ``"DOMAIN_LIMIT_REACHED"``, ``"MACHINE_LIMIT_REACHED"``,
-    ``"RATE_LIMITED"``, ``"OFFLINE_GRACE_EXPIRED"``, ``"CLOCK_TAMPERED"``, ..."""
+    ``"OFFLINE_GRACE_EXPIRED"``, ``"CLOCK_TAMPERED"``, ... (a server that
+    rate-limits the app gives no answer: ``validate`` raises instead)."""
     source: str
     """``"online"``, ``"cache"`` (server unreachable) or ``"local"``
     (``KEY_MALFORMED`` decided without a request)."""
