@@ -392,7 +392,11 @@ impl Client {
                     until,
                 ))
             }
-            Ok(Answer::KeyMalformed) => Ok(Validation::malformed(Source::Online)),
+            // Unsigned, so anyone on the way could have sent it: a cached
+            // answer (which a server signed for this very key) outranks it.
+            Ok(Answer::KeyMalformed) => Ok(self
+                .answer_from_cache(&req)
+                .unwrap_or_else(|| Validation::malformed(Source::Online))),
             Err(e) if falls_back(&e) => match self.answer_from_cache(&req) {
                 Some(answer) => Ok(answer),
                 None => Err(e.without_cache()),

@@ -60,8 +60,10 @@
 //!    public key (picked by `kid`), and its `key_sha256`, `domain`,
 //!    `fingerprint` and `nonce` must match the request. The rest of the
 //!    response body is ignored. (An unsigned `KEY_MALFORMED` from the server,
-//!    e.g. for a key of another prefix, is passed on: a forged one could only
-//!    deny, as blocking the network can.)
+//!    e.g. for a key of another prefix, is passed on when nothing is cached
+//!    for the request; a cached answer, which a server signed for this very
+//!    key, outranks it, so a forged one cannot deny a license within its
+//!    grace period.)
 //! 3. Every verified answer — valid *or invalid* — replaces the cached one
 //!    for this key, domain and fingerprint at once, so a revocation is never
 //!    hidden by the cache. (A concurrent, slower request carrying an older

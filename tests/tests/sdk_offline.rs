@@ -242,6 +242,55 @@ fn an_edited_cache_file_is_not_trusted_and_is_replaced() {
     assert_eq!((answer.valid, answer.source), (true, Source::Cache));
 }
 
+/// Anyone between the app and the server can answer an unsigned
+/// `KEY_MALFORMED`; for a key the server signed an answer for, that must
+/// not deny the license while the grace period holds. Without a cached
+/// answer it is passed on (a key of another prefix).
+#[test]
+fn an_unsigned_key_malformed_does_not_override_a_valid_cache() {
+    let l = Licensed::start();
+    let opts = ValidateOptions::new();
+    let forged = || {
+        FakeServer::start(|_| {
+            (
+                400,
+                r#"{"valid":false,"code":"KEY_MALFORMED","error":"KEY_MALFORMED"}"#.to_owned(),
+            )
+        })
+    };
+    let client = |url: &str, cache: &std::path::Path| {
+        keysmith::blocking::Client::builder(url)
+            .public_key(&l.public_key)
+            .app_id("e2e-app")
+            .cache_dir(cache)
+            .build()
+            .unwrap()
+    };
+    let fake = forged();
+    let empty = tempfile::tempdir().unwrap();
+    let answer = client(&fake.url, empty.path())
+        .validate(&l.key, &opts)
+        .unwrap();
+    assert_eq!(
+        (answer.code, answer.source),
+        (Code::KeyMalformed, Source::Online)
+    );
+
+    l.client().build().unwrap().validate(&l.key, &opts).unwrap();
+    let answer = client(&fake.url, l.cache.path())
+        .validate(&l.key, &opts)
+        .unwrap();
+    assert_eq!(
+        (answer.valid, answer.code, answer.source),
+        (true, Code::Valid, Source::Cache)
+    );
+    assert_eq!(
+        fake.connections(),
+        2,
+        "the fake server was asked both times"
+    );
+}
+
 #[test]
 fn a_server_error_or_rate_limit_falls_back_to_the_cache() {
     let l = Licensed::start();
