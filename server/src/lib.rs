@@ -134,16 +134,22 @@ pub async fn serve(
         );
     }
     let data_dir = &args.storage.data_dir;
-    std::fs::create_dir_all(data_dir)
+    // For the server's user alone: the signing key and the database.
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let signing_key = signing::load_or_create(&args.signing_key_path())?;
     let signer = signing::Signer::new(signing_key, args.issuer.clone());
     let store = store::open(&args.storage.database_url(), args.sqlite_synchronous).await?;
-    let admin = auth::AdminAuth::establish(store.as_ref()).await?;
-
+    // Bound before the admin token is settled: a first start that cannot
+    // listen must not generate (and lose) the token it prints.
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let admin = auth::AdminAuth::establish(store.as_ref()).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, key_id = %signer.key_id(), "keysmith-server ready");
     {

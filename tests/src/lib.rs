@@ -367,7 +367,11 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        // The data dir is the server's to create (mode 0700); only its
+        // parent, where the log goes, is made here.
+        if let Some(parent) = self.data_dir.parent() {
+            std::fs::create_dir_all(parent).expect("data dir's parent");
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

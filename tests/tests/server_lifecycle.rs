@@ -25,13 +25,31 @@ fn first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after(backend:
         server.data_path("keysmith.db").exists(),
         backend == Backend::Sqlite
     );
+    // The key, and the database that holds every license key and webhook
+    // secret, are for the server's user alone, whatever the umask.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&key_path), 0o600);
+        assert_eq!(mode(&server.data_dir), 0o700, "the data dir");
+        if backend == Backend::Sqlite {
+            server.plan("pro", json!({"features": []}));
+            for file in [
+                "keysmith.db",
+                "keysmith.db-wal",
+                "keysmith.db-shm",
+                "keysmith.db-usage",
+            ] {
+                assert_eq!(mode(&server.data_path(file)), 0o600, "{file}");
+            }
+        }
     }
     let public = server.public_key();
     assert_eq!(server.terminate(), Some(0), "SIGTERM exits 0");
@@ -274,6 +292,27 @@ fn without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated(ba
         };
         (child, url, token)
     };
+    // A first start that cannot listen (the port is taken) must not use
+    // up the token it would print: the next start prints one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failed = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+        .args([
+            "serve",
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(&database)
+        .env_remove("KEYSMITH_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(
+        !String::from_utf8_lossy(&failed.stdout).contains("Generated admin token"),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
     let (mut first, url, token) = run();
     let token = token.expect("the first start prints a token");
     let http = reqwest::blocking::Client::new();

@@ -222,6 +222,7 @@ impl SqliteStore {
         tuning: Tuning,
     ) -> anyhow::Result<SqliteStore> {
         let opening = |e: StoreError| anyhow::anyhow!("opening {}: {e}", path.display());
+        create_private_if_missing(path)?;
         let journal = Journal::open(path, synchronous == Synchronous::Full)
             .map_err(|e| anyhow::anyhow!("opening the usage journal: {e}"))?;
         let journal = Arc::new(journal);
@@ -702,6 +703,35 @@ fn kept_seat(kept: &[String], kind: &str, value: &str, max: Option<u32>) -> Seat
         held: of_kind.any(|s| s == value),
         taken,
         max,
+    }
+}
+
+/// Creates the database file, empty (a new database to SQLite), with mode
+/// 0600 if it is missing: it holds every license key and webhook secret,
+/// and SQLite gives its log and shared-memory files the database's mode.
+/// An existing file readable by others is left as it is, with a warning.
+fn create_private_if_missing(path: &Path) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        "{} is readable by other users (mode {mode:o}): it holds every license key; run `chmod 600` on it and its -wal, -shm and -usage files",
+                        path.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("creating {}", path.display()))),
     }
 }
 

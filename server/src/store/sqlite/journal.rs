@@ -257,13 +257,14 @@ fn remove_unused(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Opens `path` for appending (creating it) and locks it for this process.
+/// Opens `path` for appending (creating it, for this user alone: it holds
+/// keys' usage) and locks it for this process.
 fn open_locked(path: &Path) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)?;
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
     if let Err(e) = file.try_lock() {
         return Err(std::io::Error::other(format!(
             "{} is locked: is another server running on this database? ({e})",
