@@ -128,11 +128,29 @@ pub struct StorageArgs {
 }
 
 impl StorageArgs {
-    pub fn database_url(&self) -> String {
-        self.database
-            .as_ref()
-            .map(|url| url.0.clone())
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("keysmith.db").display()))
+    /// The database URL; an URL of another kind than SQLite's or
+    /// PostgreSQL's is refused by its scheme (never echoing the rest,
+    /// which may hold a password).
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        let Some(DatabaseUrl(url)) = &self.database else {
+            return Ok(format!(
+                "sqlite://{}",
+                self.data_dir.join("keysmith.db").display()
+            ));
+        };
+        if let Some((scheme, _)) = url.split_once("://") {
+            let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            if is_scheme && !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+                anyhow::bail!(
+                    "--database: unsupported URL scheme {scheme}://; use sqlite://PATH \
+                     (or a file path) or postgres://user:password@host:port/db"
+                );
+            }
+        }
+        Ok(url.clone())
     }
 }
 

@@ -133,6 +133,7 @@ pub async fn serve(
             args.key_prefix
         );
     }
+    let database_url = args.storage.database_url()?;
     let data_dir = &args.storage.data_dir;
     // For the server's user alone: the signing key and the database.
     let mut dir = std::fs::DirBuilder::new();
@@ -143,7 +144,7 @@ pub async fn serve(
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let signing_key = signing::load_or_create(&args.signing_key_path())?;
     let signer = signing::Signer::new(signing_key, args.issuer.clone());
-    let store = store::open(&args.storage.database_url(), args.sqlite_synchronous).await?;
+    let store = store::open(&database_url, args.sqlite_synchronous).await?;
     // Bound before the admin token is settled: a first start that cannot
     // listen must not generate (and lose) the token it prints.
     let listener = TcpListener::bind(args.listen)

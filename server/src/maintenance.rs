@@ -31,7 +31,7 @@ pub fn rotate_admin_token(storage: StorageArgs) -> anyhow::Result<()> {
             auth::ADMIN_TOKEN_ENV
         );
     }
-    let url = storage.database_url();
+    let url = storage.database_url()?;
     let (token, hash) = auth::new_token_and_hash();
     match store::sqlite_path(&url) {
         Some(path) if !path.exists() => bail!(
@@ -62,7 +62,7 @@ pub fn rotate_admin_token(storage: StorageArgs) -> anyhow::Result<()> {
 
 /// `keysmith-server backup --to FILE`.
 pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
-    let url = args.storage.database_url();
+    let url = args.storage.database_url()?;
     let Some(db) = store::sqlite_path(&url) else {
         bail!(
             "backup copies a SQLite database; for PostgreSQL use pg_dump \
@@ -83,7 +83,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
 
 /// `keysmith-server restore --from FILE`.
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let url = args.storage.database_url();
+    let url = args.storage.database_url()?;
     let Some(db) = store::sqlite_path(&url) else {
         bail!("restore replaces a SQLite database; for PostgreSQL use pg_restore");
     };

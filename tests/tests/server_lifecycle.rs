@@ -90,6 +90,31 @@ fn a_signing_key_readable_by_others_is_refused() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
+/// A database URL of no supported kind is refused by name before anything
+/// is created, without echoing its password.
+#[test]
+fn an_unsupported_database_url_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = keysmith_tests::server_command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--database",
+        "mysql://ks:s3cret@db.example/ks",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unsupported") && stderr.contains("mysql"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(!data.exists(), "nothing is created");
+}
+
 /// `keysmith-server backup` while the server takes writes: a file only
 /// its owner reads, which a new server starts on with every license,
 /// seat and plan the copy began with.
