@@ -149,6 +149,20 @@ fn plans_are_created_replaced_listed_and_deleted(backend: Backend) {
         400,
         "BAD_REQUEST",
     );
+    // "." and ".." are path segments URL libraries remove (this client
+    // too: `check_name`'s unit test has them), so a plan so named could not
+    // be read or deleted by most clients; no name is only dots.
+    for dots in ["...", "...."] {
+        assert_error(
+            &server.admin(
+                "PUT",
+                &format!("/plans/{dots}"),
+                Some(json!({"features": []})),
+            ),
+            400,
+            "BAD_REQUEST",
+        );
+    }
     assert_error(
         &server.admin("GET", "/plans/nope", None),
         404,

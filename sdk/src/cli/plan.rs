@@ -41,7 +41,7 @@ pub(super) enum PlanCommand {
 
 #[derive(Debug, Args)]
 pub(super) struct PutArgs {
-    /// The plan's name: 1 to 64 of A-Z a-z 0-9 - _ .
+    /// The plan's name: 1 to 64 of A-Z a-z 0-9 - _ . (not only dots)
     name: String,
     /// A feature the plan grants (repeatable).
     #[arg(long = "feature", value_name = "FEATURE")]

@@ -21,14 +21,20 @@ pub struct PlanBody {
     offline_grace_days: Option<u32>,
 }
 
+/// 1 to 64 of `A-Z a-z 0-9 - _ .`, not only dots: `.` and `..` are path
+/// segments that URL libraries remove, so such a plan could not be named
+/// in a URL by most clients (the CLI's included).
 fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.bytes().all(|b| b == b'.');
     ok.then_some(()).ok_or_else(|| {
-        ApiError::bad_request("a plan name is 1 to 64 characters of A-Z a-z 0-9 - _ .")
+        ApiError::bad_request(
+            "a plan name is 1 to 64 characters of A-Z a-z 0-9 - _ ., not only dots",
+        )
     })
 }
 
@@ -118,4 +124,19 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     state.store.delete_plan(name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn a_plan_name_is_not_only_dots() {
+        for good in ["pro", "pro.2026", ".pro", "a..b", "v1.0-beta_2"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "...", "a b", "pro/x", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }
