@@ -357,6 +357,41 @@ fn validate_answers_a_timeout_and_a_storage_failure_in_its_own_shape(backend: Ba
     );
 }
 
+/// A body declared larger than `--max-body-bytes` is refused at once with
+/// 413, in the route's own shape, not after the request timeout waiting
+/// for bytes that never come (it was 408 after 30 s).
+#[test]
+fn a_body_declared_too_large_is_refused_at_once() {
+    let server = TestServer::start();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    for (path, validate_shape) in [("/api/v1/validate", true), ("/api/v1/licenses", false)] {
+        let mut conn = TcpStream::connect(&addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            conn,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 99999999\r\n\r\n{{}}",
+            keysmith_tests::ADMIN_TOKEN
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = conn.read_to_end(&mut raw);
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(raw.starts_with("HTTP/1.1 413"), "{path}: {raw}");
+        let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{path}: {e}: {raw}"));
+        if validate_shape {
+            assert_eq!(
+                (&body["valid"], &body["code"]),
+                (&json!(false), &json!("BAD_REQUEST")),
+                "{body}"
+            );
+        } else {
+            assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE", "{body}");
+        }
+    }
+}
+
 /// Metadata numbers at the ends of what JSON (as an f64) holds are stored
 /// and read back as sent, on both backends: PostgreSQL's `jsonb` keeps
 /// them as exact decimals (`-1.7976931348623157e308` comes back as 309

@@ -38,6 +38,8 @@ pub struct AppState {
     pub country_header: Option<Arc<str>>,
     pub client_ip_header: Option<Arc<str>>,
     pub limits: limit::RateLimits,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: usize,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             country_header: args.country_header.as_deref().map(Into::into),
             client_ip_header: args.client_ip_header.as_deref().map(Into::into),
             limits: limit::RateLimits::new(args.rate_limit, args.failed_lookup_limit),
+            max_body_bytes: args.max_body_bytes,
         }
     }
 
@@ -357,8 +360,18 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Path<T> {
 /// A JSON body whose every failure is answered in the API's error shape.
 pub struct JsonBody<T>(pub T);
 
-/// Reads the body within the size limit.
+/// Reads the body within the size limit. One declared larger is refused
+/// before any of it is read, instead of waiting for bytes that may never
+/// come.
 async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
