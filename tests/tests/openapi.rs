@@ -74,7 +74,7 @@ fn the_router_serves_exactly_the_documented_routes() {
     );
 
     // Which methods each path answers, asked of a live server: an unserved
-    // method gets the router's METHOD_NOT_ALLOWED, an unknown path NOT_FOUND.
+    // method gets 405, an unknown path NOT_FOUND.
     let server = TestServer::start();
     let mut served = BTreeSet::new();
     for path in &doc_paths {
@@ -85,7 +85,8 @@ fn the_router_serves_exactly_the_documented_routes() {
                 !(status == 404 && code == "NOT_FOUND"),
                 "{method} {path}: no such route"
             );
-            if !(status == 405 && code == "METHOD_NOT_ALLOWED") {
+            // (On `/validate` in its own shape, so by the status alone.)
+            if status != 405 {
                 served.insert((method.to_owned(), path.clone()));
             }
         }

@@ -357,6 +357,27 @@ fn validate_answers_a_timeout_and_a_storage_failure_in_its_own_shape(backend: Ba
     );
 }
 
+/// SPEC §3: every answer of `/validate` has its shape, a wrong method's too.
+#[test]
+fn a_wrong_method_on_validate_is_answered_in_its_shape() {
+    let server = TestServer::start();
+    for method in ["GET", "PUT", "DELETE"] {
+        let (status, answer) = server.request(method, "/api/v1/validate", None, None);
+        assert_eq!(status, 405, "{method}: {answer}");
+        assert_eq!(
+            (&answer["valid"], &answer["code"], &answer["error"]),
+            (&json!(false), &json!("BAD_REQUEST"), &json!("BAD_REQUEST")),
+            "{method}: {answer}"
+        );
+    }
+    // The management routes keep theirs.
+    let (status, answer) = server.request("PATCH", "/api/v1/plans", None, None);
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (405, &json!("METHOD_NOT_ALLOWED"))
+    );
+}
+
 /// A body declared larger than `--max-body-bytes` is refused at once with
 /// 413, in the route's own shape, not after the request timeout waiting
 /// for bytes that never come (it was 408 after 30 s).

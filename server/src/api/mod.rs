@@ -98,7 +98,10 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
             "/api/v1/licenses/{id}/machines/{fingerprint}",
             delete(licenses::free_machine),
         )
-        .route("/api/v1/validate", post(validate::validate))
+        .route(
+            "/api/v1/validate",
+            post(validate::validate).fallback(validate::wrong_method),
+        )
         .route("/api/v1/deactivate", post(validate::deactivate))
         .route("/api/v1/plans", get(plans::list))
         .route(

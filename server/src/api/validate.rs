@@ -23,6 +23,22 @@ use crate::store::{Deactivated, StoreError, ValidationInput, ValidationOutcome};
 /// Longest user agent kept in the usage history.
 const MAX_USER_AGENT: usize = 256;
 
+/// Any method but POST: 405, in this route's shape as every answer of
+/// `/validate` is (SPEC §3).
+pub async fn wrong_method() -> Response {
+    let mut answer = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::BadRequest,
+        "use POST to validate a key",
+        None,
+    );
+    answer.headers_mut().insert(
+        axum::http::header::ALLOW,
+        axum::http::HeaderValue::from_static("POST"),
+    );
+    answer
+}
+
 fn refuse(
     status: StatusCode,
     code: Code,
