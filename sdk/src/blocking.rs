@@ -17,7 +17,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Kind};
@@ -28,8 +28,30 @@ use crate::{ValidateOptions, Validation};
 /// `Send + Sync` and cheap to clone: one client may be used from many
 /// threads at once (each call blocks only its own thread). Do not call it
 /// from inside an async runtime — use [`crate::Client`] there.
+///
+/// A client survives `fork()`: in the child process (a worker of a
+/// pre-forking server, Python's `multiprocessing`) its first call makes
+/// the client a runtime and connections of its own, since the parent's
+/// runtime thread does not exist there and its connections are the
+/// parent's. (What the parent had is left untouched, never closed.)
 #[derive(Clone, Debug)]
 pub struct Client {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// How to make the client again, in a forked child.
+    builder: crate::ClientBuilder,
+    app_id: String,
+    cache_dir: PathBuf,
+    current: Mutex<Current>,
+}
+
+/// The client of one process.
+#[derive(Clone, Debug)]
+struct Current {
+    pid: u32,
     inner: crate::Client,
     runtime: Arc<Runtime>,
 }
@@ -117,27 +139,46 @@ impl ClientBuilder {
     /// [`crate::ClientBuilder::build`] does, or when no runtime thread can
     /// be started.
     pub fn build(self) -> Result<Client, Error> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("keysmith-blocking")
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    Kind::Builder,
-                    format!("cannot start the client's runtime: {e}"),
-                )
-                .with_source(e)
-            })?;
-        let inner = {
-            let _guard = runtime.enter();
-            self.inner.build()?
-        };
+        let current = start(self.inner.clone())?;
         Ok(Client {
-            inner,
-            runtime: Arc::new(Runtime(Some(runtime))),
+            shared: Arc::new(Shared {
+                builder: self.inner,
+                app_id: current.inner.app_id().to_owned(),
+                cache_dir: current.inner.cache_dir().to_owned(),
+                current: Mutex::new(current),
+            }),
         })
     }
+}
+
+/// The clients a forked child inherited from its parent, which it must not
+/// drop (see `Client::current`); kept reachable, not leaked, until the
+/// process exits.
+static INHERITED: Mutex<Vec<Current>> = Mutex::new(Vec::new());
+
+/// A runtime and a client on it, for this process.
+fn start(builder: crate::ClientBuilder) -> Result<Current, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("keysmith-blocking")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::new(
+                Kind::Builder,
+                format!("cannot start the client's runtime: {e}"),
+            )
+            .with_source(e)
+        })?;
+    let inner = {
+        let _guard = runtime.enter();
+        builder.build()?
+    };
+    Ok(Current {
+        pid: std::process::id(),
+        inner,
+        runtime: Arc::new(Runtime(Some(runtime))),
+    })
 }
 
 impl Client {
@@ -155,7 +196,13 @@ impl Client {
     ///
     /// When called from inside an async runtime.
     pub fn validate(&self, key: &str, options: &ValidateOptions) -> Result<Validation, Error> {
-        self.block_on(self.inner.validate(key, options))
+        let current = self.current()?;
+        let runtime = current
+            .runtime
+            .0
+            .as_ref()
+            .expect("runtime lives as long as the client");
+        runtime.block_on(current.inner.validate(key, options))
     }
 
     /// See [`crate::Client::validate_offline`]: never touches the network.
@@ -164,30 +211,50 @@ impl Client {
         key: &str,
         options: &ValidateOptions,
     ) -> Result<Validation, Error> {
-        self.inner.validate_offline_now(key, options)
+        self.current()?.inner.validate_offline_now(key, options)
     }
 
     /// See [`crate::Client::cache_path`].
     pub fn cache_path(&self, key: &str, options: &ValidateOptions) -> Result<PathBuf, Error> {
-        self.inner.cache_path(key, options)
+        self.current()?.inner.cache_path(key, options)
     }
 
     /// The app id this client was built with.
     pub fn app_id(&self) -> &str {
-        self.inner.app_id()
+        &self.shared.app_id
     }
 
     /// The directory of the cache files.
     pub fn cache_dir(&self) -> &Path {
-        self.inner.cache_dir()
+        &self.shared.cache_dir
     }
 
-    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
-        self.runtime
-            .0
-            .as_ref()
-            .expect("runtime lives as long as the client")
-            .block_on(future)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        // Held for a clone or a rebuild, never across a request: nothing
+        // can panic while holding it, so a poisoned lock is still whole.
+        self.shared
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This process's client, made anew after a `fork()`: the parent's
+    /// runtime thread does not exist in the child, and its pooled
+    /// connections are the parent's. Those are kept for good in
+    /// [`INHERITED`], never dropped — dropping would close (and, over TLS,
+    /// write to) the parent's connections and wait for a thread that is
+    /// not there.
+    fn current(&self) -> Result<Current, Error> {
+        let mut current = self.lock();
+        if current.pid != std::process::id() {
+            let fresh = start(self.shared.builder.clone())?;
+            let inherited = std::mem::replace(&mut *current, fresh);
+            INHERITED
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(inherited);
+        }
+        Ok(current.clone())
     }
 }
 

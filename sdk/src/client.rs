@@ -77,6 +77,7 @@ impl std::fmt::Debug for Client {
 
 /// Configures a [`Client`]. Every setter consumes and returns the builder.
 #[must_use = "a builder does nothing until .build()"]
+#[derive(Clone)]
 pub struct ClientBuilder {
     server_url: String,
     public_key: Option<String>,

@@ -1,18 +1,23 @@
 /*
  * libkeysmith from C: NULL and garbage arguments give errors (never a
  * crash, never a written out-param), answers read back right, and eight
- * threads share one client. Run by tests/c_abi.rs:
+ * threads share one client, which also answers in a forked child (and still
+ * in the parent). Run by tests/c_abi.rs:
  *
  *   abi_test SERVER_URL PUBLIC_KEY VALID_KEY REVOKED_KEY UNKNOWN_KEY CACHE_DIR CLOSED_URL
  *
  * VALID_KEY is on plan "pro" (features sso, audit-log) until 2099-01-01;
  * UNKNOWN_KEY is well-formed and never validated; CLOSED_URL has no server.
- * $ABI_TEST_ROUNDS sets the rounds each of the 8 threads runs (default 10).
+ * $ABI_TEST_ROUNDS sets the rounds each of the 8 threads runs (default 10);
+ * $ABI_TEST_NO_FORK skips the fork (under valgrind).
  */
+#define _POSIX_C_SOURCE 200809L /* fork, waitpid, alarm under -std=c99 */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "keysmith.h"
 
@@ -316,6 +321,36 @@ static void threads(const ks_client *client) {
     }
 }
 
+/* A client made before fork() answers online in the child (a worker of a
+ * pre-forking server, Python's multiprocessing) — it used to block for
+ * ever there, its runtime thread being the parent's — and still in the
+ * parent afterwards. */
+static void forked(const ks_client *client) {
+    fflush(NULL);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        alarm(60); /* a hang fails the test instead of stalling it */
+        ks_validation *answer = NULL;
+        int ok = ks_client_validate(client, valid_key, NULL, NULL, &answer) == KS_OK &&
+                 ks_validation_valid(answer) && STREQ(ks_validation_source(answer), "online");
+        if (!ok) {
+            fprintf(stderr, "forked child: %s\n",
+                    answer ? ks_validation_code(answer) : ks_last_error());
+        }
+        ks_validation_free(answer);
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    CHECK(waitpid(child, &status, 0) == child);
+    if (!WIFEXITED(status)) {
+        fprintf(stderr, "forked child did not exit (signal %d)\n",
+                WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    ks_validation_free(expect(client, valid_key, "VALID", "online"));
+}
+
 int main(int argc, char **argv) {
     if (argc != 8) {
         fprintf(stderr,
@@ -339,6 +374,9 @@ int main(int argc, char **argv) {
     ks_client *client = new_client(server_url);
     answers(client);
     threads(client);
+    if (getenv("ABI_TEST_NO_FORK") == NULL) {
+        forked(client);
+    }
     ks_client_free(client);
     offline();
     printf("abi_test: %d checks passed\n", checks);
