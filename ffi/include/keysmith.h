@@ -81,8 +81,9 @@ enum ks_result
     KS_INVALID_PUBLIC_KEY = 5,
     /**
      * `ks_client_new*`: another setting is unusable — a server URL that is
-     * not `http(s)://host`, a bad app id or key prefix, no cache dir given
-     * and no home directory to default to.
+     * not `http(s)://host`, a bad app id or key prefix or user agent, a
+     * cache dir that is empty or where no file can be written, no cache
+     * dir given and no home directory to default to.
      */
     KS_INVALID_CONFIG = 6,
     /**
@@ -355,7 +356,8 @@ ks_result ks_client_new(const char *server_url,
  * - `options`: `NULL` for the defaults; not kept after the call.
  *
  * Sends nothing: the first request is made by `ks_client_validate`.
- * `KS_INVALID_CONFIG` for a bad URL, app id or key prefix.
+ * `KS_INVALID_CONFIG` for a bad URL, app id or key prefix, or a cache dir
+ * that is empty or not writable (`NULL` picks the platform's).
  *
  * # Safety
  *

@@ -200,7 +200,8 @@ pub unsafe extern "C" fn ks_client_new(
 /// - `options`: `NULL` for the defaults; not kept after the call.
 ///
 /// Sends nothing: the first request is made by `ks_client_validate`.
-/// `KS_INVALID_CONFIG` for a bad URL, app id or key prefix.
+/// `KS_INVALID_CONFIG` for a bad URL, app id or key prefix, or a cache dir
+/// that is empty or not writable (`NULL` picks the platform's).
 ///
 /// # Safety
 ///

@@ -25,13 +25,17 @@ const CXX_FLAGS: &[&str] = &[
 ];
 
 /// Link flags for the shared library, with an rpath so the program finds
-/// it where it was installed.
+/// it where it was installed. An old-style rpath (`DT_RPATH`), which the
+/// loader searches before `LD_LIBRARY_PATH`: cargo's puts `target/debug`
+/// first, where a stale `libkeysmith.so` can lie (`support::lib_dir`), and
+/// the tests ran against it.
 fn shared_flags() -> Vec<String> {
     let mut flags = pkg_flags("keysmith");
     flags.push(format!(
         "-Wl,-rpath,{}",
         support::install_prefix().join("lib").display()
     ));
+    flags.push("-Wl,--disable-new-dtags".into());
     flags
 }
 

@@ -105,6 +105,20 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Creates `dir` (0700) if missing and makes sure a file can be written
+/// there (a probe, removed at once).
+pub(crate) fn check_dir(dir: &Path) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let mut suffix = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut suffix);
+    let probe = dir.join(format!(".probe-{}.tmp", hex::encode(suffix)));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);

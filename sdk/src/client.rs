@@ -243,7 +243,10 @@ impl ClientBuilder {
             }
         }
         let cache_dir = match self.cache_dir {
-            Some(dir) => dir,
+            Some(dir) => {
+                usable_cache_dir(&dir)?;
+                dir
+            }
             None => default_cache_dir(&self.app_id)?,
         };
         let http = reqwest::Client::builder()
@@ -294,6 +297,21 @@ fn is_valid_app_id(app_id: &str) -> bool {
         && app_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A cache dir given to the builder must hold answers: one that cannot is
+/// refused at once, rather than found out the first time the app is
+/// offline (a failed write costs an online answer nothing).
+fn usable_cache_dir(dir: &Path) -> Result<(), Error> {
+    if dir.as_os_str().is_empty() {
+        return Err(Error::new(
+            Kind::Builder,
+            "the cache dir is empty: name a directory, or leave it unset for the platform's",
+        ));
+    }
+    cache::check_dir(dir).map_err(|e| {
+        Error::new(Kind::Builder, format!("cache dir {}: {e}", dir.display())).with_source(e)
+    })
 }
 
 fn default_cache_dir(app_id: &str) -> Result<PathBuf, Error> {
@@ -708,6 +726,23 @@ mod tests {
             );
         }
         assert!(builder().key_prefix("ks").build().unwrap_err().is_builder());
+        // A cache dir that cannot hold answers is refused at once, not
+        // found out when the app is first offline.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let missing = dir.path().join("new/nested");
+        for bad in [Path::new(""), &file, &file.join("below")] {
+            let err = builder().cache_dir(bad).build().unwrap_err();
+            assert!(err.is_builder(), "{bad:?}: {err}");
+        }
+        builder().cache_dir(&missing).build().unwrap();
+        assert!(missing.is_dir(), "created");
+        assert_eq!(
+            std::fs::read_dir(&missing).unwrap().count(),
+            0,
+            "no probe left"
+        );
         assert!(builder()
             .app_id("acme-editor_2.0")
             .key_prefix("ACME")

@@ -114,6 +114,7 @@ static void no_server_needed(void) {
     CHECK(ks_client_new("not a url", public_key, "app", cache_dir, &client) == KS_INVALID_CONFIG);
     CHECK(ks_client_new("", public_key, "app", cache_dir, &client) == KS_INVALID_CONFIG);
     CHECK(ks_client_new(server_url, public_key, "", cache_dir, &client) == KS_INVALID_CONFIG);
+    CHECK(ks_client_new(server_url, public_key, "app", "", &client) == KS_INVALID_CONFIG);
     CHECK(ks_client_new(server_url, public_key, "../etc", cache_dir, &client) ==
           KS_INVALID_CONFIG);
     CHECK(ks_client_new(NOT_UTF8, public_key, "app", cache_dir, &client) == KS_INVALID_ARGUMENT);
