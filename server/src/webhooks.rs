@@ -159,8 +159,7 @@ async fn attempt(
     let duration_ms = started.elapsed().as_millis() as u64;
     let (status_code, error) = match sent {
         Ok(resp) => (Some(resp.status().as_u16()), None),
-        // The URL may carry credentials; keep it out of the stored error.
-        Err(e) => (None, Some(e.without_url().to_string())),
+        Err(e) => (None, Some(failure_text(e, &job.url))),
     };
     let delivered = status_code.is_some_and(|s| (200..300).contains(&s));
     let next = if delivered {
@@ -175,13 +174,35 @@ async fn attempt(
             &mut rand::thread_rng(),
         )
     };
-    tracing::info!(event_id = %job.event_id, kind = %job.kind, attempt = job.attempt, ?status_code, duration_ms, ?next, "webhook attempt");
+    tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, kind = %job.kind, attempt = job.attempt, ?status_code, duration_ms, ?next, "webhook attempt");
     AttemptResult {
         at: started_at,
         status_code,
         error,
         duration_ms,
         next,
+    }
+}
+
+/// Why a request got no HTTP answer, cause by cause ("error sending
+/// request: client error (Connect): tcp connect error: Connection refused
+/// (os error 111)"), for the delivery list. The URL may carry credentials:
+/// it is left out, and its password blotted from any cause that quotes it.
+fn failure_text(e: reqwest::Error, url: &str) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    match reqwest::Url::parse(url).ok().as_ref().and_then(|u| u.password()) {
+        Some(password) if !password.is_empty() => text.replace(password, "***"),
+        _ => text,
     }
 }
 

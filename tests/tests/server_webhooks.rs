@@ -19,6 +19,7 @@ keysmith_tests::on_both_backends!(
     webhook_endpoints_are_managed_and_the_secret_is_shown_once,
     only_events_an_endpoint_subscribes_to_are_kept,
     settled_events_past_the_retention_are_deleted,
+    a_refused_connection_is_listed_with_its_cause_and_logged_with_the_endpoint,
 );
 
 /// A server whose retries come fast: first retry after 100–200 ms.
@@ -555,4 +556,52 @@ fn settled_events_past_the_retention_are_deleted(backend: Backend) {
         log.contains("webhook events past the retention deleted"),
         "the deletion is logged: {log}"
     );
+}
+
+/// An attempt that gets no HTTP answer says why (it was only "error
+/// sending request"), without the URL's password; the log names the
+/// endpoint, since one event goes to several.
+fn a_refused_connection_is_listed_with_its_cause_and_logged_with_the_endpoint(backend: Backend) {
+    let server = fast_retry_server(backend, &[]);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let hook = register(
+        &server,
+        &format!("http://user:hunter2@127.0.0.1:{closed}/hook"),
+        &["license.created"],
+    );
+    let id = hook["id"].as_str().unwrap();
+    server.plan("p", json!({"features": []}));
+    server.license("p", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attempt = loop {
+        let (status, deliveries) = server.admin("GET", &format!("/webhooks/{id}/deliveries"), None);
+        assert_eq!(status, 200);
+        if let Some(a) = deliveries["data"]
+            .as_array()
+            .and_then(|d| d.first())
+            .cloned()
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no attempt: {deliveries}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(attempt["status_code"].is_null(), "{attempt}");
+    let error = attempt["error"].as_str().unwrap();
+    assert!(error.to_lowercase().contains("connect"), "{error}");
+    assert!(error.contains("refused"), "{error}");
+    assert!(
+        !error.contains("hunter2") && !error.contains("user:"),
+        "{error}"
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("webhook attempt") && l.contains(id)),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
 }

@@ -271,6 +271,8 @@ pub struct DeliveryAttempt {
 #[derive(Debug, Clone)]
 pub struct DeliveryJob {
     pub delivery: i64,
+    /// The endpoint's id (`wh_…`).
+    pub webhook_id: String,
     pub url: String,
     pub secret: String,
     pub event_id: String,

@@ -1741,7 +1741,7 @@ impl Store for PostgresStore {
                  UPDATE deliveries d SET locked_until_ms = $3 FROM due, webhooks w, events e \
                  WHERE d.seq = due.seq AND w.seq = d.webhook_seq AND e.seq = d.event_seq \
                  RETURNING d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data::text, \
-                 d.attempts, d.first_attempt_ms",
+                 d.attempts, d.first_attempt_ms, w.id",
             )
             .await?;
         let rows = client
@@ -1759,6 +1759,7 @@ impl Store for PostgresStore {
             .map(|r| {
                 Ok(DeliveryJob {
                     delivery: r.try_get(0)?,
+                    webhook_id: r.try_get(9)?,
                     url: r.try_get(1)?,
                     secret: r.try_get(2)?,
                     event_id: r.try_get(3)?,

@@ -1508,7 +1508,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let jobs: Vec<DeliveryJob> = conn
                 .prepare_cached(
-                    "SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, d.first_attempt_ms \
+                    "SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, d.first_attempt_ms, w.id \
                      FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq JOIN events e ON e.seq = d.event_seq \
                      WHERE d.state = 'pending' AND d.next_attempt_ms <= ?1 AND d.locked_until_ms <= ?1 AND w.enabled = 1 \
                      AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook_seq = d.webhook_seq \
@@ -1518,6 +1518,7 @@ impl Store for SqliteStore {
                 .query_map(params![now_ms, limit], |r| {
                     Ok(DeliveryJob {
                         delivery: r.get(0)?,
+                        webhook_id: r.get(9)?,
                         url: r.get(1)?,
                         secret: r.get(2)?,
                         event_id: r.get(3)?,
