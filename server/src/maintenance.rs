@@ -97,6 +97,11 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         args.from.display(),
         db.display()
     );
+    eprintln!(
+        "note: a generated admin token is the one stored in the backup; if one was \
+         rotated after the backup was taken, the older token works again: run \
+         `keysmith-server rotate-admin-token` before starting the server if it must not"
+    );
     Ok(())
 }
 

@@ -260,6 +260,9 @@ fn restore_puts_a_backup_back_and_keeps_what_it_replaced() {
         "{printed}"
     );
     assert!(printed.contains("restored 1 licenses"), "{printed}");
+    // The stored admin token comes back with the backup: it says so.
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("rotate-admin-token"), "{note}");
 
     server.restart();
     let kept_path = format!("/licenses/{}", kept["id"].as_str().unwrap());
