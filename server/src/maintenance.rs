@@ -26,8 +26,9 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
 pub fn rotate_admin_token(storage: StorageArgs) -> anyhow::Result<()> {
     if std::env::var_os(auth::ADMIN_TOKEN_ENV).is_some() {
         bail!(
-            "{} is set, and while it is, it is the admin token: change it there, \
-             or unset it to use a stored one",
+            "{0} is set in this environment. A server started with it uses it, not a \
+             stored token: change it there. If it only holds the stored token for the \
+             `keysmith` CLI, run `env -u {0} keysmith-server rotate-admin-token …`",
             auth::ADMIN_TOKEN_ENV
         );
     }

@@ -406,6 +406,7 @@ fn without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated(ba
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("KEYSMITH_ADMIN_TOKEN is set"), "{why}");
+    assert!(why.contains("env -u KEYSMITH_ADMIN_TOKEN"), "{why}");
     let out = rotate(None);
     assert!(
         out.status.success(),
