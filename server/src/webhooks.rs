@@ -200,7 +200,11 @@ fn failure_text(e: reqwest::Error, url: &str) -> String {
         }
         cause = c.source();
     }
-    match reqwest::Url::parse(url).ok().as_ref().and_then(|u| u.password()) {
+    match reqwest::Url::parse(url)
+        .ok()
+        .as_ref()
+        .and_then(|u| u.password())
+    {
         Some(password) if !password.is_empty() => text.replace(password, "***"),
         _ => text,
     }

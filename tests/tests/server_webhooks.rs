@@ -604,4 +604,17 @@ fn a_refused_connection_is_listed_with_its_cause_and_logged_with_the_endpoint(ba
         "{log}"
     );
     assert!(!log.contains("hunter2"), "{log}");
+
+    // Still being retried: a redelivery is a conflict, not "no delivery".
+    let event = attempt["event_id"].as_str().unwrap();
+    let (status, body) = server.admin(
+        "POST",
+        &format!("/webhooks/{id}/deliveries/{event}/redeliver"),
+        None,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("DELIVERY_PENDING")),
+        "{body}"
+    );
 }

@@ -394,6 +394,24 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_admin_token_hash(&self, hash: String) -> Result<()>;
 }
 
+/// Why an event cannot be queued again for an endpoint: it is still being
+/// delivered (retries come on their own), or the endpoint never had it.
+pub fn no_redelivery(webhook: &str, event: &str, pending: bool) -> StoreError {
+    if pending {
+        StoreError::Conflict {
+            code: "DELIVERY_PENDING",
+            message: format!(
+                "event {event} is still being delivered to webhook {webhook}: it is retried on its own"
+            ),
+        }
+    } else {
+        StoreError::NotFound {
+            code: "DELIVERY_NOT_FOUND",
+            message: format!("webhook {webhook} has no delivery of event {event}"),
+        }
+    }
+}
+
 /// Opens the backend the URL names: `postgres://…` or `postgresql://…`
 /// (PostgreSQL), else `sqlite://PATH` or a bare path (SQLite, committing
 /// with `synchronous`).

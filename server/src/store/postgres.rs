@@ -1707,10 +1707,15 @@ impl Store for PostgresStore {
             .execute(&stmt, &[&seq, &event_id, &now.timestamp_millis()])
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound {
-                code: "DELIVERY_NOT_FOUND",
-                message: format!("webhook {id} has no finished delivery of event {event_id}"),
-            });
+            let pending: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE webhook_seq = $1 \
+                     AND state = 'pending' AND event_seq = (SELECT seq FROM events WHERE id = $2))",
+                    &[&seq, &event_id],
+                )
+                .await?
+                .try_get(0)?;
+            return Err(super::no_redelivery(&id, &event_id, pending));
         }
         Ok(())
     }

@@ -1480,10 +1480,13 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![seq, event_id, now.timestamp_millis()])?;
             if changed == 0 {
-                return Err(StoreError::NotFound {
-                    code: "DELIVERY_NOT_FOUND",
-                    message: format!("webhook {id} has no finished delivery of event {event_id}"),
-                });
+                let pending: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE webhook_seq = ?1 \
+                         AND state = 'pending' AND event_seq = (SELECT seq FROM events WHERE id = ?2))",
+                    )?
+                    .query_row(params![seq, event_id], |r| r.get(0))?;
+                return Err(super::no_redelivery(&id, &event_id, pending));
             }
             Ok(())
         })
