@@ -21,15 +21,18 @@ next to this file, or on the system's library path.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from . import _native
 from ._error import (
     KS_INVALID_ARGUMENT,
+    KS_INVALID_CONFIG,
+    KS_INVALID_PUBLIC_KEY,
     KS_NULL_PARAMETER,
     KS_OK,
     ArgumentTypeError,
@@ -60,7 +63,30 @@ def _fail(result: int) -> KeysmithError:
     lib = _native.lib()
     detail = _decode(lib.ks_last_error()) or ""
     summary = _decode(lib.ks_result_str(result)) or ""
+    # A value the library refuses is a ValueError as well, as Python has it.
+    if result in (KS_INVALID_ARGUMENT, KS_INVALID_CONFIG, KS_INVALID_PUBLIC_KEY):
+        return InvalidArgumentError(result, detail or summary)
     return KeysmithError(result, detail or summary)
+
+
+# Longest timeout or grace the library takes, in seconds (its u64
+# milliseconds, with room): past it a value would wrap around.
+_MAX_SECONDS = 2**53 / 1000
+
+
+def _seconds(value: Union[float, timedelta], name: str, *, zero_ok: bool) -> float:
+    """A duration in seconds from a number or a timedelta: finite, not
+    negative (and not zero unless ``zero_ok``)."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentTypeError(
+            KS_INVALID_ARGUMENT, f"{name} must be seconds (a number) or a timedelta, not {type(value).__name__}"
+        )
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok) or value > _MAX_SECONDS:
+        limit = "at least 0" if zero_ok else "more than 0"
+        raise InvalidArgumentError(KS_INVALID_ARGUMENT, f"{name} must be a finite number of seconds, {limit}: {value!r}")
+    return float(value)
 
 
 def _check(result: int) -> None:
@@ -75,6 +101,19 @@ def _text(value: str, name: str) -> bytes:
     if "\0" in value:
         raise InvalidArgumentError(KS_INVALID_ARGUMENT, f"{name} must not contain a NUL character")
     return value.encode("utf-8")
+
+
+def _fspath(value: PathLike) -> str:
+    """A path argument (str or os.PathLike of str) as str."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise ArgumentTypeError(
+            KS_INVALID_ARGUMENT, f"cache_dir must be a str or a path, not {type(value).__name__}"
+        ) from None
+    if not isinstance(path, str):
+        raise ArgumentTypeError(KS_INVALID_ARGUMENT, "cache_dir must be a str path, not bytes")
+    return path
 
 
 def _optional_text(value: Optional[str], name: str) -> Optional[bytes]:
@@ -146,7 +185,7 @@ class Validation:
     (``KEY_MALFORMED`` decided without a request)."""
     plan: Optional[str]
     """The license's plan; None when there is no license."""
-    features: List[str] = field(default_factory=list)
+    features: Tuple[str, ...] = field(default_factory=tuple)
     """The plan's features. Gate on :meth:`has_feature`, which is false
     unless the answer is valid."""
     expires_at: Optional[datetime] = None
@@ -170,10 +209,10 @@ def _read_validation(pointer: ctypes.c_void_p) -> Validation:
     """Copies everything out of a ks_validation, then frees it."""
     lib = _native.lib()
     try:
-        features = [
+        features = tuple(
             _decode(lib.ks_validation_feature(pointer, i)) or ""
             for i in range(lib.ks_validation_features_len(pointer))
-        ]
+        )
         return Validation(
             valid=bool(lib.ks_validation_valid(pointer)),
             code=_decode(lib.ks_validation_code(pointer)) or "",
@@ -205,7 +244,9 @@ class Client:
     cache dir for it. ``timeout`` (seconds) bounds each request;
     ``offline_grace`` (seconds or a timedelta) can only shorten how long a
     cached answer is trusted offline. Raises :class:`KeysmithError` for a
-    malformed public key or another unusable setting.
+    malformed public key or another unusable setting -- an
+    :class:`InvalidArgumentError` (a ``ValueError``) for a bad value, an
+    :class:`ArgumentTypeError` (a ``TypeError``) for a wrong type.
     """
 
     def __init__(
@@ -232,11 +273,11 @@ class Client:
         _check(lib.ks_client_options_new(ctypes.byref(options)))
         try:
             if timeout is not None:
-                _check(lib.ks_client_options_set_timeout_ms(options, max(0, round(timeout * 1000))))
+                seconds = _seconds(timeout, "timeout", zero_ok=False)
+                _check(lib.ks_client_options_set_timeout_ms(options, max(1, round(seconds * 1000))))
             if offline_grace is not None:
-                if isinstance(offline_grace, timedelta):
-                    offline_grace = offline_grace.total_seconds()
-                _check(lib.ks_client_options_set_offline_grace_secs(options, max(0, int(offline_grace))))
+                seconds = _seconds(offline_grace, "offline_grace", zero_ok=True)
+                _check(lib.ks_client_options_set_offline_grace_secs(options, int(seconds)))
             if user_agent is not None:
                 _check(lib.ks_client_options_set_user_agent(options, _text(user_agent, "user_agent")))
             if key_prefix is not None:
@@ -247,7 +288,7 @@ class Client:
                     _text(server_url, "server_url"),
                     _text(public_key, "public_key"),
                     _text(app_id, "app_id"),
-                    None if cache_dir is None else _text(os.fspath(cache_dir), "cache_dir"),
+                    None if cache_dir is None else _text(_fspath(cache_dir), "cache_dir"),
                     options,
                     ctypes.byref(handle),
                 )

@@ -29,9 +29,11 @@ class KeysmithError(Exception):
 
 
 class InvalidArgumentError(KeysmithError, ValueError):
-    """A bad argument value (e.g. a NUL character in a string): no answer,
-    like every :class:`KeysmithError` (``KS_INVALID_ARGUMENT``), and a
-    ``ValueError`` as Python has it."""
+    """A bad argument value (e.g. a NUL character in a string, a domain that
+    is not a host name, a negative timeout) or setting (a malformed public
+    key, a server URL that is not ``http(s)://host``): no answer, like every
+    :class:`KeysmithError` (``KS_INVALID_ARGUMENT``, ``KS_INVALID_CONFIG``,
+    ``KS_INVALID_PUBLIC_KEY``), and a ``ValueError`` as Python has it."""
 
 
 class ArgumentTypeError(KeysmithError, TypeError):

@@ -111,12 +111,36 @@ class LocalTests(unittest.TestCase):
                 (ValueError, lambda: keysmith.Client("http://127.0.0.1:1\0", PUBLIC_KEY_SHAPED, "app", cache)),
                 (ValueError, lambda: keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "a\0pp", cache)),
                 (ValueError, lambda: keysmith.machine_fingerprint("a\0pp")),
+                (TypeError, lambda: keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", 123)),  # type: ignore[arg-type]
+                (TypeError, lambda: keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", cache, timeout="5")),  # type: ignore[arg-type]
+                (TypeError, lambda: keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", cache, timeout=True)),
+            ]
+            for bad in [float("nan"), float("inf"), -1, 0, 1e30]:
+                bad_arguments.append(
+                    (ValueError, lambda bad=bad: keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", cache, timeout=bad))
+                )
+            for bad in [float("nan"), float("inf"), -5, timedelta(seconds=-1)]:
+                bad_arguments.append(
+                    (ValueError, lambda bad=bad: keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", cache, offline_grace=bad))
+                )
+            client = keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", cache)
+            self.addCleanup(client.close)
+            valid_shaped = "KS-7H2K-Q9WM-4XRT-8CVP-N3FJ-VCZ9"
+            bad_arguments += [
+                (ValueError, lambda: client.validate(valid_shaped, domain="")),
+                (ValueError, lambda: client.validate(valid_shaped, domain="not a host!")),
+                (ValueError, lambda: client.validate(valid_shaped, fingerprint="x y")),
+                (TypeError, lambda: client.validate(valid_shaped, domain=7)),  # type: ignore[arg-type]
             ]
             for python_error, call in bad_arguments:
                 with self.assertRaises(keysmith.KeysmithError) as caught:
                     call()
                 self.assertIsInstance(caught.exception, python_error)
                 self.assertEqual(caught.exception.result_name, "KS_INVALID_ARGUMENT")
+            # A setting the library refuses is a ValueError too.
+            with self.assertRaises(ValueError) as refused:
+                keysmith.Client("http://127.0.0.1:1", PUBLIC_KEY_SHAPED, "app", "")
+            self.assertEqual(refused.exception.result_name, "KS_INVALID_CONFIG")
 
     def test_offline_without_cache_raises_and_typos_need_no_server(self) -> None:
         with tempfile.TemporaryDirectory() as cache:
@@ -195,6 +219,9 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(answer.source, "online")
         self.assertEqual(answer.plan, "pro")
         self.assertEqual(sorted(answer.features), ["audit-log", "sso"])
+        # Frozen all through: the features cannot be changed, the answer hashes.
+        self.assertIsInstance(answer.features, tuple)
+        self.assertEqual(hash(answer), hash(answer))
         self.assertEqual(answer.expires_at, datetime(2099, 1, 1, tzinfo=timezone.utc))
         self.assertEqual(answer.expires_at.tzinfo, timezone.utc)
         self.assertIsNotNone(answer.offline_until)
@@ -218,7 +245,7 @@ class ServerTests(unittest.TestCase):
     def test_typo_is_an_answer_decided_locally(self) -> None:
         answer = self.client.validate(typo_of(self.valid_key))
         self.assertEqual((answer.valid, answer.code, answer.source), (False, "KEY_MALFORMED", "local"))
-        self.assertEqual(answer.features, [])
+        self.assertEqual(answer.features, ())
         self.assertIsNone(answer.offline_until)
 
     def test_revoked_and_unknown(self) -> None:
