@@ -12,8 +12,9 @@
  * Exit status: 0 licensed, 1 not licensed (a decided answer), 2 no answer
  * at all (bad setup, or offline with nothing usable cached).
  *
- * Build (see ffi/README.md):
- *   cc -std=c99 license_check.c $(pkg-config --cflags --libs keysmith)
+ * Build (see ffi/README.md; the rpath lets it find libkeysmith.so where
+ * ffi/install.sh put it):
+ *   cc -std=c99 license_check.c $(pkg-config --cflags --libs keysmith) -Wl,-rpath,/opt/keysmith/lib
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -4,7 +4,8 @@
 //   license_check_cpp SERVER_URL PUBLIC_KEY LICENSE_KEY [CACHE_DIR]
 //
 // Exit status: 0 licensed, 1 not licensed, 2 no answer at all.
-// Build: c++ -std=c++17 license_check.cpp $(pkg-config --cflags --libs keysmith)
+// Build (the rpath: where ffi/install.sh put libkeysmith.so):
+//   c++ -std=c++17 license_check.cpp $(pkg-config --cflags --libs keysmith) -Wl,-rpath,/opt/keysmith/lib
 #include <cstdint>
 #include <iostream>
 #include <memory>
