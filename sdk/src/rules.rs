@@ -234,6 +234,23 @@ mod tests {
         );
     }
 
+    /// Offline past the license's own end, the code is still
+    /// `OFFLINE_GRACE_EXPIRED` (SPEC §7: a renewal may be on the server),
+    /// but the message says the term ended rather than blaming the network.
+    #[test]
+    fn offline_past_the_license_end_says_so() {
+        let mut ending = claims();
+        ending.license_expires_at = Some(keysmith_core::time::format_rfc3339(
+            keysmith_core::time::from_unix(IAT + DAY).unwrap(),
+        ));
+        ending.exp = IAT + DAY;
+        let past = offline_answer(ending, IAT, IAT + 2 * DAY, None);
+        assert_eq!(past.code, Code::OfflineGraceExpired);
+        assert!(past.message().contains("term"), "{}", past.message());
+        let grace = offline_answer(claims(), IAT, IAT + 8 * DAY, None);
+        assert!(grace.message().contains("unreachable"), "{}", grace.message());
+    }
+
     #[test]
     fn offline_grace_can_only_shorten() {
         let one_day = offline_answer(claims(), IAT, IAT + DAY, Some(DAY));

@@ -128,6 +128,14 @@ impl Validation {
     /// A sentence for a person about this answer, e.g. "the license has
     /// been revoked".
     pub fn message(&self) -> &'static str {
+        // The offline window ended with the license's term, not the grace.
+        if self.code == Code::OfflineGraceExpired
+            && self.expires_at.is_some()
+            && self.expires_at == self.offline_until
+        {
+            return "the license's term has ended, and the license server could not be \
+                    reached to confirm a renewal";
+        }
         describe(self.code)
     }
 }
