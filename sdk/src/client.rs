@@ -650,15 +650,21 @@ impl Inner {
         claims: &Claims,
         now: i64,
     ) -> Option<Entry> {
+        // This answer, signed now for this request's nonce, says what time
+        // it is: the newest time seen starts again from it (or the local
+        // clock, if later), so a record left by a clock that ran ahead and
+        // was put right does not make later offline use look tampered.
         let mut entry = Entry::new(token, now.max(claims.iat));
         if let Some((old, old_claims)) = self.load_verified(path, expected) {
             let old_newest = rules::newest_seen(old.newest_seen, &old_claims);
             if rules::is_fresh_copy(&old_claims, old_newest, claims, now) {
                 return None;
             }
-            entry.newest_seen = entry.newest_seen.max(old_newest);
             if old_claims.iat > claims.iat {
+                // A slower request's older answer: the cached one stays,
+                // with its record.
                 entry.token = old.token;
+                entry.newest_seen = entry.newest_seen.max(old_newest);
             }
         }
         Some(entry)

@@ -94,6 +94,12 @@
 //! expiry)`, so a license that expires while the app is offline stops being
 //! valid at its expiry.
 //!
+//! The times recorded with an entry start again at each online answer (the
+//! later of its `iat` and the local clock): an answer signed for this
+//! request's nonce says what time it is, so a clock that ran ahead and was
+//! put right is not taken for a clock set back once the app is next
+//! offline.
+//!
 //! # The cache
 //!
 //! One file per (app id, canonical key, domain, fingerprint) in the cache

@@ -248,7 +248,11 @@ mod tests {
         assert_eq!(past.code, Code::OfflineGraceExpired);
         assert!(past.message().contains("term"), "{}", past.message());
         let grace = offline_answer(claims(), IAT, IAT + 8 * DAY, None);
-        assert!(grace.message().contains("unreachable"), "{}", grace.message());
+        assert!(
+            grace.message().contains("unreachable"),
+            "{}",
+            grace.message()
+        );
     }
 
     #[test]

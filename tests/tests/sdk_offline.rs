@@ -161,6 +161,36 @@ fn a_clock_set_back_does_not_matter_while_the_server_answers() {
     assert_eq!((answer.code, answer.source), (Code::Valid, Source::Online));
 }
 
+/// A clock that ran days ahead and was put right: the next online answer,
+/// signed now for this request, says what time it is, so offline use is
+/// not taken for tampering afterwards (it was, until real time caught up
+/// with the fast clock's record). Setting the clock back still is.
+#[test]
+fn a_clock_put_right_while_online_is_trusted_offline_again() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new();
+    let fast = l.client().clock(shifted_clock(3 * DAY)).build().unwrap();
+    assert_eq!(fast.validate(&l.key, &opts).unwrap().source, Source::Online);
+    let right = l.client().build().unwrap();
+    assert_eq!(
+        right.validate(&l.key, &opts).unwrap().source,
+        Source::Online
+    );
+    l.server.kill9();
+    let answer = right.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (answer.code, answer.source),
+        (Code::Valid, Source::Cache),
+        "{}",
+        answer.message()
+    );
+    let back = l.client().clock(shifted_clock(-2 * DAY)).build().unwrap();
+    assert_eq!(
+        back.validate(&l.key, &opts).unwrap().code,
+        Code::ClockTampered
+    );
+}
+
 /// Rewrites the cached token's claims (keeping its signature) with `edit`.
 fn edit_cached_claims(path: &std::path::Path, edit: impl Fn(&mut Value)) {
     let mut entry: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
