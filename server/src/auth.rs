@@ -135,11 +135,15 @@ impl AdminAuth {
         }
     }
 
-    /// Checks an `Authorization` header value `Bearer <token>`.
+    /// Checks an `Authorization` header value `Bearer <token>` (the scheme
+    /// in any case, as RFC 9110 has it).
     pub fn check_header(&self, header: Option<&str>) -> bool {
-        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        let Some((scheme, token)) = header.and_then(|h| h.split_once(' ')) else {
             return false;
         };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
         sha256(token.trim()).ct_eq(&self.current()).into()
     }
 }
@@ -152,6 +156,9 @@ mod tests {
     fn checks_bearer_tokens() {
         let auth = AdminAuth::from_token("correct horse battery staple");
         assert!(auth.check_header(Some("Bearer correct horse battery staple")));
+        assert!(auth.check_header(Some("bearer correct horse battery staple")));
+        assert!(auth.check_header(Some("BEARER  correct horse battery staple")));
+        assert!(!auth.check_header(Some("Basic correct horse battery staple")));
         assert!(!auth.check_header(Some("Bearer wrong")));
         assert!(!auth.check_header(Some("correct horse battery staple")));
         assert!(!auth.check_header(None));

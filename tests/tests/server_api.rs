@@ -91,6 +91,18 @@ fn management_routes_need_the_admin_token(backend: Backend) {
             .0,
         200
     );
+    // The scheme in any case (RFC 9110); a 401 names the scheme it wants.
+    let http = reqwest::blocking::Client::new();
+    let with = |authorization: String| {
+        http.get(format!("{}/api/v1/plans", server.url))
+            .header("authorization", authorization)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(with(format!("bearer {ADMIN_TOKEN}")).status(), 200);
+    let refused = with("Basic x".into());
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
 }
 
 fn plans_are_created_replaced_listed_and_deleted(backend: Backend) {
