@@ -115,7 +115,9 @@ pub unsafe extern "C" fn ks_key_canonicalize(
 /// The machine id is `/etc/machine-id` on Linux, the hardware UUID on
 /// macOS, the `MachineGuid` on Windows, `/etc/hostid` on FreeBSD.
 /// `KS_NO_MACHINE_ID` where the machine has none (e.g. a minimal
-/// container): use a fingerprint of your own there.
+/// container): use a fingerprint of your own there. `KS_INVALID_ARGUMENT`
+/// for an app id a client would refuse (1–64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot).
 ///
 /// # Safety
 ///

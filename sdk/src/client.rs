@@ -188,11 +188,12 @@ impl ClientBuilder {
         self
     }
 
-    /// Also requires keys to carry this prefix (e.g. `"KS"`), so that a key
-    /// from another vendor is `KEY_MALFORMED` without a request. By default
-    /// any well-formed key is sent and the server judges its prefix.
+    /// Also requires keys to carry this prefix (e.g. `"KS"`, in any case as
+    /// keys are), so that a key from another vendor is `KEY_MALFORMED`
+    /// without a request. By default any well-formed key is sent and the
+    /// server judges its prefix.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> ClientBuilder {
-        self.key_prefix = Some(prefix.into());
+        self.key_prefix = Some(prefix.into().to_ascii_uppercase());
         self
     }
 
@@ -228,10 +229,7 @@ impl ClientBuilder {
         if !is_valid_app_id(&self.app_id) {
             return Err(Error::new(
                 Kind::Builder,
-                format!(
-                    "app id {:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ - not starting with a dot",
-                    self.app_id
-                ),
+                format!("app id {:?} {APP_ID_RULE}", self.app_id),
             ));
         }
         if let Some(prefix) = &self.key_prefix {
@@ -291,7 +289,11 @@ fn validate_url(server_url: &str) -> Result<String, Error> {
     ))
 }
 
-fn is_valid_app_id(app_id: &str) -> bool {
+/// What an app id may be, for messages.
+pub(crate) const APP_ID_RULE: &str =
+    "must be 1 to 64 characters of A-Z a-z 0-9 . _ - not starting with a dot";
+
+pub(crate) fn is_valid_app_id(app_id: &str) -> bool {
     (1..=64).contains(&app_id.len())
         && !app_id.starts_with('.')
         && app_id
@@ -731,7 +733,15 @@ mod tests {
                 "{app_id}"
             );
         }
-        assert!(builder().key_prefix("ks").build().unwrap_err().is_builder());
+        assert!(builder()
+            .key_prefix("k s")
+            .build()
+            .unwrap_err()
+            .is_builder());
+        assert!(
+            builder().key_prefix("ks").build().is_ok(),
+            "any case, as keys"
+        );
         // A cache dir that cannot hold answers is refused at once, not
         // found out when the app is first offline.
         let dir = tempfile::tempdir().unwrap();

@@ -37,6 +37,13 @@ const BSD_HOST_ID_PATHS: [&str; 1] = ["/etc/hostid"];
 /// # Ok::<(), keysmith::Error>(())
 /// ```
 pub fn machine_fingerprint(app_id: &str) -> Result<String, Error> {
+    // The client's rule, so that the id salting both is one a client takes.
+    if !crate::client::is_valid_app_id(app_id) {
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            format!("app id {app_id:?} {}", crate::client::APP_ID_RULE),
+        ));
+    }
     if cfg!(target_os = "macos") {
         fingerprint_from_program(app_id, &macos_ioreg())
     } else if cfg!(windows) {
@@ -178,6 +185,16 @@ fn fingerprint_of(app_id: &str, machine_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An app id a client would refuse is refused here too, before any
+    /// machine id is read.
+    #[test]
+    fn the_app_id_follows_the_clients_rule() {
+        for bad in ["", ".hidden", "a/b with spaces", &"a".repeat(65)] {
+            let err = machine_fingerprint(bad).unwrap_err();
+            assert!(err.is_invalid_argument(), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn stable_salted_and_not_the_id() {

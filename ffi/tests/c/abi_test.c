@@ -91,6 +91,8 @@ static void no_server_needed(void) {
     char fp[KS_FINGERPRINT_LEN + 1];
     CHECK(ks_machine_fingerprint(NULL, fp, sizeof fp, NULL) == KS_NULL_PARAMETER);
     CHECK(ks_machine_fingerprint("app", NULL, sizeof fp, NULL) == KS_NULL_PARAMETER);
+    CHECK(ks_machine_fingerprint("", fp, sizeof fp, NULL) == KS_INVALID_ARGUMENT);
+    CHECK(ks_machine_fingerprint("a/b with spaces", fp, sizeof fp, NULL) == KS_INVALID_ARGUMENT);
     ks_result fr = ks_machine_fingerprint("app", fp, sizeof fp, &len);
     CHECK(fr == KS_OK || fr == KS_NO_MACHINE_ID);
     if (fr == KS_OK) {
