@@ -357,6 +357,37 @@ fn validate_answers_a_timeout_and_a_storage_failure_in_its_own_shape(backend: Ba
     );
 }
 
+/// An error message quotes a bad value, not kilobytes of it.
+#[test]
+fn error_messages_quote_at_most_the_start_of_a_long_value() {
+    let server = TestServer::start();
+    server.plan("p", json!({"features": []}));
+    let long = "x".repeat(5_000);
+    let answers = [
+        server.admin(
+            "POST",
+            "/licenses",
+            Some(json!({"plan": "p", "customer_email": long})),
+        ),
+        server.admin("GET", &format!("/licenses/lic_{long}"), None),
+        server.admin("GET", &format!("/webhooks/wh_{long}"), None),
+        server.admin("DELETE", &format!("/licenses/lic_X/domains/{long}!"), None),
+        server.validate(json!({"key": "KS-0000", "domain": format!("{long}!")})),
+    ];
+    for (status, answer) in answers {
+        assert!((400..500).contains(&status), "{status} {answer}");
+        let message = answer["error"]["message"]
+            .as_str()
+            .or(answer["message"].as_str())
+            .unwrap_or_else(|| panic!("a message: {answer}"));
+        assert!(
+            message.len() < 300,
+            "{status}: {} bytes: {message:.200}",
+            message.len()
+        );
+    }
+}
+
 /// SPEC §3: every answer of `/validate` has its shape, a wrong method's too.
 #[test]
 fn a_wrong_method_on_validate_is_answered_in_its_shape() {

@@ -53,7 +53,7 @@ fn check_email(email: &str) -> Result<String, ApiError> {
     let invalid = || {
         ApiError::invalid(
             "INVALID_EMAIL",
-            format!("{email:?} is not an e-mail address"),
+            format!("{:?} is not an e-mail address", crate::store::shown(email)),
         )
     };
     let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
@@ -230,7 +230,7 @@ pub async fn free_domain(
 ) -> Result<Json<License>, ApiError> {
     let domain = normalize_domain(&domain).ok_or_else(|| ApiError::BadRequest {
         code: "INVALID_DOMAIN",
-        message: format!("{domain:?} is not a host name"),
+        message: format!("{:?} is not a host name", crate::store::shown(&domain)),
     })?;
     Ok(Json(state.store.free_domain(id, domain, Utc::now()).await?))
 }

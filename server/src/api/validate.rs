@@ -116,7 +116,7 @@ fn check(state: &AppState, body: &[u8]) -> Result<Checked, Refusal> {
         Some((raw, None)) => {
             return Err(refusal(
                 Code::InvalidDomain,
-                format!("{raw:?} is not a host name"),
+                format!("{:?} is not a host name", crate::store::shown(raw)),
                 nonce,
             ));
         }
@@ -302,7 +302,7 @@ pub async fn deactivate(
         .map(|d| {
             normalize_domain(&d).ok_or_else(|| ApiError::BadRequest {
                 code: "INVALID_DOMAIN",
-                message: format!("{d:?} is not a host name"),
+                message: format!("{:?} is not a host name", crate::store::shown(&d)),
             })
         })
         .transpose()?;

@@ -30,8 +30,26 @@ impl StoreError {
     pub fn license_not_found(id: &str) -> StoreError {
         StoreError::NotFound {
             code: "LICENSE_NOT_FOUND",
-            message: format!("no license {id}"),
+            message: format!("no license {}", shown(id)),
         }
+    }
+
+    pub fn webhook_not_found(id: &str) -> StoreError {
+        StoreError::NotFound {
+            code: "WEBHOOK_NOT_FOUND",
+            message: format!("no webhook {}", shown(id)),
+        }
+    }
+}
+
+/// A value from a request as an error message quotes it: its first 64
+/// characters, then how long it was, so that a bad value of kilobytes is
+/// not sent back whole.
+pub fn shown(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        None => value.to_owned(),
+        Some((end, _)) => format!("{}… ({} characters)", &value[..end], value.chars().count()),
     }
 }
 

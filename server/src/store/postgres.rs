@@ -782,10 +782,7 @@ fn webhook_from_row(row: &Row) -> Result<(i64, Webhook)> {
 }
 
 fn webhook_not_found(id: &str) -> StoreError {
-    StoreError::NotFound {
-        code: "WEBHOOK_NOT_FOUND",
-        message: format!("no webhook {id}"),
-    }
+    StoreError::webhook_not_found(id)
 }
 
 async fn load_webhook(c: &impl GenericClient, id: &str) -> Result<(i64, Webhook)> {

@@ -574,10 +574,7 @@ fn load_webhook(conn: &Connection, id: &str) -> Result<(i64, Webhook)> {
         .optional()?;
     raw.map(finish_webhook)
         .transpose()?
-        .ok_or_else(|| StoreError::NotFound {
-            code: "WEBHOOK_NOT_FOUND",
-            message: format!("no webhook {id}"),
-        })
+        .ok_or_else(|| StoreError::webhook_not_found(id))
 }
 
 fn write_license_fields(conn: &Connection, seq: i64, l: &License) -> Result<()> {
