@@ -193,6 +193,14 @@ fn hostile_bodies_get_clear_errors_never_500(backend: Backend) {
                 &answer["error"]["code"]
             };
             assert!(code.is_string(), "{path}: error shape: {answer}");
+            let message = answer["error"]["message"]
+                .as_str()
+                .or(answer["message"].as_str())
+                .unwrap_or_default();
+            assert!(
+                !message.contains("struct"),
+                "{path}: no Rust type in a message: {message}"
+            );
         }
     }
     let (_, list) = server.admin("GET", "/licenses", None);

@@ -399,10 +399,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if has_nul_escape(&bytes) {
             return Err(ApiError::nul_text());
         }
-        serde_json::from_slice(&bytes)
+        json_object(&bytes)
             .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+            .map_err(ApiError::bad_request)
     }
+}
+
+/// A request body that must be a JSON object, or why not. Anything else is
+/// refused by name: serde would read an array as a struct's fields in order
+/// ("expected struct DeactivateBody with 3 elements").
+pub(crate) fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        return Err("invalid JSON body: it must be a JSON object ({…})".to_owned());
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 /// Whether a JSON text has a `\u0000` escape: a NUL in one of its strings

@@ -93,8 +93,8 @@ fn check(state: &AppState, body: &[u8]) -> Result<Checked, Refusal> {
         message,
         nonce,
     };
-    let req: ValidateRequest = serde_json::from_slice(body)
-        .map_err(|e| refusal(Code::BadRequest, format!("invalid JSON body: {e}"), None))?;
+    let req: ValidateRequest =
+        super::json_object(body).map_err(|e| refusal(Code::BadRequest, e, None))?;
     let nonce = req.nonce;
     if nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE_LEN) {
         return Err(refusal(
