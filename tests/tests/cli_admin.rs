@@ -251,6 +251,14 @@ fn suspend_reinstate_and_revoke_change_what_the_app_is_told() {
     let out = license_cli(url, &["reinstate", &l.id]);
     assert_eq!(code_of(&out), 0, "{}", stderr(&out));
     assert_eq!(validation_code(&l, &l.key, "example.com"), "VALID");
+    // What support is asked about: why the app was refused, and how often.
+    let out = license_cli(url, &["usage", &l.id]);
+    let text = stdout(&out);
+    assert!(text.starts_with("2 validations, 1 valid\n"), "{text}");
+    assert!(
+        text.lines().any(|line| line == "refused: LICENSE_SUSPENDED (1)"),
+        "{text}"
+    );
 
     // Revoking is final, so it asks for --yes and changes nothing without it.
     let out = license_cli(url, &["revoke", &l.key]);

@@ -399,6 +399,16 @@ fn show_usage(v: &Value, out: &mut dyn Write, err: &mut dyn Write) -> std::io::R
         totals["validations"].as_u64().unwrap_or(0),
         totals["valid"].as_u64().unwrap_or(0)
     )?;
+    if let Some(by_code) = totals["by_code"].as_object() {
+        let refused: Vec<String> = by_code
+            .iter()
+            .filter(|(code, _)| code.as_str() != "VALID")
+            .map(|(code, n)| format!("{code} ({n})"))
+            .collect();
+        if !refused.is_empty() {
+            writeln!(out, "refused: {}", refused.join(", "))?;
+        }
+    }
     if let Some(domains) = totals["domains"].as_object().filter(|d| !d.is_empty()) {
         let list: Vec<String> = domains.iter().map(|(d, n)| format!("{d} ({n})")).collect();
         writeln!(out, "domains: {}", list.join(", "))?;
