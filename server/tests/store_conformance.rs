@@ -1419,8 +1419,8 @@ async fn failed_deliveries_can_be_redelivered(f: &Fixture) {
             s.redeliver(wh.clone(), next[0].event_id.clone(), t(6))
                 .await
         ),
-        "NotFound:DELIVERY_NOT_FOUND",
-        "a pending delivery is not redelivered"
+        "Conflict:DELIVERY_PENDING",
+        "a pending delivery is not redelivered: it is still being delivered"
     );
     s.finish_delivery(next[0].clone(), delivered(t(6)))
         .await

@@ -256,7 +256,8 @@ fn suspend_reinstate_and_revoke_change_what_the_app_is_told() {
     let text = stdout(&out);
     assert!(text.starts_with("2 validations, 1 valid\n"), "{text}");
     assert!(
-        text.lines().any(|line| line == "refused: LICENSE_SUSPENDED (1)"),
+        text.lines()
+            .any(|line| line == "refused: LICENSE_SUSPENDED (1)"),
         "{text}"
     );
 
