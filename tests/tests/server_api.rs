@@ -142,6 +142,17 @@ fn plans_are_created_replaced_listed_and_deleted(backend: Backend) {
         400,
         "BAD_REQUEST",
     );
+    // A term of 0 days would make every license on the plan expired at
+    // birth; no term at all is `null`.
+    assert_error(
+        &server.admin(
+            "PUT",
+            "/plans/x",
+            Some(json!({"features": [], "duration_days": 0})),
+        ),
+        422,
+        "INVALID_PLAN",
+    );
     assert_error(
         &server.admin(
             "PUT",

@@ -74,11 +74,14 @@ pub async fn put(
         ));
     }
     if body.offline_grace_days.is_some_and(|d| d > 3650)
-        || body.duration_days.is_some_and(|d| d > 36_500)
+        || body
+            .duration_days
+            .is_some_and(|d| !(1..=36_500).contains(&d))
     {
         return Err(ApiError::invalid(
             "INVALID_PLAN",
-            "offline_grace_days is at most 3650, duration_days at most 36500",
+            "offline_grace_days is at most 3650, duration_days 1 to 36500 \
+             (null: licenses on the plan do not expire)",
         ));
     }
     let plan = Plan {
