@@ -1,6 +1,6 @@
 //! The commands besides `serve`: `rotate-admin-token`, `backup`,
-//! `restore`, `public-key` and `new-signing-key`. Each says what it did on stdout; a failure is one line on
-//! stderr and exit code 1.
+//! `restore`, `public-key` and `new-signing-key`. Each says what it did on
+//! stdout; a failure is one line on stderr and exit code 1.
 
 use std::process::ExitCode;
 
