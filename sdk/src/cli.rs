@@ -234,6 +234,12 @@ fn validate(args: ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 
     }
     let answer = match client.validate(&args.key, &options) {
         Ok(answer) => answer,
+        // A domain or fingerprint the SDK refuses is bad usage, not a
+        // server that did not answer.
+        Err(e) if e.is_invalid_argument() => {
+            let _ = writeln!(err, "keysmith: {e:#}");
+            return EXIT_NO_ANSWER;
+        }
         Err(e) => {
             let _ = writeln!(err, "keysmith: no answer: {e:#}");
             return EXIT_NO_ANSWER;
