@@ -296,7 +296,8 @@ ks_result ks_client_options_set_offline_grace_secs(ks_client_options *options, u
 
 /**
  * The `User-Agent` of requests (the server records it in the license's
- * usage history), e.g. `"acme-editor/2.1"`. Default `keysmith-rust/<version>`.
+ * usage history), e.g. `"acme-editor/2.1"`. Default `keysmith-c/<version>`
+ * (`keysmith-python/<version>` from the Python package).
  *
  * # Safety
  *
@@ -513,7 +514,9 @@ int64_t ks_validation_expires_at(const ks_validation *v);
 /**
  * Until when this answer may be trusted offline, in Unix seconds (UTC):
  * the server's signed limit, shortened by the client's offline grace.
- * `-1` for `KEY_MALFORMED` (no signed answer) or `NULL`.
+ * `-1` for `KEY_MALFORMED` (no signed answer) or `NULL`. For an invalid
+ * answer (revoked, suspended, …) it is the time it was issued: a cached
+ * invalid answer is replayed offline whatever the time, never turned valid.
  *
  * # Safety
  *

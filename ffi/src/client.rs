@@ -99,7 +99,8 @@ pub unsafe extern "C" fn ks_client_options_set_offline_grace_secs(
 }
 
 /// The `User-Agent` of requests (the server records it in the license's
-/// usage history), e.g. `"acme-editor/2.1"`. Default `keysmith-rust/<version>`.
+/// usage history), e.g. `"acme-editor/2.1"`. Default `keysmith-c/<version>`
+/// (`keysmith-python/<version>` from the Python package).
 ///
 /// # Safety
 ///
@@ -248,7 +249,8 @@ unsafe fn new_client(
     };
     let mut builder = sdk::blocking::Client::builder(server_url)
         .public_key(public_key)
-        .app_id(app_id);
+        .app_id(app_id)
+        .user_agent(concat!("keysmith-c/", env!("CARGO_PKG_VERSION")));
     if let Some(dir) = cache_dir {
         builder = builder.cache_dir(dir);
     }

@@ -153,7 +153,9 @@ pub unsafe extern "C" fn ks_validation_expires_at(v: *const ks_validation) -> i6
 
 /// Until when this answer may be trusted offline, in Unix seconds (UTC):
 /// the server's signed limit, shortened by the client's offline grace.
-/// `-1` for `KEY_MALFORMED` (no signed answer) or `NULL`.
+/// `-1` for `KEY_MALFORMED` (no signed answer) or `NULL`. For an invalid
+/// answer (revoked, suspended, …) it is the time it was issued: a cached
+/// invalid answer is replayed offline whatever the time, never turned valid.
 ///
 /// # Safety
 ///

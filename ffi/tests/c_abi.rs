@@ -163,6 +163,9 @@ fn c_example_linked_shared_and_static_answers_online_and_offline() {
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(String::from_utf8_lossy(&out.stderr).contains("misconfigured"));
     }
+    // The vendor sees which SDK asked: the C library's own User-Agent.
+    let agent = licensed.last_user_agent();
+    assert!(agent.starts_with("keysmith-c/"), "{agent}");
 
     // The same settings from the environment instead of argv.
     let out = Command::new(&shared)

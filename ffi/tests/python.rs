@@ -91,6 +91,8 @@ fn python_example_answers_online_and_offline() {
     }
     let out = run(&url, &licensed.valid_key);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Expires: 2099-01-01"));
+    let agent = licensed.last_user_agent();
+    assert!(agent.starts_with("keysmith-python/"), "{agent}");
 
     licensed.server.kill9();
     let out = run(&url, &licensed.valid_key);

@@ -278,8 +278,9 @@ class Client:
             if offline_grace is not None:
                 seconds = _seconds(offline_grace, "offline_grace", zero_ok=True)
                 _check(lib.ks_client_options_set_offline_grace_secs(options, int(seconds)))
-            if user_agent is not None:
-                _check(lib.ks_client_options_set_user_agent(options, _text(user_agent, "user_agent")))
+            if user_agent is None:
+                user_agent = f"keysmith-python/{__version__}"
+            _check(lib.ks_client_options_set_user_agent(options, _text(user_agent, "user_agent")))
             if key_prefix is not None:
                 _check(lib.ks_client_options_set_key_prefix(options, _text(key_prefix, "key_prefix")))
             handle = ctypes.c_void_p()

@@ -45,6 +45,22 @@ impl Licensed {
         }
     }
 
+    /// The `User-Agent` the server recorded for the valid key's latest
+    /// validation: which SDK asked.
+    pub fn last_user_agent(&self) -> String {
+        let (_, found) =
+            self.server
+                .admin("GET", &format!("/licenses?key={}", self.valid_key), None);
+        let id = found["data"][0]["id"].as_str().expect("the valid license");
+        let (_, usage) = self
+            .server
+            .admin("GET", &format!("/licenses/{id}/usage?limit=1"), None);
+        usage["data"][0]["user_agent"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// `key` with its last symbol changed: a typo the key check catches.
     pub fn typo(&self) -> String {
         let mut typo = self.valid_key.clone();
