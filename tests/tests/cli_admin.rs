@@ -103,6 +103,17 @@ fn a_license_is_found_by_key_id_or_email_and_shown_with_its_usage() {
         text.contains(other["id"].as_str().unwrap()) && !text.contains(&l.id),
         "{text}"
     );
+    // Plans of different lengths: the e-mails still line up.
+    l.server.plan("enterprise-annual", json!({"features": []}));
+    l.server.license(
+        "enterprise-annual",
+        json!({"customer_email": "ops@example.org"}),
+    );
+    let out = license_cli(url, &["list", "--email", "ops@example.org"]);
+    let text = stdout(&out);
+    let columns: Vec<Option<usize>> = text.lines().map(|line| line.find("ops@")).collect();
+    assert_eq!(columns.len(), 2, "{text}");
+    assert_eq!(columns[0], columns[1], "{text}");
     let out = license_cli(url, &["list", "--email", "nobody@example.net"]);
     assert_eq!((code_of(&out), stdout(&out).as_str()), (0, ""));
     assert!(

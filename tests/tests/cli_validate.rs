@@ -226,7 +226,10 @@ fn a_wrong_public_key_or_bad_usage_is_2() {
     assert_eq!(code_of(&bad_domain), 2);
     // Bad usage, said as such: the server was never asked.
     let said = stderr(&bad_domain);
-    assert!(said.contains("host name") && !said.contains("no answer"), "{said}");
+    assert!(
+        said.contains("host name") && !said.contains("no answer"),
+        "{said}"
+    );
     assert_eq!(code_of(&cli(&["nonsense"])), 2);
     assert_eq!(code_of(&cli(&[])), 2);
     let help = cli(&["validate", "--help"]);

@@ -377,10 +377,17 @@ fn show_list(v: &Value, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Re
     if licenses.is_empty() {
         writeln!(err, "no license matches")?;
     }
+    // The plan column as wide as the page's longest plan name, so that the
+    // e-mails line up.
+    let plan_width = licenses
+        .iter()
+        .map(|l| text(l, "plan").chars().count())
+        .max()
+        .unwrap_or(0);
     for l in licenses {
         writeln!(
             out,
-            "{}  {:<9}  {}  {}  {}",
+            "{}  {:<9}  {}  {:<plan_width$}  {}",
             text(l, "id"),
             text(l, "status"),
             text(l, "key"),
