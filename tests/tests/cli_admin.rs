@@ -378,6 +378,26 @@ fn a_missing_or_wrong_token_and_an_unknown_license_are_clear_errors() {
         "{}",
         stderr(&out)
     );
+    // With --json a script gets the failure as JSON too, the server's code
+    // apart; none for a failure of its own (here, bad usage).
+    let out = license_cli(url, &["suspend", "lic_NOSUCHTHING", "--json"]);
+    assert_eq!(code_of(&out), 1);
+    let failure: Value = serde_json::from_str(stderr(&out).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert_eq!(failure["error"]["code"], "LICENSE_NOT_FOUND", "{failure}");
+    assert!(failure["error"]["message"].is_string(), "{failure}");
+    let out = license_cli(url, &["revoke", "lic_NOSUCHTHING", "--json"]);
+    assert_eq!(code_of(&out), 2);
+    let failure: Value = serde_json::from_str(stderr(&out).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert!(failure["error"]["code"].is_null(), "{failure}");
+    assert!(
+        failure["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--yes"),
+        "{failure}"
+    );
 
     // A mistyped key is caught locally (2), and no server is no answer (2).
     let mut typo = l.key.clone();

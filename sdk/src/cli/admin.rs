@@ -60,7 +60,16 @@ pub(super) fn run(
             EXIT_VALID
         }
         Err(f) => {
-            let _ = writeln!(err, "keysmith: {}", f.message);
+            let _ = if target.json {
+                // For scripts: the server's code apart (null for a failure
+                // found before or without an answer).
+                let failure = serde_json::json!({
+                    "error": {"code": f.server_code, "message": f.message}
+                });
+                writeln!(err, "{failure}")
+            } else {
+                writeln!(err, "keysmith: {}", f.message)
+            };
             f.code
         }
     }
@@ -74,6 +83,8 @@ pub(super) struct Failure {
     message: String,
     /// The server answered 404.
     not_found: bool,
+    /// The server's error code (`LICENSE_NOT_FOUND`, …), when it refused.
+    server_code: Option<String>,
 }
 
 impl Failure {
@@ -82,6 +93,7 @@ impl Failure {
             code: EXIT_NO_ANSWER,
             message: message.into(),
             not_found: false,
+            server_code: None,
         }
     }
 
@@ -90,6 +102,7 @@ impl Failure {
             code: EXIT_INVALID,
             message: message.into(),
             not_found: false,
+            server_code: None,
         }
     }
 
@@ -182,20 +195,32 @@ impl Api {
                     ))
                 });
             }
-            let detail = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| format!("{}: {}", b.error.code, b.error.message))
-                .unwrap_or_else(|_| format!("HTTP {status}"));
+            let error = serde_json::from_str::<ErrorBody>(&text)
+                .ok()
+                .map(|b| b.error);
+            let detail = error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            let server_code = error.map(|e| e.code);
             if status == reqwest::StatusCode::UNAUTHORIZED {
-                Err(Failure::refused(format!(
-                    "the server refused the admin token ({detail}); check {TOKEN_ENV}"
-                )))
+                Err(Failure {
+                    server_code,
+                    ..Failure::refused(format!(
+                        "the server refused the admin token ({detail}); check {TOKEN_ENV}"
+                    ))
+                })
             } else if status.is_client_error() {
                 Err(Failure {
                     not_found: status == reqwest::StatusCode::NOT_FOUND,
+                    server_code,
                     ..Failure::refused(detail)
                 })
             } else {
-                Err(Failure::no_answer(format!("{base} failed: {detail}")))
+                Err(Failure {
+                    server_code,
+                    ..Failure::no_answer(format!("{base} failed: {detail}"))
+                })
             }
         })
     }
