@@ -1212,6 +1212,7 @@ async fn webhooks_are_created_listed_updated_and_deleted(f: &Fixture) {
                 url: Some("https://example.org/h".into()),
                 events: Some(vec![EventType::Expired]),
                 enabled: None,
+                secret: None,
             },
         )
         .await

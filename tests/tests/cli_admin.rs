@@ -562,6 +562,15 @@ fn a_webhook_is_added_its_failed_delivery_seen_and_the_event_sent_again() {
     let out = webhook_cli(url, &["list"]);
     let text = stdout(&out);
     assert!(text.contains(&id) && !text.contains("whsec_"), "{text}");
+    // A leaked secret is replaced; the new one is shown this once.
+    let out = webhook_cli(url, &["rotate-secret", &id]);
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("secret:   whsec_"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("not shown again"), "{}", stderr(&out));
 
     // A suspension fires the event; the receiver refuses it until the
     // server gives up, and `deliveries` shows each attempt and the outcome.

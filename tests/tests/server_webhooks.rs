@@ -20,6 +20,7 @@ keysmith_tests::on_both_backends!(
     only_events_an_endpoint_subscribes_to_are_kept,
     settled_events_past_the_retention_are_deleted,
     a_refused_connection_is_listed_with_its_cause_and_logged_with_the_endpoint,
+    a_rotated_secret_is_shown_once_and_signs_what_follows,
 );
 
 /// A server whose retries come fast: first retry after 100–200 ms.
@@ -617,4 +618,37 @@ fn a_refused_connection_is_listed_with_its_cause_and_logged_with_the_endpoint(ba
         (409, Some("DELIVERY_PENDING")),
         "{body}"
     );
+}
+
+/// A leaked secret is replaced without losing the endpoint's history:
+/// `rotate_secret` shows the new one once, and what goes out next is
+/// signed with it, not the old one.
+fn a_rotated_secret_is_shown_once_and_signs_what_follows(backend: Backend) {
+    let receiver = Receiver::start();
+    let server = fast_retry_server(backend, &[]);
+    let hook = register(&server, &receiver.url, &["license.created"]);
+    let id = hook["id"].as_str().unwrap();
+    let old = hook["secret"].as_str().unwrap().to_owned();
+    let path = format!("/webhooks/{id}");
+    let (status, rotated) = server.admin("PUT", &path, Some(json!({"rotate_secret": true})));
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"]
+        .as_str()
+        .expect("the new secret, once")
+        .to_owned();
+    assert!(new.starts_with("whsec_") && new != old, "{rotated}");
+    assert_eq!(rotated["url"], hook["url"], "nothing else changed");
+    assert!(server.admin("GET", &path, None).1.get("secret").is_none());
+    // Not rotated unless asked: no secret in an ordinary update's answer.
+    let (_, updated) = server.admin("PUT", &path, Some(json!({"rotate_secret": false})));
+    assert!(updated.get("secret").is_none(), "{updated}");
+
+    server.plan("p", json!({"features": []}));
+    server.license("p", json!({}));
+    receiver.wait_until(Duration::from_secs(20), "the event", |r| !r.is_empty());
+    let got = receiver.received();
+    verify(&new, &got[0]);
+    let header = got[0].headers["keysmith-signature"].clone();
+    let now = chrono::Utc::now().timestamp();
+    assert!(!docs_verify(&old, &header, got[0].body.as_bytes(), now));
 }

@@ -68,6 +68,12 @@ pub(super) enum WebhookCommand {
         /// The endpoint's id (wh_…).
         webhook: String,
     },
+    /// Replace an endpoint's signing secret (e.g. after a leak); prints the
+    /// new one, shown only this once. Deliveries from now on are signed with it.
+    RotateSecret {
+        /// The endpoint's id (wh_…).
+        webhook: String,
+    },
     /// Delete an endpoint and its delivery history (it cannot be undone).
     Delete {
         /// The endpoint's id (wh_…).
@@ -125,6 +131,13 @@ pub(super) fn execute(api: &Api, command: WebhookCommand) -> Result<(Value, Show
         }
         WebhookCommand::Disable { webhook } => (enable(&webhook, false)?, show_webhook),
         WebhookCommand::Enable { webhook } => (enable(&webhook, true)?, show_webhook),
+        WebhookCommand::RotateSecret { webhook } => {
+            let body = json!({ "rotate_secret": true });
+            (
+                api.send(Method::PUT, api.url(&["webhooks", &webhook]), Some(body))?,
+                show_webhook,
+            )
+        }
         WebhookCommand::Delete { webhook, yes } => {
             if !yes {
                 return Err(Failure::no_answer(

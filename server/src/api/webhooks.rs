@@ -24,6 +24,9 @@ pub struct UpdateBody {
     url: Option<String>,
     events: Option<Vec<String>>,
     enabled: Option<bool>,
+    /// A new signing secret, shown in this answer only (a leaked one is
+    /// replaced without losing the endpoint's history).
+    rotate_secret: Option<bool>,
 }
 
 fn check_url(url: &str) -> Result<String, ApiError> {
@@ -112,12 +115,16 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateBody>,
 ) -> Result<Json<Webhook>, ApiError> {
+    let secret = (body.rotate_secret == Some(true)).then(crate::ids::webhook_secret);
     let patch = WebhookPatch {
         url: body.url.as_deref().map(check_url).transpose()?,
         events: body.events.as_deref().map(check_events).transpose()?,
         enabled: body.enabled,
+        secret: secret.clone(),
     };
-    Ok(Json(state.store.update_webhook(id, patch).await?))
+    let mut webhook = state.store.update_webhook(id, patch).await?;
+    webhook.secret = secret;
+    Ok(Json(webhook))
 }
 
 pub async fn delete(

@@ -267,6 +267,8 @@ pub struct WebhookPatch {
     pub url: Option<String>,
     pub events: Option<Vec<EventType>>,
     pub enabled: Option<bool>,
+    /// A new signing secret: deliveries claimed from now on are signed with it.
+    pub secret: Option<String>,
 }
 
 /// One delivery attempt, as `GET /webhooks/:id/deliveries` lists it.

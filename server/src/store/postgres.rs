@@ -1624,12 +1624,16 @@ impl Store for PostgresStore {
         let stmt = client
             .prepare_cached(&format!(
                 "UPDATE webhooks SET url = coalesce($2, url), events = coalesce($3, events), \
-                 enabled = coalesce($4, enabled) WHERE id = $1 RETURNING {WEBHOOK_COLUMNS}"
+                 enabled = coalesce($4, enabled), secret = coalesce($5, secret) \
+                 WHERE id = $1 RETURNING {WEBHOOK_COLUMNS}"
             ))
             .await?;
         let events = patch.events.as_deref().map(|e| Json(event_names(e)));
         match client
-            .query_opt(&stmt, &[&id, &patch.url, &events, &patch.enabled])
+            .query_opt(
+                &stmt,
+                &[&id, &patch.url, &events, &patch.enabled, &patch.secret],
+            )
             .await?
         {
             Some(row) => webhook_from_row(&row).map(|(_, w)| w),

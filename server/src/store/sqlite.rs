@@ -1409,6 +1409,10 @@ impl Store for SqliteStore {
                 conn.prepare_cached("UPDATE webhooks SET enabled = ?2 WHERE seq = ?1")?
                     .execute(params![seq, enabled])?;
             }
+            if let Some(secret) = &patch.secret {
+                conn.prepare_cached("UPDATE webhooks SET secret = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, secret])?;
+            }
             load_webhook(conn, &id).map(|(_, w)| w)
         })
         .await
