@@ -14,7 +14,6 @@
 //! journal, which belong to the old database and must not be applied to
 //! the copy) are moved aside into a folder of their own, not deleted.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -80,7 +79,7 @@ pub fn backup(db: &Path, to: &Path) -> anyhow::Result<Backup> {
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, to)
         .with_context(|| format!("renaming {} to {}", partial.display(), to.display()))?;
-    sync_dir_of(to)?;
+    crate::files::sync_parent(to)?;
     Ok(Backup {
         bytes: std::fs::metadata(to)?.len(),
         licenses,
@@ -158,7 +157,7 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
     };
     std::fs::rename(&incoming, db)
         .with_context(|| format!("renaming {} to {}", incoming.display(), db.display()))?;
-    sync_dir_of(db)?;
+    crate::files::sync_parent(db)?;
     Ok(Restored {
         licenses,
         moved_aside,
@@ -195,13 +194,6 @@ fn checked(copy: &Path) -> anyhow::Result<u64> {
     Ok(licenses as u64)
 }
 
-fn sync_dir_of(file: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Runs `copy` while a progress bar on a terminal shows how far `growing`
 /// has come towards `expected` bytes.
 fn with_progress<R>(growing: &Path, expected: u64, copy: impl FnOnce() -> R) -> R {
@@ -232,14 +224,7 @@ fn with_progress<R>(growing: &Path, expected: u64, copy: impl FnOnce() -> R) -> 
 
 /// An empty file only its owner can read.
 fn create_private(path: &Path) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.flush()?;
+    crate::files::create_private(path).with_context(|| format!("creating {}", path.display()))?;
     Ok(())
 }
 

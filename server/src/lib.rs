@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod expiry;
+pub mod files;
 pub mod http;
 pub mod ids;
 pub mod license;

@@ -92,6 +92,12 @@ pub fn create_new(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// `files::sync_parent`, with the directory named in its error.
+fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    crate::files::sync_parent(path)
+        .with_context(|| format!("syncing the directory of {}", path.display()))
+}
+
 /// The public key as `GET /api/v1/public-key` shows it.
 pub fn public_key_json(key: &VerifyingKey) -> serde_json::Value {
     serde_json::json!({
@@ -100,16 +106,6 @@ pub fn public_key_json(key: &VerifyingKey) -> serde_json::Value {
         "key_id": token::key_id(key),
         "public_key": token::public_key_base64(key),
     })
-}
-
-/// Makes a new name in `path`'s directory survive a power cut.
-fn sync_parent(path: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// Writes a new key to a temporary file beside `path` and links it into
@@ -166,32 +162,19 @@ fn create_linking(
 
 /// Creates `path` (0600) holding `seed`, fsynced.
 fn write_new(path: &Path, seed: &[u8; 32]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
+    let mut file = crate::files::create_private(path)?;
     file.write_all(format!("{}\n", STANDARD.encode(seed)).as_bytes())?;
     file.sync_all()
 }
 
-#[cfg(unix)]
 fn check_permissions(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
+    if let Some(mode) = crate::files::open_to_others(path)? {
         bail!(
-            "signing key {} is readable by other users (mode {:o}); run `chmod 600 {}`",
+            "signing key {} is readable by other users (mode {mode:o}); run `chmod 600 {}`",
             path.display(),
-            mode & 0o777,
             path.display()
         );
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 

@@ -708,23 +708,14 @@ fn kept_seat(kept: &[String], kind: &str, value: &str, max: Option<u32>) -> Seat
 /// and SQLite gives its log and shared-memory files the database's mode.
 /// An existing file readable by others is left as it is, with a warning.
 fn create_private_if_missing(path: &Path) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
+    match crate::files::create_private(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        "{} is readable by other users (mode {mode:o}): it holds every license key; run `chmod 600` on it and its -wal, -shm and -usage files",
-                        path.display()
-                    );
-                }
+            if let Some(mode) = crate::files::open_to_others(path)? {
+                tracing::warn!(
+                    "{} is readable by other users (mode {mode:o}): it holds every license key; run `chmod 600` on it and its -wal, -shm and -usage files",
+                    path.display()
+                );
             }
             Ok(())
         }
