@@ -23,7 +23,7 @@ use keysmith_core::wire::Plan;
 use keysmith_core::{Code, LicenseKey, Status};
 use keysmith_server::license::{decide, Seats};
 use keysmith_server::store::sqlite::{SqliteStore, READER_CACHE_KIB, VALIDATION_LOOKUP};
-use keysmith_server::store::{NewLicense, Store, ValidationInput};
+use keysmith_server::store::{NewLicense, Precondition, Store, ValidationInput};
 use rand::Rng;
 use tokio::runtime::Runtime;
 
@@ -89,14 +89,17 @@ fn fixture(runtime: &Runtime) -> Fixture {
 /// in flight so that the writer commits them in batches.
 async fn generate(store: Arc<SqliteStore>, count: usize) -> Vec<String> {
     store
-        .put_plan(Plan {
-            name: "bench".into(),
-            features: vec!["sso".into(), "audit-log".into()],
-            max_domains: Some(5),
-            max_machines: None,
-            duration_days: None,
-            offline_grace_days: 7,
-        })
+        .put_plan(
+            Plan {
+                name: "bench".into(),
+                features: vec!["sso".into(), "audit-log".into()],
+                max_domains: Some(5),
+                max_machines: None,
+                duration_days: None,
+                offline_grace_days: 7,
+            },
+            Precondition::None,
+        )
         .await
         .expect("creating the plan");
     let mut keys = Vec::with_capacity(count);

@@ -19,8 +19,9 @@ use chrono::{DateTime, Duration, Utc};
 use keysmith_core::wire::Plan;
 use keysmith_core::{Code, Status};
 use keysmith_server::store::{
-    AttemptResult, DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePatch, NewLicense,
-    NewWebhook, PageRequest, Store, StoreError, ValidationInput, WebhookPatch,
+    license_tag, plan_tag, AttemptResult, DeliveryJob, DeliveryNext, EventType, LicenseFilter,
+    LicensePatch, NewLicense, NewWebhook, PageRequest, Precondition, Store, StoreError,
+    ValidationInput, WebhookPatch,
 };
 use serde_json::json;
 
@@ -167,6 +168,7 @@ conformance!(
     licenses_take_plan_defaults_or_explicit_values,
     lists_filter_and_page_through_every_item_once,
     updates_follow_the_status_rules,
+    conditional_writes_apply_only_to_the_version_read,
     revocation_is_final_and_idempotent,
     seats_are_taken_held_limited_and_freed,
     validation_codes_counters_and_usage_totals,
@@ -246,12 +248,13 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
         StoreError::NotFound { code, .. } => format!("NotFound:{code}"),
         StoreError::Conflict { code, .. } => format!("Conflict:{code}"),
         StoreError::Invalid { code, .. } => format!("Invalid:{code}"),
+        StoreError::PreconditionFailed(_) => "PreconditionFailed".to_owned(),
         StoreError::Storage(cause) => panic!("storage failure: {cause}"),
     }
 }
 
 async fn store_with_plan(f: &Fixture, p: Plan) -> Arc<dyn Store> {
-    f.store.put_plan(p).await.unwrap();
+    f.store.put_plan(p, Precondition::None).await.unwrap();
     f.store.clone()
 }
 
@@ -336,7 +339,10 @@ async fn plans_are_created_replaced_listed_and_deleted(f: &Fixture) {
     let s = &f.store;
     let mut pro = plan("pro", Some(3), None);
     pro.duration_days = Some(365);
-    assert!(s.put_plan(pro.clone()).await.unwrap(), "created");
+    assert!(
+        s.put_plan(pro.clone(), Precondition::None).await.unwrap(),
+        "created"
+    );
     assert_eq!(s.get_plan("pro".into()).await.unwrap(), pro);
     let replaced = Plan {
         features: vec!["sso".into()],
@@ -345,11 +351,15 @@ async fn plans_are_created_replaced_listed_and_deleted(f: &Fixture) {
         ..pro.clone()
     };
     assert!(
-        !s.put_plan(replaced.clone()).await.unwrap(),
+        !s.put_plan(replaced.clone(), Precondition::None)
+            .await
+            .unwrap(),
         "replaced, not created"
     );
     assert_eq!(s.get_plan("pro".into()).await.unwrap(), replaced);
-    s.put_plan(plan("basic", None, Some(1))).await.unwrap();
+    s.put_plan(plan("basic", None, Some(1)), Precondition::None)
+        .await
+        .unwrap();
     let names: Vec<String> = s
         .list_plans()
         .await
@@ -431,7 +441,9 @@ async fn licenses_take_plan_defaults_or_explicit_values(f: &Fixture) {
 
 async fn lists_filter_and_page_through_every_item_once(f: &Fixture) {
     let s = store_with_plan(f, plan("a", None, None)).await;
-    s.put_plan(plan("b", None, None)).await.unwrap();
+    s.put_plan(plan("b", None, None), Precondition::None)
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for i in 0..23 {
         let new = NewLicense {
@@ -522,9 +534,119 @@ async fn lists_filter_and_page_through_every_item_once(f: &Fixture) {
     );
 }
 
+async fn conditional_writes_apply_only_to_the_version_read(f: &Fixture) {
+    let s = store_with_plan(f, plan("pro", Some(2), None)).await;
+    let tag = |t: &str| Precondition::TagIn(vec![t.to_owned()]);
+
+    // Plans: create only when absent, replace only the version read.
+    let team = plan("team", None, None);
+    assert!(s
+        .put_plan(team.clone(), Precondition::Absent)
+        .await
+        .unwrap());
+    assert_eq!(
+        refusal(s.put_plan(team.clone(), Precondition::Absent).await),
+        "PreconditionFailed"
+    );
+    let read = plan_tag(&s.get_plan("team".into()).await.unwrap());
+    let first = Plan {
+        max_domains: Some(5),
+        ..team.clone()
+    };
+    assert!(!s.put_plan(first.clone(), tag(&read)).await.unwrap());
+    let second = Plan {
+        features: vec![],
+        ..team.clone()
+    };
+    assert_eq!(
+        refusal(s.put_plan(second, tag(&read)).await),
+        "PreconditionFailed",
+        "a second editor who read the same version"
+    );
+    assert_eq!(s.get_plan("team".into()).await.unwrap(), first);
+    assert_eq!(
+        refusal(
+            s.put_plan(plan("nope", None, None), Precondition::Exists)
+                .await
+        ),
+        "PreconditionFailed"
+    );
+    assert!(s
+        .list_plans()
+        .await
+        .unwrap()
+        .iter()
+        .all(|p| p.name != "nope"));
+
+    // Licenses: the tag follows what a PUT can change, not validations.
+    let l = s.create_license(new_license("pro"), t(0)).await.unwrap();
+    let read = license_tag(&l);
+    let outcome = s
+        .validate(check(&l.key, Some("a.example"), None, t(1)))
+        .await
+        .unwrap();
+    assert_eq!(outcome.code, Code::Valid);
+    let validated = s.get_license(l.id.clone()).await.unwrap();
+    assert_eq!(validated.domains, ["a.example"]);
+    assert_eq!(license_tag(&validated), read, "a validation keeps the tag");
+    let meta = |v: i64| Some(json!({ "v": v }).as_object().unwrap().clone());
+    let edit = |v, precondition| LicensePatch {
+        metadata: meta(v),
+        precondition,
+        ..Default::default()
+    };
+    let changed = s
+        .update_license(l.id.clone(), edit(1, tag(&read)), t(2))
+        .await
+        .unwrap();
+    assert_ne!(license_tag(&changed), read);
+    assert_eq!(
+        refusal(
+            s.update_license(l.id.clone(), edit(2, tag(&read)), t(3))
+                .await
+        ),
+        "PreconditionFailed"
+    );
+    assert_eq!(
+        s.get_license(l.id.clone()).await.unwrap().metadata,
+        meta(1).unwrap(),
+        "the refused write changed nothing"
+    );
+    let any = Precondition::TagIn(vec!["0".repeat(24), license_tag(&changed)]);
+    s.update_license(l.id.clone(), edit(3, any), t(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(
+            s.update_license("lic_NOPE".into(), edit(4, Precondition::Exists), t(5))
+                .await
+        ),
+        "NotFound:LICENSE_NOT_FOUND",
+        "a missing license is a 404 whatever the condition"
+    );
+
+    // Two editors at once from the same read (in two stores on PostgreSQL):
+    // exactly one write lands.
+    let read = license_tag(&s.get_license(l.id.clone()).await.unwrap());
+    let peer = f.peer().await;
+    let (a, b) = tokio::join!(
+        s.update_license(l.id.clone(), edit(10, tag(&read)), t(6)),
+        peer.update_license(l.id.clone(), edit(20, tag(&read)), t(6)),
+    );
+    assert_eq!(
+        [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{a:?} {b:?}"
+    );
+    let left = s.get_license(l.id.clone()).await.unwrap().metadata;
+    assert_eq!(left, if a.is_ok() { meta(10) } else { meta(20) }.unwrap());
+}
+
 async fn updates_follow_the_status_rules(f: &Fixture) {
     let s = store_with_plan(f, plan("pro", Some(2), None)).await;
-    s.put_plan(plan("team", None, None)).await.unwrap();
+    s.put_plan(plan("team", None, None), Precondition::None)
+        .await
+        .unwrap();
     let mut new = new_license("pro");
     new.metadata = json!({"k": 1}).as_object().unwrap().clone();
     let l = s.create_license(new, t(0)).await.unwrap();
@@ -792,7 +914,7 @@ async fn validation_codes_counters_and_usage_totals(f: &Fixture) {
     let s = store_with_plan(f, plan("p", Some(1), None)).await;
     let mut grace = plan("grace", None, None);
     grace.offline_grace_days = 3;
-    s.put_plan(grace).await.unwrap();
+    s.put_plan(grace, Precondition::None).await.unwrap();
 
     let unknown = keysmith_core::LicenseKey::generate("KS").unwrap();
     let answer = s

@@ -513,6 +513,40 @@ impl TestServer {
         )
     }
 
+    /// A management request with extra headers; returns status, the
+    /// answer's `ETag` and its JSON body.
+    pub fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (u16, Option<String>, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().expect("request");
+        let status = resp.status().as_u16();
+        let tag = resp
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().expect("ASCII ETag").to_owned());
+        let text = resp.text().expect("body");
+        (
+            status,
+            tag,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    }
+
     /// Creates (or replaces) a plan; panics unless 200/201.
     pub fn plan(&self, name: &str, body: Value) -> Value {
         let (status, plan) = self.admin("PUT", &format!("/plans/{name}"), Some(body));

@@ -247,6 +247,48 @@ fn a_script_issues_a_license_and_support_raises_its_limit_and_extends_it() {
 }
 
 #[test]
+fn editors_at_the_same_moment_lose_no_change() {
+    // Each `update` reads the record, changes it and writes it back: without
+    // a condition on the write, one editor's write replaces what another
+    // wrote in between.
+    const EDITORS: usize = 8;
+    let l = Licensed::start();
+    let url = l.server.url.as_str();
+    let key = l.key.as_str();
+    let outputs: Vec<(Output, Output)> = std::thread::scope(|s| {
+        let editors: Vec<_> = (0..EDITORS)
+            .map(|i| {
+                s.spawn(move || {
+                    let pair = format!("k{i}={i}");
+                    let feature = format!("f{i}");
+                    (
+                        license_cli(url, &["update", key, "--metadata", &pair]),
+                        plan_cli(url, &["update", "pro", "--add-feature", &feature]),
+                    )
+                })
+            })
+            .collect();
+        editors.into_iter().map(|e| e.join().unwrap()).collect()
+    });
+    for (license, plan) in &outputs {
+        assert_eq!(code_of(license), 0, "{}", stderr(license));
+        assert_eq!(code_of(plan), 0, "{}", stderr(plan));
+    }
+    let (_, license) = l.server.admin("GET", &format!("/licenses/{}", l.id), None);
+    let metadata = license["metadata"].as_object().unwrap();
+    let (_, plan) = l.server.admin("GET", "/plans/pro", None);
+    let features = plan["features"].as_array().unwrap();
+    for i in 0..EDITORS {
+        assert_eq!(
+            metadata.get(&format!("k{i}")),
+            Some(&json!(i.to_string())),
+            "{license}"
+        );
+        assert!(features.contains(&json!(format!("f{i}"))), "{plan}");
+    }
+}
+
+#[test]
 fn suspend_reinstate_and_revoke_change_what_the_app_is_told() {
     let l = Licensed::start();
     let url = &l.server.url;

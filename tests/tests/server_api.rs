@@ -11,6 +11,7 @@ keysmith_tests::on_both_backends!(
     licenses_take_plan_defaults_and_explicit_values,
     bad_license_input_is_refused_and_changes_nothing,
     updates_change_only_what_is_sent_and_status_moves_by_the_rules,
+    conditional_updates_refuse_a_version_changed_since_it_was_read,
     lists_filter_and_page_through_every_item_once,
     usage_history_is_newest_first_paginated_with_totals,
     seats_are_freed_by_admins_and_by_apps,
@@ -359,6 +360,150 @@ fn bad_license_input_is_refused_and_changes_nothing(backend: Backend) {
         &server.request("PATCH", "/api/v1/licenses", Some(ADMIN_TOKEN), None),
         405,
         "METHOD_NOT_ALLOWED",
+    );
+}
+
+fn conditional_updates_refuse_a_version_changed_since_it_was_read(backend: Backend) {
+    let server = TestServer::start_on(backend);
+    server.plan("pro", json!({"features": ["a"]}));
+    let license = server.license("pro", json!({"metadata": {"k": 1}}));
+    let path = format!("/licenses/{}", id(&license));
+
+    // Every answer that holds a license carries its tag.
+    let (status, read, _) = server.admin_with("GET", &path, &[], None);
+    assert_eq!(status, 200);
+    let read = read.expect("a license's ETag");
+    assert!(read.starts_with('"') && read.ends_with('"'), "{read}");
+    let (_, created_tag, _) = server.admin_with(
+        "POST",
+        "/licenses",
+        &[],
+        Some(json!({"plan": "pro", "customer_email": "a@example.com"})),
+    );
+    assert!(created_tag.is_some(), "create answers with the tag too");
+
+    // A validation that takes a seat does not change it.
+    let (_, answer) = server.validate(json!({"key": license["key"], "domain": "a.example"}));
+    assert_eq!(answer["code"], "VALID", "{answer}");
+    assert_eq!(
+        server.admin_with("GET", &path, &[], None).1,
+        Some(read.clone())
+    );
+
+    // The first editor's write lands, the second's (same read) is refused
+    // and changes nothing.
+    let (status, after_first, first) = server.admin_with(
+        "PUT",
+        &path,
+        &[("If-Match", &read)],
+        Some(json!({"metadata": {"k": 1, "a": true}})),
+    );
+    assert_eq!(status, 200, "{first}");
+    assert_ne!(after_first.as_deref(), Some(read.as_str()));
+    let (status, _, refused) = server.admin_with(
+        "PUT",
+        &path,
+        &[("If-Match", &read)],
+        Some(json!({"metadata": {"k": 1, "b": true}})),
+    );
+    assert_error(&(status, refused), 412, "PRECONDITION_FAILED");
+    assert_eq!(
+        server.admin("GET", &path, None).1["metadata"],
+        json!({"k": 1, "a": true})
+    );
+    // A list of tags, one of them current; `*`; a weak tag never matches.
+    let list = format!("\"000000000000000000000000\", {}", after_first.unwrap());
+    let (status, _, _) = server.admin_with(
+        "PUT",
+        &path,
+        &[("If-Match", &list)],
+        Some(json!({"customer_email": "b@example.com"})),
+    );
+    assert_eq!(status, 200);
+    let (status, _, _) = server.admin_with(
+        "PUT",
+        &path,
+        &[("If-Match", "*")],
+        Some(json!({"customer_email": "c@example.com"})),
+    );
+    assert_eq!(status, 200);
+    let (_, now, _) = server.admin_with("GET", &path, &[], None);
+    let weak = format!("W/{}", now.unwrap());
+    let answer = server.admin_with(
+        "PUT",
+        &path,
+        &[("If-Match", &weak)],
+        Some(json!({"customer_email": "d@example.com"})),
+    );
+    assert_error(&(answer.0, answer.2), 412, "PRECONDITION_FAILED");
+    // A malformed condition is a 400, whatever the license.
+    for (name, value) in [
+        ("If-Match", "abc"),
+        ("If-Match", "\"a\"b\""),
+        ("If-None-Match", "\"x\""),
+    ] {
+        let answer = server.admin_with(
+            "PUT",
+            &path,
+            &[(name, value)],
+            Some(json!({"customer_email": "e@example.com"})),
+        );
+        assert_error(&(answer.0, answer.2), 400, "BAD_REQUEST");
+    }
+    assert_eq!(
+        server.admin("GET", &path, None).1["customer_email"],
+        "c@example.com"
+    );
+
+    // Plans: `If-None-Match: *` creates only; `If-Match` replaces only the
+    // version read.
+    let create = |name: &str| {
+        server.admin_with(
+            "PUT",
+            &format!("/plans/{name}"),
+            &[("If-None-Match", "*")],
+            Some(json!({"features": ["x"]})),
+        )
+    };
+    let (status, plan_tag, _) = create("team");
+    assert_eq!(status, 201);
+    let answer = create("team");
+    assert_error(&(answer.0, answer.2), 412, "PRECONDITION_FAILED");
+    let (_, read, plan) = server.admin_with("GET", "/plans/team", &[], None);
+    assert_eq!(
+        (read.clone(), plan["features"].clone()),
+        (plan_tag, json!(["x"]))
+    );
+    let read = read.unwrap();
+    let (status, _, _) = server.admin_with(
+        "PUT",
+        "/plans/team",
+        &[("If-Match", &read)],
+        Some(json!({"features": ["x", "y"]})),
+    );
+    assert_eq!(status, 200);
+    let answer = server.admin_with(
+        "PUT",
+        "/plans/team",
+        &[("If-Match", &read)],
+        Some(json!({"features": []})),
+    );
+    assert_error(&(answer.0, answer.2), 412, "PRECONDITION_FAILED");
+    assert_eq!(
+        server.admin("GET", "/plans/team", None).1["features"],
+        json!(["x", "y"])
+    );
+    let answer = server.admin_with(
+        "PUT",
+        "/plans/absent",
+        &[("If-Match", "*")],
+        Some(json!({"features": []})),
+    );
+    assert_error(&(answer.0, answer.2), 412, "PRECONDITION_FAILED");
+    assert_error(
+        &server.admin("GET", "/plans/absent", None),
+        404,
+        "PLAN_NOT_FOUND",
     );
 }
 

@@ -81,8 +81,6 @@ pub(super) fn run(
 pub(super) struct Failure {
     code: u8,
     message: String,
-    /// The server answered 404.
-    not_found: bool,
     /// The server's error code (`LICENSE_NOT_FOUND`, …), when it refused.
     server_code: Option<String>,
 }
@@ -92,7 +90,6 @@ impl Failure {
         Failure {
             code: EXIT_NO_ANSWER,
             message: message.into(),
-            not_found: false,
             server_code: None,
         }
     }
@@ -101,16 +98,30 @@ impl Failure {
         Failure {
             code: EXIT_INVALID,
             message: message.into(),
-            not_found: false,
             server_code: None,
         }
     }
 
-    /// Whether the server said there is no such thing.
-    pub(super) fn is_not_found(&self) -> bool {
-        self.not_found
+    /// Whether the server refused a conditional write: the record changed
+    /// since it was read, or its existence is not what the request said.
+    pub(super) fn is_precondition_failed(&self) -> bool {
+        self.server_code.as_deref() == Some("PRECONDITION_FAILED")
     }
 }
+
+/// What a write asks of the record it changes.
+#[derive(Clone, Copy)]
+pub(super) enum Condition<'a> {
+    None,
+    /// `If-Match`: still the version with this `ETag`.
+    Matches(&'a str),
+    /// `If-None-Match: *`: no such record yet.
+    Absent,
+}
+
+/// How often a read-modify-write tries before giving up on a record others
+/// keep changing.
+const ATTEMPTS: usize = 10;
 
 /// The management API of one server, with the admin token.
 pub(super) struct Api {
@@ -170,7 +181,52 @@ impl Api {
         url: Url,
         body: Option<Value>,
     ) -> Result<Value, Failure> {
+        self.send_if(method, url, body, Condition::None)
+            .map(|(answer, _)| answer)
+    }
+
+    /// Reads the record at `url`, changes it with `change` into the body of
+    /// a `PUT` and sends that only if no one wrote the record in between
+    /// (`If-Match` with the `ETag` read); after such a write, reads again.
+    pub(super) fn update(
+        &self,
+        url: Url,
+        change: impl Fn(Value) -> Value,
+    ) -> Result<Value, Failure> {
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // Apart from the others who lost the same race.
+                let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 10..=40) * attempt as u64;
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            let (current, tag) = self.send_if(Method::GET, url.clone(), None, Condition::None)?;
+            let condition = tag.as_deref().map_or(Condition::None, Condition::Matches);
+            match self.send_if(Method::PUT, url.clone(), Some(change(current)), condition) {
+                Err(f) if f.is_precondition_failed() => continue,
+                written => return written.map(|(answer, _)| answer),
+            }
+        }
+        Err(Failure::refused(format!(
+            "others changed it {ATTEMPTS} times while this change was being made; \
+             nothing was changed, try again"
+        )))
+    }
+
+    /// Sends the request under `condition`; the answer's JSON on 2xx and
+    /// its `ETag`, else why not.
+    pub(super) fn send_if(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Value>,
+        condition: Condition,
+    ) -> Result<(Value, Option<String>), Failure> {
         let mut request = self.http.request(method, url).bearer_auth(&self.token);
+        request = match condition {
+            Condition::None => request,
+            Condition::Matches(tag) => request.header(reqwest::header::IF_MATCH, tag),
+            Condition::Absent => request.header(reqwest::header::IF_NONE_MATCH, "*"),
+        };
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -181,19 +237,26 @@ impl Api {
                 .await
                 .map_err(|e| Failure::no_answer(format!("no answer from {base}: {}", cause(&e))))?;
             let status = response.status();
+            let tag = response
+                .headers()
+                .get(reqwest::header::ETAG)
+                .and_then(|t| t.to_str().ok())
+                .map(str::to_owned);
             let text = response
                 .text()
                 .await
                 .map_err(|e| Failure::no_answer(format!("no answer from {base}: {}", cause(&e))))?;
             if status.is_success() && text.is_empty() {
-                return Ok(Value::Null); // 204: done, nothing to show
+                return Ok((Value::Null, tag)); // 204: done, nothing to show
             }
             if status.is_success() {
-                return serde_json::from_str(&text).map_err(|_| {
-                    Failure::no_answer(format!(
-                        "{base} answered {status} with something other than JSON"
-                    ))
-                });
+                return serde_json::from_str(&text)
+                    .map(|answer| (answer, tag))
+                    .map_err(|_| {
+                        Failure::no_answer(format!(
+                            "{base} answered {status} with something other than JSON"
+                        ))
+                    });
             }
             let error = serde_json::from_str::<ErrorBody>(&text)
                 .ok()
@@ -212,7 +275,6 @@ impl Api {
                 })
             } else if status.is_client_error() {
                 Err(Failure {
-                    not_found: status == reqwest::StatusCode::NOT_FOUND,
                     server_code,
                     ..Failure::refused(detail)
                 })

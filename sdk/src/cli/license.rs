@@ -278,7 +278,7 @@ pub(super) fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show
             )
         }
         LicenseCommand::Update(args) => {
-            let mut body = args
+            let body = args
                 .fields
                 .body(given([("plan", args.plan), ("customer_email", args.email)]));
             if body.as_object().is_some_and(|b| b.is_empty()) && args.remove_metadata.is_empty() {
@@ -289,19 +289,23 @@ pub(super) fn execute(api: &Api, command: LicenseCommand) -> Result<(Value, Show
             }
             let id = license_id(api, &args.license)?;
             let url = api.url(&["licenses", &id]);
-            // The API replaces metadata whole: merge into what it holds.
-            if body.get("metadata").is_some() || !args.remove_metadata.is_empty() {
-                let current = api.send(Method::GET, url.clone(), None)?;
+            if body.get("metadata").is_none() && args.remove_metadata.is_empty() {
+                return Ok((api.send(Method::PUT, url, Some(body))?, show_license));
+            }
+            // The API replaces metadata whole: merge into what it holds,
+            // written only over the version read.
+            let set = body["metadata"].as_object().cloned().unwrap_or_default();
+            let merged = |current: Value| {
                 let mut metadata = current["metadata"].as_object().cloned().unwrap_or_default();
                 for key in &args.remove_metadata {
                     metadata.remove(key);
                 }
-                if let Some(set) = body.get("metadata").and_then(Value::as_object) {
-                    metadata.extend(set.clone());
-                }
+                metadata.extend(set.clone());
+                let mut body = body.clone();
                 body["metadata"] = Value::Object(metadata);
-            }
-            (api.send(Method::PUT, url, Some(body))?, show_license)
+                body
+            };
+            (api.update(url, merged)?, show_license)
         }
         LicenseCommand::Suspend { license } => (set_status(&license, "suspended")?, show_license),
         LicenseCommand::Reinstate { license } => (set_status(&license, "active")?, show_license),

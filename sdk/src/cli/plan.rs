@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::admin::{self, number_or_none, or, strings, text, Api, Failure, Show};
+use super::admin::{self, number_or_none, or, strings, text, Api, Condition, Failure, Show};
 
 #[derive(Debug, Args)]
 pub(super) struct PlanArgs {
@@ -99,13 +99,6 @@ pub(super) fn execute(api: &Api, command: PlanCommand) -> Result<(Value, Show), 
             show_plan,
         ),
         PlanCommand::Put(plan) => {
-            if !plan.replace && plan_exists(api, &plan.name)? {
-                return Err(Failure::no_answer(format!(
-                    "plan {:?} exists: `keysmith plan update` changes only what it is given, \
-                     `put --replace` replaces the whole plan",
-                    plan.name
-                )));
-            }
             let mut body = json!({ "features": plan.features });
             for (field, value) in [
                 ("max_domains", plan.max_domains),
@@ -118,7 +111,22 @@ pub(super) fn execute(api: &Api, command: PlanCommand) -> Result<(Value, Show), 
                 }
             }
             let url = api.url(&["plans", &plan.name]);
-            (api.send(Method::PUT, url, Some(body))?, show_plan)
+            let condition = if plan.replace {
+                Condition::None
+            } else {
+                Condition::Absent
+            };
+            match api.send_if(Method::PUT, url, Some(body), condition) {
+                Ok((answer, _)) => (answer, show_plan),
+                Err(f) if f.is_precondition_failed() => {
+                    return Err(Failure::no_answer(format!(
+                        "plan {:?} exists: `keysmith plan update` changes only what it is \
+                         given, `put --replace` replaces the whole plan",
+                        plan.name
+                    )))
+                }
+                Err(f) => return Err(f),
+            }
         }
         PlanCommand::Update(change) => {
             let fields = [
@@ -140,39 +148,32 @@ pub(super) fn execute(api: &Api, command: PlanCommand) -> Result<(Value, Show), 
                 ));
             }
             let url = api.url(&["plans", &change.name]);
-            let mut plan = api.send(Method::GET, url.clone(), None)?;
-            let mut features: Vec<String> = strings(&plan, "features")
-                .into_iter()
-                .filter(|f| !change.remove.iter().any(|r| r == f))
-                .map(str::to_owned)
-                .collect();
-            for added in change.add {
-                if !features.contains(&added) {
-                    features.push(added);
+            let changed = |mut plan: Value| {
+                let mut features: Vec<String> = strings(&plan, "features")
+                    .into_iter()
+                    .filter(|f| !change.remove.iter().any(|r| r == f))
+                    .map(str::to_owned)
+                    .collect();
+                for added in &change.add {
+                    if !features.contains(added) {
+                        features.push(added.clone());
+                    }
                 }
-            }
-            plan["features"] = json!(features);
-            for (field, value) in fields {
-                if let Some(value) = value {
-                    plan[field] = value;
+                plan["features"] = json!(features);
+                for (field, value) in &fields {
+                    if let Some(value) = value {
+                        plan[*field] = value.clone();
+                    }
                 }
-            }
-            (api.send(Method::PUT, url, Some(plan))?, show_plan)
+                plan
+            };
+            (api.update(url, changed)?, show_plan)
         }
         PlanCommand::Delete { name } => {
             api.send(Method::DELETE, api.url(&["plans", &name]), None)?;
             (json!({ "deleted": name }), show_deleted)
         }
     })
-}
-
-/// Whether the server has a plan named `name`.
-fn plan_exists(api: &Api, name: &str) -> Result<bool, Failure> {
-    match api.send(Method::GET, api.url(&["plans", name]), None) {
-        Ok(_) => Ok(true),
-        Err(f) if f.is_not_found() => Ok(false),
-        Err(f) => Err(f),
-    }
 }
 
 /// A limit or a number of days, or `none` when it is null.

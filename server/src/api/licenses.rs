@@ -1,7 +1,7 @@
 //! `/api/v1/licenses`: create, read, list, update, revoke, usage, seats.
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use keysmith_core::domain::{is_valid_fingerprint, normalize_domain};
@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    nullable, page_query, page_request, parse_query, Admin, ApiError, AppState, JsonBody, Path,
+    nullable, page_query, page_request, parse_query, precondition, Admin, ApiError, AppState,
+    JsonBody, Path, Tagged,
 };
-use crate::store::{cursor, LicenseFilter, LicensePatch, NewLicense};
+use crate::store::{cursor, license_tag, LicenseFilter, LicensePatch, NewLicense};
 
 /// The largest `metadata` object, serialised.
 const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -45,6 +46,11 @@ pub struct UpdateBody {
     expires_at: Option<Option<String>>,
     metadata: Option<Map<String, Value>>,
     status: Option<String>,
+}
+
+/// A license with its `ETag` (what a `PUT` with `If-Match` names).
+fn tagged(license: License) -> Tagged<License> {
+    Tagged(license_tag(&license), license)
 }
 
 /// A trimmed e-mail address with a host-name domain, or 422 `INVALID_EMAIL`.
@@ -98,7 +104,7 @@ pub async fn create(
     _: Admin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateBody>,
-) -> Result<(StatusCode, Json<License>), ApiError> {
+) -> Result<(StatusCode, Tagged<License>), ApiError> {
     let new = NewLicense {
         key_prefix: state.key_prefix.to_string(),
         plan: body.plan,
@@ -109,15 +115,15 @@ pub async fn create(
         metadata: check_metadata(body.metadata.unwrap_or_default())?,
     };
     let license = state.store.create_license(new, Utc::now()).await?;
-    Ok((StatusCode::CREATED, Json(license)))
+    Ok((StatusCode::CREATED, tagged(license)))
 }
 
 pub async fn get(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<License>, ApiError> {
-    Ok(Json(state.store.get_license(id).await?))
+) -> Result<Tagged<License>, ApiError> {
+    Ok(tagged(state.store.get_license(id).await?))
 }
 
 #[derive(Deserialize)]
@@ -174,9 +180,11 @@ pub async fn update(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<UpdateBody>,
-) -> Result<Json<License>, ApiError> {
+) -> Result<Tagged<License>, ApiError> {
     let patch = LicensePatch {
+        precondition: precondition(&headers)?,
         plan: body.plan,
         customer_email: body
             .customer_email
@@ -196,7 +204,7 @@ pub async fn update(
             })
             .transpose()?,
     };
-    Ok(Json(
+    Ok(tagged(
         state.store.update_license(id, patch, Utc::now()).await?,
     ))
 }
@@ -205,8 +213,8 @@ pub async fn revoke(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<License>, ApiError> {
-    Ok(Json(state.store.revoke_license(id, Utc::now()).await?))
+) -> Result<Tagged<License>, ApiError> {
+    Ok(tagged(state.store.revoke_license(id, Utc::now()).await?))
 }
 
 pub async fn usage(
@@ -227,25 +235,27 @@ pub async fn free_domain(
     _: Admin,
     State(state): State<AppState>,
     Path((id, domain)): Path<(String, String)>,
-) -> Result<Json<License>, ApiError> {
+) -> Result<Tagged<License>, ApiError> {
     let domain = normalize_domain(&domain).ok_or_else(|| ApiError::BadRequest {
         code: "INVALID_DOMAIN",
         message: format!("{:?} is not a host name", crate::store::shown(&domain)),
     })?;
-    Ok(Json(state.store.free_domain(id, domain, Utc::now()).await?))
+    Ok(tagged(
+        state.store.free_domain(id, domain, Utc::now()).await?,
+    ))
 }
 
 pub async fn free_machine(
     _: Admin,
     State(state): State<AppState>,
     Path((id, fingerprint)): Path<(String, String)>,
-) -> Result<Json<License>, ApiError> {
+) -> Result<Tagged<License>, ApiError> {
     if !is_valid_fingerprint(&fingerprint) {
         return Err(ApiError::bad_request(
             "a fingerprint is 1 to 128 characters of A-Z a-z 0-9 . _ : -",
         ));
     }
-    Ok(Json(
+    Ok(tagged(
         state
             .store
             .free_machine(id, fingerprint, Utc::now())

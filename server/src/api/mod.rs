@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::AdminAuth;
 use crate::config::ServeArgs;
 use crate::signing::Signer;
-use crate::store::{cursor, PageRequest, Store, StoreError};
+use crate::store::{cursor, PageRequest, Precondition, Store, StoreError};
 
 mod keys;
 mod licenses;
@@ -271,6 +271,11 @@ impl ApiError {
             ApiError::Store(StoreError::Invalid { code, message }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
+            ApiError::Store(StoreError::PreconditionFailed(message)) => (
+                StatusCode::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED",
+                message,
+            ),
             ApiError::Store(StoreError::Storage(cause)) => {
                 tracing::error!(%cause, "storage failure");
                 (
@@ -297,6 +302,72 @@ impl ApiError {
             "token": null,
         });
         (status, Json(body)).into_response()
+    }
+}
+
+/// A record's answer with its `ETag`, which a later `If-Match` names.
+pub struct Tagged<T>(pub String, pub T);
+
+impl<T: serde::Serialize> IntoResponse for Tagged<T> {
+    fn into_response(self) -> Response {
+        let mut response = Json(self.1).into_response();
+        if let Ok(tag) = axum::http::HeaderValue::from_str(&format!("\"{}\"", self.0)) {
+            response.headers_mut().insert(axum::http::header::ETAG, tag);
+        }
+        response
+    }
+}
+
+/// The condition of a conditional write, from its `If-Match` (`*` or the
+/// `ETag`s of the versions it may replace) or `If-None-Match: *` (create
+/// only); weak tags never match (RFC 9110's strong comparison).
+pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    use axum::http::header::{IF_MATCH, IF_NONE_MATCH};
+    let list = |name| -> Result<Option<Vec<String>>, ApiError> {
+        let mut items = Vec::new();
+        for value in headers.get_all(&name) {
+            let value = value.to_str().map_err(|_| {
+                ApiError::bad_request(format!("{name} must be ASCII entity tags or *"))
+            })?;
+            items.extend(value.split(',').map(|t| t.trim().to_owned()));
+        }
+        Ok((!items.is_empty()).then_some(items))
+    };
+    let entity_tag = |item: &str| -> Result<Option<String>, ApiError> {
+        let (weak, quoted) = match item.strip_prefix("W/") {
+            Some(rest) => (true, rest),
+            None => (false, item),
+        };
+        let inner = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .filter(|t| !t.contains('"'))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "If-Match takes * or entity tags in double quotes, as the ETag header \
+                     gives them; not {:?}",
+                    crate::store::shown(item)
+                ))
+            })?;
+        Ok((!weak).then(|| inner.to_owned()))
+    };
+    match (list(IF_MATCH)?, list(IF_NONE_MATCH)?) {
+        (None, None) => Ok(Precondition::None),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "send If-Match or If-None-Match, not both",
+        )),
+        (Some(items), None) if items == ["*"] => Ok(Precondition::Exists),
+        (Some(items), None) => {
+            let mut tags = Vec::new();
+            for item in &items {
+                tags.extend(entity_tag(item)?);
+            }
+            Ok(Precondition::TagIn(tags))
+        }
+        (None, Some(items)) if items == ["*"] => Ok(Precondition::Absent),
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "If-None-Match takes only * here: create the record only if it does not exist",
+        )),
     }
 }
 

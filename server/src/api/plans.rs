@@ -1,12 +1,13 @@
 //! `/api/v1/plans`: features, default limits, duration and offline grace.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use keysmith_core::wire::{Page, Plan, DEFAULT_OFFLINE_GRACE_DAYS};
 use serde::Deserialize;
 
-use super::{Admin, ApiError, AppState, JsonBody, Path};
+use super::{precondition, Admin, ApiError, AppState, JsonBody, Path, Tagged};
+use crate::store::plan_tag;
 
 const MAX_FEATURES: usize = 256;
 
@@ -65,9 +66,11 @@ pub async fn put(
     _: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<PlanBody>,
-) -> Result<(StatusCode, Json<Plan>), ApiError> {
+) -> Result<(StatusCode, Tagged<Plan>), ApiError> {
     check_name(&name)?;
+    let precondition = precondition(&headers)?;
     if body.name.as_ref().is_some_and(|n| *n != name) {
         return Err(ApiError::bad_request(
             "the body's name differs from the path's",
@@ -94,14 +97,14 @@ pub async fn put(
             .offline_grace_days
             .unwrap_or(DEFAULT_OFFLINE_GRACE_DAYS),
     };
-    let created = state.store.put_plan(plan.clone()).await?;
+    let created = state.store.put_plan(plan.clone(), precondition).await?;
     Ok((
         if created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         },
-        Json(plan),
+        Tagged(plan_tag(&plan), plan),
     ))
 }
 
@@ -109,8 +112,9 @@ pub async fn get(
     _: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Plan>, ApiError> {
-    Ok(Json(state.store.get_plan(name).await?))
+) -> Result<Tagged<Plan>, ApiError> {
+    let plan = state.store.get_plan(name).await?;
+    Ok(Tagged(plan_tag(&plan), plan))
 }
 
 pub async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Page<Plan>>, ApiError> {

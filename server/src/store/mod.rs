@@ -22,6 +22,9 @@ pub enum StoreError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    /// A conditional write whose condition the record does not meet.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("storage failure: {0}")]
     Storage(String),
 }
@@ -54,6 +57,70 @@ pub fn shown(value: &str) -> String {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a conditional write (`If-Match`, `If-None-Match: *`) asks of the
+/// record it would change; checked in the write's own transaction, so that
+/// two editors who read the same version cannot both write over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Precondition {
+    #[default]
+    None,
+    /// `If-Match: *`: the record exists.
+    Exists,
+    /// `If-Match: "…"`: the record's tag is one of these.
+    TagIn(Vec<String>),
+    /// `If-None-Match: *`: there is no such record yet.
+    Absent,
+}
+
+impl Precondition {
+    /// `Ok` when the record `what`, by its current tag (`None`: there is
+    /// none), meets the condition.
+    pub fn check(&self, what: &str, current: Option<&str>) -> Result<()> {
+        let refusal = match (self, current) {
+            (Precondition::None, _) => return Ok(()),
+            (Precondition::Exists | Precondition::TagIn(_), None) => {
+                format!("{what} does not exist (If-Match)")
+            }
+            (Precondition::Exists, Some(_)) | (Precondition::Absent, None) => return Ok(()),
+            (Precondition::TagIn(tags), Some(tag)) if tags.iter().any(|t| t == tag) => {
+                return Ok(())
+            }
+            (Precondition::TagIn(_), Some(tag)) => format!(
+                "{what} changed since it was read (its ETag is now \"{tag}\"): \
+                 read it again and redo the change"
+            ),
+            (Precondition::Absent, Some(_)) => format!("{what} exists (If-None-Match: *)"),
+        };
+        Err(StoreError::PreconditionFailed(refusal))
+    }
+}
+
+/// A license's entity tag: it changes when a field `PUT` can change does
+/// (plan, email, limits, expiry, metadata, status), not when a validation
+/// takes or a seat is freed, so that a busy license can still be edited.
+pub fn license_tag(license: &License) -> String {
+    tag_of(&(
+        &license.plan,
+        &license.customer_email,
+        license.max_domains,
+        license.max_machines,
+        license.expires_at.map(|t| t.timestamp()),
+        &license.metadata,
+        license.status.as_str(),
+    ))
+}
+
+/// A plan's entity tag: it changes with any of its fields.
+pub fn plan_tag(plan: &Plan) -> String {
+    tag_of(plan)
+}
+
+fn tag_of(value: &impl Serialize) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(value).expect("plain data serialises");
+    hex::encode(&sha2::Sha256::digest(json)[..12])
+}
 
 /// A license event, written in the same transaction as the change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -126,6 +193,8 @@ pub struct LicensePatch {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub status: Option<Status>,
+    /// What the license must be like for the patch to apply.
+    pub precondition: Precondition,
 }
 
 impl LicensePatch {
@@ -330,8 +399,9 @@ pub type LicensePage = (Vec<License>, Option<i64>);
 /// committed durably when it returns `Ok`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates or replaces a plan; `true` when it was created.
-    async fn put_plan(&self, plan: Plan) -> Result<bool>;
+    /// Creates or replaces a plan if it meets `precondition`; `true` when
+    /// it was created.
+    async fn put_plan(&self, plan: Plan, precondition: Precondition) -> Result<bool>;
     async fn get_plan(&self, name: String) -> Result<Plan>;
     async fn list_plans(&self) -> Result<Vec<Plan>>;
     async fn delete_plan(&self, name: String) -> Result<()>;

@@ -33,10 +33,11 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
 use super::{
-    event_names, from_unix, opt_time, status_of, AttemptResult, Deactivated, DeliveryAttempt,
-    DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
-    NewWebhook, PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, UsageTotals,
-    ValidationInput, ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
+    event_names, from_unix, license_tag, opt_time, plan_tag, status_of, AttemptResult, Deactivated,
+    DeliveryAttempt, DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePage,
+    LicensePatch, NewLicense, NewWebhook, PageRequest, Precondition, Result, Store, StoreError,
+    UsagePage, UsageRecord, UsageTotals, ValidationInput, ValidationOutcome, Webhook, WebhookPatch,
+    WEBHOOK_COLUMNS,
 };
 use crate::ids;
 use crate::license::{decide, default_expiry, effective_status, transition, Decision, Seats};
@@ -1081,6 +1082,9 @@ async fn update_in(
 ) -> Result<License> {
     let seq = lock_license_id(c, id).await?;
     let before = load_license_seq(c, seq).await?;
+    patch
+        .precondition
+        .check(&format!("license {id}"), Some(&license_tag(&before)))?;
     let mut after = before.clone();
     if let Some(plan) = patch.plan {
         plan_must_exist(c, &plan).await?;
@@ -1170,20 +1174,37 @@ fn page_bounds(page: &PageRequest) -> (i64, i64) {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn put_plan(&self, plan: Plan) -> Result<bool> {
-        let client = self.client().await?;
+    async fn put_plan(&self, plan: Plan, precondition: Precondition) -> Result<bool> {
+        let what = format!("plan {:?}", plan.name);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // A plan that must be new is inserted or left alone, never replaced;
+        // one that must exist (as read) is locked before it is compared.
+        let on_conflict = if precondition == Precondition::Absent {
+            "DO NOTHING"
+        } else {
+            if precondition != Precondition::None {
+                tx.execute(
+                    "SELECT 1 FROM plans WHERE name = $1 FOR UPDATE",
+                    &[&plan.name],
+                )
+                .await?;
+                let current = load_plan(&tx, &plan.name).await?;
+                precondition.check(&what, current.as_ref().map(plan_tag).as_deref())?;
+            }
+            "DO UPDATE SET features = excluded.features, \
+             max_domains = excluded.max_domains, max_machines = excluded.max_machines, \
+             duration_days = excluded.duration_days, offline_grace_days = excluded.offline_grace_days"
+        };
         // `xmax = 0` holds for a row this statement inserted, not for one it updated.
-        let stmt = client
-            .prepare_cached(
+        let stmt = tx
+            .prepare_cached(&format!(
                 "INSERT INTO plans (name, features, max_domains, max_machines, duration_days, offline_grace_days) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET features = excluded.features, \
-                 max_domains = excluded.max_domains, max_machines = excluded.max_machines, \
-                 duration_days = excluded.duration_days, offline_grace_days = excluded.offline_grace_days \
-                 RETURNING xmax = 0",
-            )
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) {on_conflict} RETURNING xmax = 0"
+            ))
             .await?;
-        let row = client
-            .query_one(
+        let row = tx
+            .query_opt(
                 &stmt,
                 &[
                     &plan.name,
@@ -1195,7 +1216,15 @@ impl Store for PostgresStore {
                 ],
             )
             .await?;
-        Ok(row.try_get(0)?)
+        let Some(row) = row else {
+            // `DO NOTHING` found the plan there.
+            return Err(StoreError::PreconditionFailed(format!(
+                "{what} exists (If-None-Match: *)"
+            )));
+        };
+        let created = row.try_get(0)?;
+        tx.commit().await?;
+        Ok(created)
     }
 
     async fn get_plan(&self, name: String) -> Result<Plan> {

@@ -29,10 +29,11 @@ use keysmith_core::{Code, LicenseKey, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::{
-    event_names, from_unix, opt_time, status_of, AttemptResult, Deactivated, DeliveryAttempt,
-    DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePage, LicensePatch, NewLicense,
-    NewWebhook, PageRequest, Result, Store, StoreError, UsagePage, UsageRecord, ValidationInput,
-    ValidationOutcome, Webhook, WebhookPatch, WEBHOOK_COLUMNS,
+    event_names, from_unix, license_tag, opt_time, plan_tag, status_of, AttemptResult, Deactivated,
+    DeliveryAttempt, DeliveryJob, DeliveryNext, EventType, LicenseFilter, LicensePage,
+    LicensePatch, NewLicense, NewWebhook, PageRequest, Precondition, Result, Store, StoreError,
+    UsagePage, UsageRecord, ValidationInput, ValidationOutcome, Webhook, WebhookPatch,
+    WEBHOOK_COLUMNS,
 };
 use crate::ids;
 use crate::license::{decide, effective_status, transition, Decision, Seats};
@@ -914,6 +915,9 @@ fn update_in(
     now: DateTime<Utc>,
 ) -> Result<License> {
     let (seq, before) = load_license(conn, id)?;
+    patch
+        .precondition
+        .check(&format!("license {id}"), Some(&license_tag(&before)))?;
     let mut after = before.clone();
     if let Some(plan) = patch.plan.clone() {
         plan_must_exist(conn, &plan)?;
@@ -980,9 +984,14 @@ fn free_seat(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn put_plan(&self, plan: Plan) -> Result<bool> {
+    async fn put_plan(&self, plan: Plan, precondition: Precondition) -> Result<bool> {
         self.write(move |conn| {
-            let existed = load_plan(conn, &plan.name)?.is_some();
+            let current = load_plan(conn, &plan.name)?;
+            precondition.check(
+                &format!("plan {:?}", plan.name),
+                current.as_ref().map(plan_tag).as_deref(),
+            )?;
+            let existed = current.is_some();
             conn.prepare_cached(
                 "INSERT INTO plans (name, features, max_domains, max_machines, duration_days, offline_grace_days) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET features = excluded.features, \
@@ -1686,14 +1695,17 @@ mod tests {
     async fn store_tuned(path: &Path, tuning: Tuning) -> SqliteStore {
         let store = SqliteStore::open_tuned(path, Synchronous::Normal, tuning).unwrap();
         store
-            .put_plan(Plan {
-                name: "p".into(),
-                features: vec![],
-                max_domains: None,
-                max_machines: None,
-                duration_days: None,
-                offline_grace_days: 7,
-            })
+            .put_plan(
+                Plan {
+                    name: "p".into(),
+                    features: vec![],
+                    max_domains: None,
+                    max_machines: None,
+                    duration_days: None,
+                    offline_grace_days: 7,
+                },
+                Precondition::None,
+            )
             .await
             .unwrap();
         store
