@@ -639,11 +639,13 @@ impl Inner {
         Some((entry, claims))
     }
 
-    /// The entry to store for a fresh verified answer, if any. Keeps the
-    /// newest time seen across both, and keeps an existing entry whose token
-    /// was issued later (a slower concurrent request must not put back an
-    /// older answer, e.g. hide a revocation). `None` when the cached answer
-    /// says the same and is less than a minute old: no write (two fsyncs).
+    /// The entry to store for a fresh verified answer, if any. A signed
+    /// refusal always replaces what is cached (SPEC §7: a revocation is
+    /// never hidden, even when it was signed by a server whose clock is
+    /// behind the one that signed the cached answer). A `VALID` answer does
+    /// not replace a refusal issued later (a slower concurrent request must
+    /// not put back an older answer). `None` when the cached answer says the
+    /// same and is less than a minute old: no write (two fsyncs).
     fn entry_to_store(
         &self,
         path: &Path,
@@ -653,20 +655,20 @@ impl Inner {
         now: i64,
     ) -> Option<Entry> {
         // This answer, signed now for this request's nonce, says what time
-        // it is: the newest time seen starts again from it (or the local
-        // clock, if later), so a record left by a clock that ran ahead and
-        // was put right does not make later offline use look tampered.
-        let mut entry = Entry::new(token, now.max(claims.iat));
+        // it is: the newest time seen starts again from it — not from the
+        // local clock, which may be hours ahead and put right before the
+        // app next goes offline; a record left by such a clock must not make
+        // later offline use look tampered.
+        let mut entry = Entry::new(token, claims.iat);
         if let Some((old, old_claims)) = self.load_verified(path, expected) {
             let old_newest = rules::newest_seen(old.newest_seen, &old_claims);
             if rules::is_fresh_copy(&old_claims, old_newest, claims, now) {
                 return None;
             }
-            if old_claims.iat > claims.iat {
-                // A slower request's older answer: the cached one stays,
-                // with its record.
+            if claims.valid && !old_claims.valid && old_claims.iat > claims.iat {
+                // A slower request's older VALID: the later refusal stays.
                 entry.token = old.token;
-                entry.newest_seen = entry.newest_seen.max(old_newest);
+                entry.newest_seen = old_claims.iat;
             }
         }
         Some(entry)

@@ -94,11 +94,16 @@
 //! expiry)`, so a license that expires while the app is offline stops being
 //! valid at its expiry.
 //!
-//! The times recorded with an entry start again at each online answer (the
-//! later of its `iat` and the local clock): an answer signed for this
-//! request's nonce says what time it is, so a clock that ran ahead and was
-//! put right is not taken for a clock set back once the app is next
-//! offline.
+//! The times recorded with an entry start again at each online answer, from
+//! its signed `iat`, not the local clock: an answer signed for this
+//! request's nonce says what time it is, so a clock that ran ahead (even at
+//! that answer) and was put right is not taken for a clock set back once
+//! the app is next offline.
+//!
+//! A signed refusal (`LICENSE_REVOKED`, …) always replaces the cached
+//! answer, even one with a later `iat` (a server whose clock runs ahead of
+//! the one that refused); a `VALID` answer does not replace a refusal
+//! issued after it (a slower request that was sent before the refusal).
 //!
 //! # The cache
 //!
@@ -106,8 +111,9 @@
 //! dir ([`ClientBuilder::cache_dir`], by default the platform's cache dir for
 //! the app id), named by the SHA-256 of those: the key never appears in
 //! clear. It holds the server's token exactly as received and `newest_seen`,
-//! the newest time the SDK has seen for it (the local clock at each online
-//! validation, and offline whenever the clock has moved on by a minute).
+//! the newest time the SDK has seen for it (the answer's `iat` at each
+//! online validation, and offline the local clock whenever it has moved on
+//! by a minute).
 //! Files are written to a temporary file, fsynced and renamed over the old
 //! one (mode 0600 in a 0700 dir on Unix): readers in any thread or process
 //! see a whole old or a whole new file. A file that does not parse or whose

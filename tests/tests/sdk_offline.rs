@@ -191,6 +191,81 @@ fn a_clock_put_right_while_online_is_trusted_offline_again() {
     );
 }
 
+/// A clock hours ahead at the last online answer, put right before the app
+/// goes offline: the answer's signed `iat` said what time it was, so the
+/// right clock is not taken for one set back.
+#[test]
+fn a_clock_ahead_at_the_last_answer_and_put_right_offline_is_trusted() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new();
+    let fast = l.client().clock(shifted_clock(3 * 3600)).build().unwrap();
+    assert_eq!(fast.validate(&l.key, &opts).unwrap().source, Source::Online);
+    l.server.kill9();
+    let right = l.client().build().unwrap();
+    let answer = right.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (answer.code, answer.source),
+        (Code::Valid, Source::Cache),
+        "{}",
+        answer.message()
+    );
+    let back = l.client().clock(shifted_clock(-DAY)).build().unwrap();
+    assert_eq!(
+        back.validate(&l.key, &opts).unwrap().code,
+        Code::ClockTampered
+    );
+}
+
+/// Behind a load balancer, one server's clock may run ahead of another's:
+/// a VALID answer from the fast one carries a later `iat` than the
+/// revocation the other signs next. The signed refusal must still replace
+/// the cached VALID at once (SPEC §7), or the app keeps working offline.
+#[test]
+fn a_revocation_signed_by_a_server_whose_clock_is_behind_replaces_the_cache() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new();
+    let client = l.client().build().unwrap();
+    assert!(client.validate(&l.key, &opts).unwrap().valid);
+    // The cached answer as a server two minutes ahead would have signed it.
+    let path = client.cache_path(&l.key, &opts).unwrap();
+    let seed = std::fs::read_to_string(l.server.data_path("signing.key")).unwrap();
+    let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(seed.trim())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let server_key = SigningKey::from_bytes(&seed);
+    let entry: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut claims = keysmith_core::KeySet::from_base64_list(&l.public_key)
+        .unwrap()
+        .verify(entry["token"].as_str().unwrap())
+        .unwrap();
+    claims.iat += 120;
+    claims.exp += 120;
+    let ahead = serde_json::json!({
+        "version": 1,
+        "token": keysmith_core::token::sign(&server_key, &claims),
+        "newest_seen": claims.iat,
+    });
+    std::fs::write(&path, ahead.to_string()).unwrap();
+    assert!(client.validate_offline(&l.key, &opts).unwrap().valid);
+
+    l.revoke();
+    let answer = client.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (answer.code, answer.source),
+        (Code::LicenseRevoked, Source::Online)
+    );
+    l.server.kill9();
+    let answer = client.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (answer.code, answer.source),
+        (Code::LicenseRevoked, Source::Cache),
+        "{}",
+        answer.message()
+    );
+}
+
 /// Rewrites the cached token's claims (keeping its signature) with `edit`.
 fn edit_cached_claims(path: &std::path::Path, edit: impl Fn(&mut Value)) {
     let mut entry: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
