@@ -248,6 +248,10 @@ impl ClientBuilder {
             None => default_cache_dir(&self.app_id)?,
         };
         let http = reqwest::Client::builder()
+            // A redirect is not the server's answer: followed, a POST would
+            // come back as a GET (answered 405), and an app would follow
+            // anyone who can answer for the URL to wherever they say.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(self.timeout)
             .connect_timeout(self.timeout)
             .user_agent(self.user_agent)
@@ -547,6 +551,21 @@ impl Client {
             .await
             .map_err(network)?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(|l| format!(" to {l:?}"))
+                .unwrap_or_default();
+            return Err(Error::new(
+                Kind::Protocol,
+                format!(
+                    "{url} answered {status}, a redirect{location}, which is not followed: \
+                     give the client the server URL it points to"
+                ),
+            ));
+        }
         let timeout = status == reqwest::StatusCode::REQUEST_TIMEOUT;
         if timeout || status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(Error::new(

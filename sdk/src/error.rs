@@ -112,7 +112,7 @@ impl Error {
     }
 
     /// The server answered something that is not a Keysmith answer (e.g. a
-    /// proxy's error page).
+    /// proxy's error page, or a redirect: redirects are not followed).
     pub fn is_protocol(&self) -> bool {
         self.inner.kind == Kind::Protocol
     }

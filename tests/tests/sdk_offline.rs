@@ -5,7 +5,7 @@ mod common_sdk;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common_sdk::{shifted_clock, FakeServer, Licensed};
+use common_sdk::{shifted_clock, FakeServer, Licensed, MOVED_TO};
 use ed25519_dalek::SigningKey;
 use keysmith::{Code, Source, ValidateOptions};
 use serde_json::Value;
@@ -263,6 +263,49 @@ fn a_revocation_signed_by_a_server_whose_clock_is_behind_replaces_the_cache() {
         (Code::LicenseRevoked, Source::Cache),
         "{}",
         answer.message()
+    );
+}
+
+/// A server URL that now redirects (http → https, a moved host) is not
+/// the server's answer: the SDK does not follow it (a POST would come back
+/// as a GET), answers from the cache while it can, and says where the
+/// redirect points.
+#[test]
+fn a_redirect_is_not_followed_and_falls_back_to_the_cache() {
+    let l = Licensed::start();
+    let opts = ValidateOptions::new();
+    assert!(
+        l.client()
+            .build()
+            .unwrap()
+            .validate(&l.key, &opts)
+            .unwrap()
+            .valid
+    );
+    let target = format!("{}/api/v1/validate", l.server.url);
+    let moved = FakeServer::start(move |_| (MOVED_TO, target.clone()));
+    let client = |cache: &std::path::Path| {
+        keysmith::blocking::Client::builder(&moved.url)
+            .public_key(&l.public_key)
+            .app_id("e2e-app")
+            .cache_dir(cache)
+            .build()
+            .unwrap()
+    };
+    let answer = client(l.cache.path()).validate(&l.key, &opts).unwrap();
+    assert_eq!((answer.code, answer.source), (Code::Valid, Source::Cache));
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = client(empty.path()).validate(&l.key, &opts).unwrap_err();
+    assert!(err.is_protocol(), "{err:#}");
+    assert!(
+        err.to_string().contains(&l.server.url) && err.to_string().contains("redirect"),
+        "{err}"
+    );
+    assert_eq!(
+        moved.requests().len(),
+        2,
+        "asked once each time, never followed"
     );
 }
 

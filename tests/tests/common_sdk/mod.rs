@@ -142,7 +142,13 @@ pub struct FakeServer {
 
 type Handler = dyn Fn(&FakeRequest) -> (u16, String) + Send + Sync;
 
+/// The status a handler returns for "301 Moved Permanently, with its answer
+/// as the `Location`".
+pub const MOVED_TO: u16 = 301;
+
 impl FakeServer {
+    /// A server whose `handler` gives each answer's status and body; with
+    /// [`MOVED_TO`], the body is the `Location` of a redirect instead.
     pub fn start(
         handler: impl Fn(&FakeRequest) -> (u16, String) + Send + Sync + 'static,
     ) -> FakeServer {
@@ -213,11 +219,18 @@ fn serve(stream: std::net::TcpStream, requests: &Mutex<Vec<FakeRequest>>, handle
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         };
         requests.lock().unwrap().push(request.clone());
-        let (status, reply) = handler(&request);
-        let head = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            reply.len()
-        );
+        let (status, mut reply) = handler(&request);
+        let head = if status == MOVED_TO {
+            let head =
+                format!("HTTP/1.1 {status} X\r\nlocation: {reply}\r\ncontent-length: 0\r\n\r\n");
+            reply.clear();
+            head
+        } else {
+            format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                reply.len()
+            )
+        };
         if writer
             .write_all(head.as_bytes())
             .and_then(|()| writer.write_all(reply.as_bytes()))
