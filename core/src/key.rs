@@ -158,6 +158,10 @@ pub enum KeyError {
     BadLength(usize),
     #[error("{0:?} is not a key symbol")]
     BadSymbol(char),
+    /// A dash a word processor or mail program put in for `-` (U+2010 to
+    /// U+2015, U+2212 minus, the small and full-width hyphen-minus).
+    #[error("{0:?} is a typographic dash, not the key's \"-\": retype the dashes")]
+    TypographicDash(char),
     #[error("the key's check symbols do not match: probably a typo")]
     Checksum,
     #[error("the key prefix {found:?} is not this server's {expected:?}")]
@@ -359,6 +363,16 @@ fn is_separator(c: char) -> bool {
 /// Accepts exactly the keys the format allows; when refusing one, picks the
 /// error that best explains it.
 fn split(input: &str) -> Result<Parts, KeyError> {
+    if let Some(dash) = input.chars().find(|c| {
+        matches!(
+            c,
+            '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe58}' | '\u{fe63}' | '\u{ff0d}'
+        )
+    }) {
+        // Not a separator (the format's are ASCII), but what went wrong is
+        // the dash, not the prefix or the length it would otherwise upset.
+        return Err(KeyError::TypographicDash(dash));
+    }
     let mut symbols = ['\0'; MAX_SYMBOLS];
     let mut count = 0;
     let mut first_segment_len = None;
@@ -507,7 +521,7 @@ mod tests {
     ];
 
     /// Invalid keys and why: also in docs/key-format.md.
-    fn invalid_vectors() -> [(&'static str, KeyError); 7] {
+    fn invalid_vectors() -> [(&'static str, KeyError); 8] {
         [
             ("KS-7H2K-Q9WM-4XRT-8CVP-N3FJ-VCZ8", KeyError::Checksum),
             ("KS-7H2K-Q9MW-4XRT-8CVP-N3FJ-VCZ9", KeyError::Checksum),
@@ -516,6 +530,10 @@ mod tests {
             ("K-7H2K-Q9WM-4XRT-8CVP-N3FJ-VCZ9", KeyError::BadPrefix),
             ("7H2K-Q9WM-4XRT-8CVP-N3FJ-VCZ9", KeyError::BadPrefix),
             ("KS-7H2K-Q9WM-4XRT-8CVP-N3FJ", KeyError::BadLength(20)),
+            (
+                "KS\u{2013}7H2K\u{2013}Q9WM\u{2013}4XRT\u{2013}8CVP\u{2013}N3FJ\u{2013}VCZ9",
+                KeyError::TypographicDash('\u{2013}'),
+            ),
         ]
     }
 
