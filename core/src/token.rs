@@ -166,18 +166,20 @@ pub struct KeySet {
 pub struct PublicKeyError(String);
 
 impl KeySet {
-    /// Builds a set from base64 public keys (standard alphabet, padding
-    /// optional), separated by commas.
+    /// Builds a set from base64 public keys (standard alphabet as
+    /// `/api/v1/public-key` gives them, or base64url as the JWKS's `x`;
+    /// padding optional), separated by commas.
     pub fn from_base64_list(list: &str) -> Result<KeySet, PublicKeyError> {
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
         let mut set = KeySet::default();
         for (i, part) in list.split(',').map(str::trim).enumerate() {
             if part.is_empty() {
                 return Err(PublicKeyError(format!("public key #{} is empty", i + 1)));
             }
-            let bytes = STANDARD
-                .decode(part)
-                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(part))
-                .map_err(|_| PublicKeyError(format!("public key #{} is not base64", i + 1)))?;
+            let bytes = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+                .iter()
+                .find_map(|engine| engine.decode(part).ok())
+                .ok_or_else(|| PublicKeyError(format!("public key #{} is not base64", i + 1)))?;
             let raw: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| PublicKeyError(format!("public key #{} is not 32 bytes", i + 1)))?;
@@ -330,6 +332,27 @@ mod tests {
         assert_eq!(set.verify(&tampered), Err(TokenError::Signature));
         assert_eq!(set.verify("a.b"), Err(TokenError::Malformed));
         assert_eq!(set.verify(""), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn takes_the_jwks_base64url_form_too() {
+        // A key whose base64 has both `+` and `/`, so base64url differs.
+        let k = (0u8..=255)
+            .map(|i| SigningKey::from_bytes(&[i; 32]))
+            .find(|k| {
+                let b = public_key_base64(&k.verifying_key());
+                b.contains('+') && b.contains('/')
+            })
+            .expect("some key");
+        let standard = public_key_base64(&k.verifying_key());
+        let url =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes());
+        assert_ne!(standard.trim_end_matches('='), url);
+        let token = sign(&k, &claims());
+        for form in [standard.clone(), url] {
+            let set = KeySet::from_base64_list(&form).unwrap();
+            assert!(set.verify(&token).is_ok(), "{form}");
+        }
     }
 
     #[test]
