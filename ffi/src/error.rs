@@ -36,9 +36,10 @@ pub enum ks_result {
     /// base64 Ed25519 public keys.
     KS_INVALID_PUBLIC_KEY = 5,
     /// `ks_client_new*`: another setting is unusable — a server URL that is
-    /// not `http(s)://host`, a bad app id or key prefix or user agent, a
-    /// cache dir that is empty or where no file can be written, no cache
-    /// dir given and no home directory to default to.
+    /// not `http(s)://host` or that ends in the API's own `/api/v1`, a bad
+    /// app id or key prefix or user agent, a cache dir (the one given, else
+    /// the platform's) that is empty or where no file can be written, no
+    /// cache dir given and no home directory to default to.
     KS_INVALID_CONFIG = 6,
     /// No answer: the server could not be reached (or answered 5xx / 429)
     /// and no usable cached answer exists for this request.

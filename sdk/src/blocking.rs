@@ -168,7 +168,6 @@ fn start(builder: crate::ClientBuilder) -> Result<Current, Error> {
                 Kind::Builder,
                 format!("cannot start the client's runtime: {e}"),
             )
-            .with_source(e)
         })?;
     let inner = {
         let _guard = runtime.enter();

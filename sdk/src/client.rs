@@ -140,7 +140,8 @@ impl ValidateOptions {
 
 impl ClientBuilder {
     /// The license server's public key(s): base64 of the 32 raw Ed25519
-    /// bytes, as `GET /api/v1/public-key` shows it. Compile it into your app;
+    /// bytes, as `GET /api/v1/public-key` shows it (or base64url, as the
+    /// JWKS's `x`). Compile it into your app;
     /// never fetch it at run time. Several keys separated by commas are all
     /// trusted, picked by the token's `kid` — ship the next key before the
     /// server switches to it. Required.
@@ -213,8 +214,8 @@ impl ClientBuilder {
 
     /// Makes the client. Fails on a missing or malformed public key, a
     /// server URL that is not `http(s)://…`, a bad app id or key prefix, or
-    /// when there is no default cache dir (no home directory) and none was
-    /// set.
+    /// a cache dir (the one set, else the platform's) where no answer can be
+    /// written: found out now rather than the first time the app is offline.
     pub fn build(self) -> Result<Client, Error> {
         let list = self.public_key.ok_or_else(|| {
             Error::new(
@@ -222,9 +223,8 @@ impl ClientBuilder {
                 "no public key: pin the server's key with .public_key(..)",
             )
         })?;
-        let keys = KeySet::from_base64_list(&list).map_err(|e| {
-            Error::new(Kind::PublicKey, format!("bad public key: {e}")).with_source(e)
-        })?;
+        let keys = KeySet::from_base64_list(&list)
+            .map_err(|e| Error::new(Kind::PublicKey, format!("bad public key: {e}")))?;
         let validate_url = validate_url(&self.server_url)?;
         if !is_valid_app_id(&self.app_id) {
             return Err(Error::new(
@@ -245,7 +245,19 @@ impl ClientBuilder {
                 usable_cache_dir(&dir)?;
                 dir
             }
-            None => default_cache_dir(&self.app_id)?,
+            None => {
+                let dir = default_cache_dir(&self.app_id)?;
+                cache::check_dir(&dir).map_err(|e| {
+                    Error::new(
+                        Kind::Builder,
+                        format!(
+                            "the platform's cache dir {}: {e}; name another cache dir",
+                            dir.display()
+                        ),
+                    )
+                })?;
+                dir
+            }
         };
         let http = reqwest::Client::builder()
             // A redirect is not the server's answer: followed, a POST would
@@ -256,10 +268,7 @@ impl ClientBuilder {
             .connect_timeout(self.timeout)
             .user_agent(self.user_agent)
             .build()
-            .map_err(|e| {
-                Error::new(Kind::Builder, format!("cannot make the HTTP client: {e}"))
-                    .with_source(e)
-            })?;
+            .map_err(|e| Error::new(Kind::Builder, format!("cannot make the HTTP client: {e}")))?;
         let offline_grace_secs = self
             .offline_grace
             .map(|g| i64::try_from(g.as_secs()).unwrap_or(i64::MAX));
@@ -286,6 +295,12 @@ fn validate_url(server_url: &str) -> Result<String, Error> {
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not have a query or fragment"));
+    }
+    let path = url.path().trim_end_matches('/');
+    if path.ends_with("/api/v1") || path.ends_with("/api/v1/validate") {
+        return Err(bad(
+            "names the API's path: give the server's base URL, without /api/v1",
+        ));
     }
     Ok(format!(
         "{}/api/v1/validate",
@@ -315,9 +330,8 @@ fn usable_cache_dir(dir: &Path) -> Result<(), Error> {
             "the cache dir is empty: name a directory, or leave it unset for the platform's",
         ));
     }
-    cache::check_dir(dir).map_err(|e| {
-        Error::new(Kind::Builder, format!("cache dir {}: {e}", dir.display())).with_source(e)
-    })
+    cache::check_dir(dir)
+        .map_err(|e| Error::new(Kind::Builder, format!("cache dir {}: {e}", dir.display())))
 }
 
 fn default_cache_dir(app_id: &str) -> Result<PathBuf, Error> {
@@ -797,6 +811,19 @@ mod tests {
             validate_url("https://x.com/ks/").unwrap(),
             "https://x.com/ks/api/v1/validate"
         );
+        // The API's own path is the SDK's to add: given, it would be
+        // doubled (a 404 the cache would hide).
+        for api in [
+            "http://127.0.0.1:8080/api/v1",
+            "http://127.0.0.1:8080/api/v1/",
+            "https://x.com/ks/api/v1/validate",
+        ] {
+            let err = validate_url(api).unwrap_err();
+            assert!(
+                err.is_builder() && err.to_string().contains("without"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -194,7 +194,8 @@ impl std::error::Error for Error {
 
 impl From<KeyError> for Error {
     fn from(e: KeyError) -> Error {
-        Error::new(Kind::KeyMalformed, format!("not a license key: {e}")).with_source(e)
+        // The message says the cause; chained too, `{:#}` would say it twice.
+        Error::new(Kind::KeyMalformed, format!("not a license key: {e}"))
     }
 }
 
@@ -204,7 +205,6 @@ impl From<TokenError> for Error {
             Kind::Signature,
             format!("the server's answer is not trusted: {e}"),
         )
-        .with_source(e)
     }
 }
 
@@ -217,6 +217,30 @@ mod tests {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
         assert_send_sync::<Error>();
         assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+
+    /// A message that already says its cause does not also chain it, or
+    /// `{:#}` (and anyhow) print the cause twice.
+    #[test]
+    fn the_alternate_form_says_each_cause_once() {
+        let key: Error = KeyError::Checksum.into();
+        let token: Error = TokenError::Signature.into();
+        for e in [key, token] {
+            assert_eq!(format!("{e:#}"), e.to_string());
+        }
+        let public_key = crate::Client::builder("http://127.0.0.1:9")
+            .public_key("not base64!")
+            .cache_dir(std::env::temp_dir())
+            .build()
+            .unwrap_err();
+        assert_eq!(format!("{public_key:#}"), public_key.to_string());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let cache_dir = crate::Client::builder("http://127.0.0.1:9")
+            .public_key(crate::test_support::public_key())
+            .cache_dir(file.path())
+            .build()
+            .unwrap_err();
+        assert_eq!(format!("{cache_dir:#}"), cache_dir.to_string());
     }
 
     #[test]

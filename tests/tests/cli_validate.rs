@@ -3,7 +3,7 @@
 
 mod common_sdk;
 
-use common_sdk::{cli, cli_validate, closed_url, code_of, json_of, Licensed};
+use common_sdk::{cli, cli_validate, cli_with_env, closed_url, code_of, json_of, Licensed};
 use serde_json::{json, Value};
 
 fn stdout(out: &std::process::Output) -> String {
@@ -235,6 +235,41 @@ fn a_wrong_public_key_or_bad_usage_is_2() {
     let help = cli(&["validate", "--help"]);
     assert_eq!(code_of(&help), 0);
     assert!(stdout(&help).contains("--public-key"));
+}
+
+/// The platform's cache dir (here `$XDG_CACHE_HOME`, made a plain file) is
+/// held to what a named one is: where no answer can be written, the client
+/// is refused at once. It used to validate online and lose every answer,
+/// found out only the first time the app was offline.
+#[test]
+fn an_unusable_platform_cache_dir_is_2_before_any_request() {
+    let l = Licensed::start();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let validate = |cache_home: &str| {
+        cli_with_env(
+            &[
+                "validate",
+                "--server",
+                &l.server.url,
+                "--public-key",
+                &l.public_key,
+                "--key",
+                &l.key,
+            ],
+            &[("XDG_CACHE_HOME", cache_home)],
+        )
+    };
+    let out = validate(file.path().to_str().unwrap());
+    assert_eq!(code_of(&out), 2, "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("cache dir") && stderr(&out).contains(file.path().to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(l.validation_count(), 0, "no request was sent");
+    let home = tempfile::tempdir().unwrap();
+    let out = validate(home.path().to_str().unwrap());
+    assert_eq!(code_of(&out), 0, "{}", stderr(&out));
 }
 
 #[test]
