@@ -434,14 +434,26 @@ impl Client {
             // Unsigned, so anyone on the way could have sent it: a cached
             // answer (which a server signed for this very key) outranks it.
             Ok(Answer::KeyMalformed) => Ok(self
-                .answer_from_cache(&req)
+                .answer_from_cache_off_workers(&req)
+                .await
                 .unwrap_or_else(|| Validation::malformed(Source::Online))),
-            Err(e) if falls_back(&e) => match self.answer_from_cache(&req) {
+            Err(e) if falls_back(&e) => match self.answer_from_cache_off_workers(&req).await {
                 Some(answer) => Ok(answer),
                 None => Err(e.without_cache()),
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// [`answer_from_cache`](Self::answer_from_cache) for the async
+    /// workers: its record of the clock is written (and fsynced) on a
+    /// blocking thread.
+    async fn answer_from_cache_off_workers(&self, req: &Prepared) -> Option<Validation> {
+        let (answer, record) = self.answer_from_cache(req)?;
+        if let Some(record) = record {
+            let _ = tokio::task::spawn_blocking(move || record.write()).await;
+        }
+        Some(answer)
     }
 
     /// Answers from the cache alone, as [`validate`](Self::validate) does
@@ -453,7 +465,12 @@ impl Client {
         key: &str,
         options: &ValidateOptions,
     ) -> Result<Validation, Error> {
-        self.validate_offline_now(key, options)
+        let Some(req) = self.prepare(key, options)? else {
+            return Ok(Validation::malformed(Source::Local));
+        };
+        self.answer_from_cache_off_workers(&req)
+            .await
+            .ok_or_else(no_cache)
     }
 
     /// The synchronous body of [`validate_offline`](Self::validate_offline):
@@ -466,8 +483,11 @@ impl Client {
         let Some(req) = self.prepare(key, options)? else {
             return Ok(Validation::malformed(Source::Local));
         };
-        self.answer_from_cache(&req)
-            .ok_or_else(|| Error::new(Kind::NoCache, "no usable cached answer for this key"))
+        let (answer, record) = self.answer_from_cache(&req).ok_or_else(no_cache)?;
+        if let Some(record) = record {
+            record.write();
+        }
+        Ok(answer)
     }
 
     /// The cache file that holds the answer for `key` with `options`. Fails
@@ -625,8 +645,9 @@ impl Client {
         }
     }
 
-    /// The offline answer for `req`, or `None` when nothing usable is cached.
-    fn answer_from_cache(&self, req: &Prepared) -> Option<Validation> {
+    /// The offline answer for `req`, or `None` when nothing usable is
+    /// cached; with the record of the clock to write, if any (it fsyncs).
+    fn answer_from_cache(&self, req: &Prepared) -> Option<(Validation, Option<ClockRecord>)> {
         let now = self.now();
         let (entry, claims) = self.inner.load_verified(&req.cache_path, &req.expected())?;
         let newest = rules::newest_seen(entry.newest_seen, &claims);
@@ -639,15 +660,34 @@ impl Client {
         // Record how far the clock has come, so that setting it back later
         // shows. Never move the record backwards, and never record a time the
         // answer calls tampered.
-        if answer.code != Code::ClockTampered && now > newest + rules::REFRESH_SECS {
-            // Only over the same token: an online answer written meanwhile
-            // (a revocation, say) must not be replaced by this older one.
-            if cache::load(&req.cache_path).is_some_and(|current| current.token == entry.token) {
-                let _ = cache::store(&req.cache_path, &Entry::new(entry.token, now));
-            }
-        }
-        Some(answer)
+        let record = (answer.code != Code::ClockTampered && now > newest + rules::REFRESH_SECS)
+            .then(|| ClockRecord {
+                path: req.cache_path.clone(),
+                entry: Entry::new(entry.token, now),
+            });
+        Some((answer, record))
     }
+}
+
+/// How far the clock has come, to record in a cache entry.
+struct ClockRecord {
+    path: PathBuf,
+    /// The cached token with the time now.
+    entry: Entry,
+}
+
+impl ClockRecord {
+    /// Writes it, only over the same token: an online answer written
+    /// meanwhile (a revocation, say) must not be replaced by this older one.
+    fn write(self) {
+        if cache::load(&self.path).is_some_and(|current| current.token == self.entry.token) {
+            let _ = cache::store(&self.path, &self.entry);
+        }
+    }
+}
+
+fn no_cache() -> Error {
+    Error::new(Kind::NoCache, "no usable cached answer for this key")
 }
 
 impl Inner {
