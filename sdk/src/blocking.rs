@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Kind};
-use crate::{ValidateOptions, Validation};
+use crate::{Deactivation, ValidateOptions, Validation};
 
 /// The blocking flavour of [`crate::Client`]: same rules, same answers.
 ///
@@ -202,6 +202,22 @@ impl Client {
             .as_ref()
             .expect("runtime lives as long as the client");
         runtime.block_on(current.inner.validate(key, options))
+    }
+
+    /// See [`crate::Client::deactivate`]: frees this app's seat and forgets
+    /// its cached answer, blocking for at most about the configured timeout.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime.
+    pub fn deactivate(&self, key: &str, options: &ValidateOptions) -> Result<Deactivation, Error> {
+        let current = self.current()?;
+        let runtime = current
+            .runtime
+            .0
+            .as_ref()
+            .expect("runtime lives as long as the client");
+        runtime.block_on(current.inner.deactivate(key, options))
     }
 
     /// See [`crate::Client::validate_offline`]: never touches the network.

@@ -105,6 +105,20 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Removes the entry at `path`, if there is one; durably.
+pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                sync_dir(dir);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates `dir` (0700) if missing and makes sure a file can be written
 /// there (a probe, removed at once).
 pub(crate) fn check_dir(dir: &Path) -> std::io::Result<()> {

@@ -57,6 +57,7 @@ pub struct Client {
 struct Inner {
     http: reqwest::Client,
     validate_url: String,
+    deactivate_url: String,
     keys: KeySet,
     app_id: String,
     cache_dir: PathBuf,
@@ -275,6 +276,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                deactivate_url: format!("{}deactivate", validate_url.trim_end_matches("validate")),
                 validate_url,
                 keys,
                 app_id: self.app_id,
@@ -502,6 +504,89 @@ impl Client {
         }
     }
 
+    /// Frees the seat this app holds on `key` — the domain and the machine
+    /// fingerprint of `options`, whichever are set — so that another domain
+    /// or machine can take it (the app moves to a new machine, the
+    /// customer's site to a new domain), and removes the cached answer for
+    /// that request, so that the app does not go on working here offline.
+    ///
+    /// It needs the server: no cached answer stands in. `Err` for a
+    /// malformed key ([`Error::is_key_malformed`]), neither a domain nor a
+    /// fingerprint or an unusable one ([`Error::is_invalid_argument`]), a key
+    /// no license has ([`Error::is_not_found`]), or no answer
+    /// ([`Error::is_network`], [`Error::is_protocol`]). A seat that was not
+    /// held is not an error: the answer says what was freed.
+    pub async fn deactivate(
+        &self,
+        key: &str,
+        options: &ValidateOptions,
+    ) -> Result<Deactivation, Error> {
+        let Some(req) = self.prepare(key, options)? else {
+            return Err(match &self.inner.key_prefix {
+                Some(prefix) => LicenseKey::parse_with_prefix(key, prefix),
+                None => LicenseKey::parse(key),
+            }
+            .expect_err("prepare refuses only a malformed key")
+            .into());
+        };
+        if req.domain.is_none() && req.fingerprint.is_none() {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "give the domain or the fingerprint whose seat to free",
+            ));
+        }
+        let url = &self.inner.deactivate_url;
+        let body = ValidateRequest {
+            key: Some(req.key.as_str().to_owned()),
+            domain: req.domain.clone(),
+            fingerprint: req.fingerprint.clone(),
+            nonce: None,
+        };
+        let response = self
+            .inner
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| network_error(url, e))?;
+        let status = response.status();
+        if let Some(e) = unanswered(url, &response) {
+            return Err(e);
+        }
+        let bytes = response.bytes().await.map_err(|e| network_error(url, e))?;
+        if status.is_success() {
+            let freed: Deactivation = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::new(
+                    Kind::Protocol,
+                    format!("{url} answered {status} with something that is not a Keysmith answer"),
+                )
+                .with_source(e)
+            })?;
+            let path = req.cache_path.clone();
+            let _ = tokio::task::spawn_blocking(move || cache::remove(&path)).await;
+            return Ok(freed);
+        }
+        let refusal = serde_json::from_slice::<keysmith_core::wire::ErrorBody>(&bytes)
+            .map_err(|e| {
+                Error::new(
+                    Kind::Protocol,
+                    format!("{url} answered {status} with something that is not a Keysmith answer"),
+                )
+                .with_source(e)
+            })?
+            .error;
+        let kind = match status {
+            reqwest::StatusCode::NOT_FOUND => Kind::NotFound,
+            s if s.is_client_error() => Kind::InvalidArgument,
+            _ => Kind::Protocol,
+        };
+        Err(Error::new(
+            kind,
+            format!("the server refused to free the seat: {}", refusal.message),
+        ))
+    }
+
     /// The app id this client was built with.
     pub fn app_id(&self) -> &str {
         &self.inner.app_id
@@ -567,15 +652,6 @@ impl Client {
             fingerprint: req.fingerprint.clone(),
             nonce: Some(nonce.to_owned()),
         };
-        let network = |e: reqwest::Error| {
-            let timeout = e.is_timeout();
-            let what = if timeout { "timed out" } else { "failed" };
-            Error::new(
-                Kind::Network { timeout },
-                format!("the request to {url} {what}"),
-            )
-            .with_source(e)
-        };
         let response = self
             .inner
             .http
@@ -583,31 +659,12 @@ impl Client {
             .json(&body)
             .send()
             .await
-            .map_err(network)?;
+            .map_err(|e| network_error(url, e))?;
         let status = response.status();
-        if status.is_redirection() {
-            let location = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .map(|l| format!(" to {l:?}"))
-                .unwrap_or_default();
-            return Err(Error::new(
-                Kind::Protocol,
-                format!(
-                    "{url} answered {status}, a redirect{location}, which is not followed: \
-                     give the client the server URL it points to"
-                ),
-            ));
+        if let Some(e) = unanswered(url, &response) {
+            return Err(e);
         }
-        let timeout = status == reqwest::StatusCode::REQUEST_TIMEOUT;
-        if timeout || status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(Error::new(
-                Kind::Network { timeout },
-                format!("the server at {url} answered {status}"),
-            ));
-        }
-        let bytes = response.bytes().await.map_err(network)?;
+        let bytes = response.bytes().await.map_err(|e| network_error(url, e))?;
         let answer: ValidateResponse = serde_json::from_slice(&bytes).map_err(|e| {
             Error::new(
                 Kind::Protocol,
@@ -684,6 +741,54 @@ impl ClockRecord {
             let _ = cache::store(&self.path, &self.entry);
         }
     }
+}
+
+/// A request that got no answer.
+fn network_error(url: &str, e: reqwest::Error) -> Error {
+    let timeout = e.is_timeout();
+    let what = if timeout { "timed out" } else { "failed" };
+    Error::new(
+        Kind::Network { timeout },
+        format!("the request to {url} {what}"),
+    )
+    .with_source(e)
+}
+
+/// A status that is no answer from the server: a timeout, 5xx, 429, or a
+/// redirect (not followed).
+fn unanswered(url: &str, response: &reqwest::Response) -> Option<Error> {
+    let status = response.status();
+    let timeout = status == reqwest::StatusCode::REQUEST_TIMEOUT;
+    if timeout || status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Some(Error::new(
+            Kind::Network { timeout },
+            format!("the server at {url} answered {status}"),
+        ));
+    }
+    status.is_redirection().then(|| {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(|l| format!(" to {l:?}"))
+            .unwrap_or_default();
+        Error::new(
+            Kind::Protocol,
+            format!(
+                "{url} answered {status}, a redirect{location}, which is not followed: \
+                 give the client the server URL it points to"
+            ),
+        )
+    })
+}
+
+/// What [`Client::deactivate`] freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub struct Deactivation {
+    /// The request's domain held a seat, now free.
+    pub domain_freed: bool,
+    /// The request's fingerprint held a seat, now free.
+    pub machine_freed: bool,
 }
 
 fn no_cache() -> Error {

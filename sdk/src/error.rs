@@ -54,6 +54,8 @@ pub(crate) enum Kind {
     NoCache,
     /// The machine id could not be read.
     MachineId,
+    /// The server has no license with this key (deactivation).
+    NotFound,
 }
 
 impl Error {
@@ -148,6 +150,12 @@ impl Error {
     /// with this alone; `validate` reports the network failure.
     pub fn is_no_cache(&self) -> bool {
         self.inner.kind == Kind::NoCache
+    }
+
+    /// [`Client::deactivate`](crate::Client::deactivate): the server has no
+    /// license with this key.
+    pub fn is_not_found(&self) -> bool {
+        self.inner.kind == Kind::NotFound
     }
 
     /// [`machine_fingerprint`](crate::machine_fingerprint) found no machine

@@ -140,7 +140,8 @@ pub mod cli;
 mod test_support;
 
 pub use client::{
-    Client, ClientBuilder, ValidateOptions, DEFAULT_APP_ID, DEFAULT_TIMEOUT, DEFAULT_USER_AGENT,
+    Client, ClientBuilder, Deactivation, ValidateOptions, DEFAULT_APP_ID, DEFAULT_TIMEOUT,
+    DEFAULT_USER_AGENT,
 };
 pub use error::Error;
 pub use fingerprint::machine_fingerprint;

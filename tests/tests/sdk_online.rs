@@ -183,6 +183,63 @@ fn a_revoked_license_is_invalid_at_once_despite_a_valid_cache() {
     );
 }
 
+/// An app moving to a new machine frees its seat through the SDK: the new
+/// machine can take it, and the old one's cached answer is gone, so it does
+/// not go on working there offline.
+#[test]
+fn an_app_frees_its_own_seat_and_forgets_its_cached_answer() {
+    let mut l = Licensed::start();
+    l.server
+        .plan("one-machine", json!({"features": [], "max_machines": 1}));
+    let license = l.server.license("one-machine", json!({}));
+    let key = license["key"].as_str().unwrap();
+    let client = l.client().build().unwrap();
+    let old = ValidateOptions::new().fingerprint("old-machine");
+    let new = ValidateOptions::new().fingerprint("new-machine");
+    assert!(client.validate(key, &old).unwrap().valid);
+    assert_eq!(
+        client.validate(key, &new).unwrap().code,
+        Code::MachineLimitReached
+    );
+    let cached = client.cache_path(key, &old).unwrap();
+    assert!(cached.exists());
+
+    let freed = client.deactivate(key, &old).unwrap();
+    assert_eq!(
+        freed,
+        keysmith::Deactivation {
+            domain_freed: false,
+            machine_freed: true
+        }
+    );
+    assert!(!cached.exists(), "the old machine's answer is forgotten");
+    assert!(client
+        .validate_offline(key, &old)
+        .unwrap_err()
+        .is_no_cache());
+    assert!(client.validate(key, &new).unwrap().valid);
+    // Again: nothing left to free, which is not an error.
+    assert_eq!(
+        client.deactivate(key, &old).unwrap(),
+        keysmith::Deactivation::default()
+    );
+
+    // What it refuses, and without a server.
+    let unknown = keysmith::LicenseKey::generate("KS").unwrap();
+    let err = client.deactivate(unknown.as_str(), &old).unwrap_err();
+    assert!(err.is_not_found(), "{err:#}");
+    let last = if key.ends_with('X') { 'Y' } else { 'X' };
+    let typo = format!("{}{last}", &key[..key.len() - 1]);
+    assert!(client
+        .deactivate(&typo, &old)
+        .unwrap_err()
+        .is_key_malformed());
+    let err = client.deactivate(key, &ValidateOptions::new()).unwrap_err();
+    assert!(err.is_invalid_argument(), "{err:#}");
+    l.server.kill9();
+    assert!(client.deactivate(key, &new).unwrap_err().is_network());
+}
+
 #[test]
 fn an_unknown_license_is_a_signed_answer() {
     let l = Licensed::start();
