@@ -117,6 +117,10 @@ enum ks_result
      */
     KS_NO_MACHINE_ID = 12,
     /**
+     * `ks_client_deactivate`: no license has this key.
+     */
+    KS_LICENSE_NOT_FOUND = 13,
+    /**
      * An error libkeysmith does not know how to classify (a newer SDK
      * error kind). See `ks_last_error()`.
      */
@@ -425,6 +429,33 @@ ks_result ks_client_validate_offline(const ks_client *client,
                                      const char *domain,
                                      const char *fingerprint,
                                      ks_validation **out);
+
+/**
+ * Frees the seat this app holds on `key`: the domain's and/or the
+ * machine fingerprint's (at least one not `NULL`), so that another domain
+ * or machine can take it — the app moves to a new machine — and removes
+ * the cached answer for that key, domain and fingerprint, so that the app
+ * does not go on working here offline. Writes whether each seat was held
+ * (and is now free) to `*domain_freed` and `*machine_freed`, each `NULL`
+ * if not wanted; a seat that was not held is not an error.
+ *
+ * Needs the server; no cached answer stands in. Errors:
+ * `KS_KEY_MALFORMED` (nothing sent), `KS_INVALID_ARGUMENT` (neither a
+ * domain nor a fingerprint, or an unusable one), `KS_LICENSE_NOT_FOUND`
+ * (no license has this key), `KS_NETWORK`, `KS_TIMEOUT`, `KS_PROTOCOL`.
+ *
+ * # Safety
+ *
+ * `client` is `NULL` or a live client; `key`, `domain` and `fingerprint`
+ * are `NULL` or `NUL`-terminated; `domain_freed` and `machine_freed` are
+ * `NULL` or valid for one write.
+ */
+ks_result ks_client_deactivate(const ks_client *client,
+                               const char *key,
+                               const char *domain,
+                               const char *fingerprint,
+                               bool *domain_freed,
+                               bool *machine_freed);
 
 /**
  * Frees a client. `NULL` is a no-op. Validations it returned stay valid.

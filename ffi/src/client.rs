@@ -342,6 +342,87 @@ pub unsafe extern "C" fn ks_client_validate_offline(
     }
 }
 
+/// Frees the seat this app holds on `key`: the domain's and/or the
+/// machine fingerprint's (at least one not `NULL`), so that another domain
+/// or machine can take it — the app moves to a new machine — and removes
+/// the cached answer for that key, domain and fingerprint, so that the app
+/// does not go on working here offline. Writes whether each seat was held
+/// (and is now free) to `*domain_freed` and `*machine_freed`, each `NULL`
+/// if not wanted; a seat that was not held is not an error.
+///
+/// Needs the server; no cached answer stands in. Errors:
+/// `KS_KEY_MALFORMED` (nothing sent), `KS_INVALID_ARGUMENT` (neither a
+/// domain nor a fingerprint, or an unusable one), `KS_LICENSE_NOT_FOUND`
+/// (no license has this key), `KS_NETWORK`, `KS_TIMEOUT`, `KS_PROTOCOL`.
+///
+/// # Safety
+///
+/// `client` is `NULL` or a live client; `key`, `domain` and `fingerprint`
+/// are `NULL` or `NUL`-terminated; `domain_freed` and `machine_freed` are
+/// `NULL` or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn ks_client_deactivate(
+    client: *const ks_client,
+    key: *const c_char,
+    domain: *const c_char,
+    fingerprint: *const c_char,
+    domain_freed: *mut bool,
+    machine_freed: *mut bool,
+) -> ks_result {
+    ffi_panic_boundary! {
+        into_result(|| {
+            // SAFETY: `client` is NULL or live (the caller's contract).
+            let client = unsafe { obj(client, "client") }?;
+            // SAFETY: the strings are NULL or NUL-terminated (the caller's
+            // contract).
+            let (key, options) = unsafe { request(key, domain, fingerprint) }?;
+            let freed = client.inner.deactivate(&key, &options)?;
+            for (out, value) in [
+                (domain_freed, freed.domain_freed),
+                (machine_freed, freed.machine_freed),
+            ] {
+                if !out.is_null() {
+                    // SAFETY: not NULL, and valid for one write (the
+                    // caller's contract).
+                    unsafe { out.write(value) };
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The key and options of a request from C strings.
+///
+/// # Safety
+///
+/// The strings are `NULL` or `NUL`-terminated.
+unsafe fn request(
+    key: *const c_char,
+    domain: *const c_char,
+    fingerprint: *const c_char,
+) -> Result<(String, sdk::ValidateOptions), Failure> {
+    // SAFETY: the caller's contract.
+    let (key, domain, fingerprint) = unsafe {
+        (
+            c_str(key, "key")?,
+            opt_utf8(domain, "domain")?,
+            opt_utf8(fingerprint, "fingerprint")?,
+        )
+    };
+    // A key that is not UTF-8 cannot be well-formed: handing the SDK its
+    // lossy text gets the answer such a key deserves, KEY_MALFORMED.
+    let key = key.to_string_lossy().into_owned();
+    let mut options = sdk::ValidateOptions::new();
+    if let Some(domain) = domain {
+        options = options.domain(domain);
+    }
+    if let Some(fingerprint) = fingerprint {
+        options = options.fingerprint(fingerprint);
+    }
+    Ok((key, options))
+}
+
 #[derive(Clone, Copy)]
 enum Mode {
     Online,
@@ -364,23 +445,7 @@ unsafe fn validate(
     // SAFETY: `out` is NULL or valid for one write (the caller's contract).
     let out = unsafe { Out::new(out, "out") }?;
     // SAFETY: the strings are NULL or NUL-terminated (the caller's contract).
-    let (key, domain, fingerprint) = unsafe {
-        (
-            c_str(key, "key")?,
-            opt_utf8(domain, "domain")?,
-            opt_utf8(fingerprint, "fingerprint")?,
-        )
-    };
-    // A key that is not UTF-8 cannot be well-formed: handing the SDK its
-    // lossy text gets the answer such a key deserves, KEY_MALFORMED.
-    let key = key.to_string_lossy();
-    let mut options = sdk::ValidateOptions::new();
-    if let Some(domain) = domain {
-        options = options.domain(domain);
-    }
-    if let Some(fingerprint) = fingerprint {
-        options = options.fingerprint(fingerprint);
-    }
+    let (key, options) = unsafe { request(key, domain, fingerprint) }?;
     let answer = match mode {
         Mode::Online => client.inner.validate(&key, &options),
         Mode::Offline => client.inner.validate_offline(&key, &options),

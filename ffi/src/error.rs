@@ -58,6 +58,8 @@ pub enum ks_result {
     KS_NO_CACHE = 11,
     /// `ks_machine_fingerprint`: this machine has no machine id.
     KS_NO_MACHINE_ID = 12,
+    /// `ks_client_deactivate`: no license has this key.
+    KS_LICENSE_NOT_FOUND = 13,
     /// An error libkeysmith does not know how to classify (a newer SDK
     /// error kind). See `ks_last_error()`.
     KS_INTERNAL_ERROR = 100,
@@ -68,7 +70,7 @@ pub enum ks_result {
 
 impl ks_result {
     /// Every result, for tables and tests.
-    const ALL: [ks_result; 15] = [
+    const ALL: [ks_result; 16] = [
         ks_result::KS_OK,
         ks_result::KS_NULL_PARAMETER,
         ks_result::KS_INVALID_ARGUMENT,
@@ -82,6 +84,7 @@ impl ks_result {
         ks_result::KS_PROTOCOL,
         ks_result::KS_NO_CACHE,
         ks_result::KS_NO_MACHINE_ID,
+        ks_result::KS_LICENSE_NOT_FOUND,
         ks_result::KS_INTERNAL_ERROR,
         ks_result::KS_PANIC,
     ];
@@ -113,6 +116,7 @@ impl ks_result {
             }
             ks_result::KS_NO_CACHE => c"no cached answer for this request",
             ks_result::KS_NO_MACHINE_ID => c"this machine has no machine id",
+            ks_result::KS_LICENSE_NOT_FOUND => c"no license has this key",
             ks_result::KS_INTERNAL_ERROR => c"internal error",
             ks_result::KS_PANIC => c"internal error (a panic in libkeysmith)",
         }
@@ -158,6 +162,8 @@ impl From<sdk::Error> for Failure {
             ks_result::KS_NO_CACHE
         } else if e.is_machine_id() {
             ks_result::KS_NO_MACHINE_ID
+        } else if e.is_not_found() {
+            ks_result::KS_LICENSE_NOT_FOUND
         } else {
             ks_result::KS_INTERNAL_ERROR
         };
@@ -262,7 +268,7 @@ mod tests {
     #[test]
     fn numbers_are_stable() {
         // The ABI: these numbers must never change.
-        let expected: [(ks_result, u32); 15] = [
+        let expected: [(ks_result, u32); 16] = [
             (ks_result::KS_OK, 0),
             (ks_result::KS_NULL_PARAMETER, 1),
             (ks_result::KS_INVALID_ARGUMENT, 2),
@@ -276,6 +282,7 @@ mod tests {
             (ks_result::KS_PROTOCOL, 10),
             (ks_result::KS_NO_CACHE, 11),
             (ks_result::KS_NO_MACHINE_ID, 12),
+            (ks_result::KS_LICENSE_NOT_FOUND, 13),
             (ks_result::KS_INTERNAL_ERROR, 100),
             (ks_result::KS_PANIC, 101),
         ];

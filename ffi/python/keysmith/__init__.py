@@ -33,19 +33,23 @@ from ._error import (
     KS_INVALID_ARGUMENT,
     KS_INVALID_CONFIG,
     KS_INVALID_PUBLIC_KEY,
+    KS_LICENSE_NOT_FOUND,
     KS_NULL_PARAMETER,
     KS_OK,
     ArgumentTypeError,
     InvalidArgumentError,
     KeysmithError,
+    LicenseNotFoundError,
 )
 from ._native import library_path
 
 __all__ = [
     "ArgumentTypeError",
     "Client",
+    "Deactivation",
     "InvalidArgumentError",
     "KeysmithError",
+    "LicenseNotFoundError",
     "Validation",
     "canonical_key",
     "check_key",
@@ -66,6 +70,8 @@ def _fail(result: int) -> KeysmithError:
     # A value the library refuses is a ValueError as well, as Python has it.
     if result in (KS_INVALID_ARGUMENT, KS_INVALID_CONFIG, KS_INVALID_PUBLIC_KEY):
         return InvalidArgumentError(result, detail or summary)
+    if result == KS_LICENSE_NOT_FOUND:
+        return LicenseNotFoundError(result, detail or summary)
     return KeysmithError(result, detail or summary)
 
 
@@ -165,6 +171,15 @@ def machine_fingerprint(app_id: str) -> str:
     buf = ctypes.create_string_buffer(_native.KS_FINGERPRINT_LEN + 1)
     _check(_native.lib().ks_machine_fingerprint(_text(app_id, "app_id"), buf, len(buf), None))
     return buf.value.decode("ascii")
+
+
+@dataclass(frozen=True)
+class Deactivation:
+    """What :meth:`Client.deactivate` freed: whether the domain's and the
+    machine's seat were held (and are now free)."""
+
+    domain_freed: bool
+    machine_freed: bool
 
 
 @dataclass(frozen=True)
@@ -323,6 +338,46 @@ class Client:
         network; raises :class:`KeysmithError` (``KS_NO_CACHE``) when nothing
         is cached for this request."""
         return self._validate(key, domain, fingerprint, online=False)
+
+    def deactivate(
+        self,
+        key: str,
+        domain: Optional[str] = None,
+        fingerprint: Optional[str] = None,
+    ) -> "Deactivation":
+        """Frees the seat this app holds on ``key`` -- the ``domain``'s and/or
+        the machine ``fingerprint``'s (at least one) -- so that another domain
+        or machine can take it (the app moves to a new machine), and removes
+        the cached answer for that request, so that the app does not go on
+        working here offline.
+
+        Needs the server: raises :class:`KeysmithError` (``.is_network``)
+        when it cannot be reached, :class:`LicenseNotFoundError` when no
+        license has this key, :class:`InvalidArgumentError` for neither a
+        domain nor a fingerprint or an unusable one, and
+        :class:`KeysmithError` (``KS_KEY_MALFORMED``) for a malformed key. A
+        seat that was not held is not an error: the answer says what was
+        freed."""
+        key_data = _key_bytes(key)
+        domain_data = _optional_text(domain, "domain")
+        fingerprint_data = _optional_text(fingerprint, "fingerprint")
+        handle = self._enter()
+        try:
+            domain_freed = ctypes.c_bool()
+            machine_freed = ctypes.c_bool()
+            _check(
+                _native.lib().ks_client_deactivate(
+                    handle,
+                    key_data,
+                    domain_data,
+                    fingerprint_data,
+                    ctypes.byref(domain_freed),
+                    ctypes.byref(machine_freed),
+                )
+            )
+            return Deactivation(domain_freed.value, machine_freed.value)
+        finally:
+            self._leave()
 
     def _validate(self, key: str, domain: Optional[str], fingerprint: Optional[str], online: bool) -> Validation:
         key_data = _key_bytes(key)

@@ -42,6 +42,11 @@ class ArgumentTypeError(KeysmithError, TypeError):
     ``TypeError`` as Python has it."""
 
 
+class LicenseNotFoundError(KeysmithError):
+    """:meth:`keysmith.Client.deactivate`: no license has this key
+    (``KS_LICENSE_NOT_FOUND``)."""
+
+
 # ks_result numbers (keysmith.h): stable, never renumbered.
 KS_OK = 0
 KS_NULL_PARAMETER = 1
@@ -56,6 +61,7 @@ KS_UNTRUSTED_ANSWER = 9
 KS_PROTOCOL = 10
 KS_NO_CACHE = 11
 KS_NO_MACHINE_ID = 12
+KS_LICENSE_NOT_FOUND = 13
 KS_INTERNAL_ERROR = 100
 KS_PANIC = 101
 

@@ -54,6 +54,18 @@ _SIGNATURES = (
         c_uint32,
         (c_void_p, c_char_p, c_char_p, c_char_p, ctypes.POINTER(c_void_p)),
     ),
+    (
+        "ks_client_deactivate",
+        c_uint32,
+        (
+            c_void_p,
+            c_char_p,
+            c_char_p,
+            c_char_p,
+            ctypes.POINTER(ctypes.c_bool),
+            ctypes.POINTER(ctypes.c_bool),
+        ),
+    ),
     ("ks_client_free", None, (c_void_p,)),
     ("ks_validation_valid", ctypes.c_bool, (c_void_p,)),
     ("ks_validation_code", c_char_p, (c_void_p,)),

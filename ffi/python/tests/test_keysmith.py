@@ -256,6 +256,31 @@ class ServerTests(unittest.TestCase):
         unknown = self.client.validate(self.unknown_key)
         self.assertEqual((unknown.valid, unknown.code), (False, "LICENSE_NOT_FOUND"))
 
+    def test_deactivate_frees_the_seat_and_forgets_the_cached_answer(self) -> None:
+        fingerprint = "py-moving-machine"
+        self.assertTrue(self.client.validate(self.valid_key, fingerprint=fingerprint).valid)
+        freed = self.client.deactivate(self.valid_key, fingerprint=fingerprint)
+        self.assertEqual(freed, keysmith.Deactivation(domain_freed=False, machine_freed=True))
+        with self.assertRaises(keysmith.KeysmithError) as caught:
+            self.client.validate_offline(self.valid_key, fingerprint=fingerprint)
+        self.assertEqual(caught.exception.result_name, "KS_NO_CACHE")
+        self.assertEqual(
+            self.client.deactivate(self.valid_key, fingerprint=fingerprint),
+            keysmith.Deactivation(False, False),
+        )
+        with self.assertRaises(keysmith.LicenseNotFoundError) as caught:
+            self.client.deactivate(self.unknown_key, fingerprint="m")
+        self.assertEqual(caught.exception.result_name, "KS_LICENSE_NOT_FOUND")
+        with self.assertRaises(keysmith.InvalidArgumentError):
+            self.client.deactivate(self.valid_key)
+        with self.assertRaises(keysmith.KeysmithError) as caught:
+            self.client.deactivate(typo_of(self.valid_key), fingerprint="m")
+        self.assertEqual(caught.exception.result_name, "KS_KEY_MALFORMED")
+        with keysmith.Client(closed_url(), self.public_key, "py-test", self.cache, timeout=5) as offline:
+            with self.assertRaises(keysmith.KeysmithError) as caught:
+                offline.deactivate(self.valid_key, fingerprint="m")
+            self.assertTrue(caught.exception.is_network)
+
     def test_offline_from_cache(self) -> None:
         self.assertTrue(self.client.validate(self.valid_key).valid)
         self.assertFalse(self.client.validate(self.revoked_key).valid)

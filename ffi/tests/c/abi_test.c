@@ -245,6 +245,37 @@ static void answers(const ks_client *client) {
     ks_validation_free(answer);
 }
 
+/* An app moving to a new machine frees its seat; its cached answer goes too. */
+static void seats(const ks_client *client) {
+    ks_validation *answer = NULL;
+    CHECK(ks_client_validate(client, valid_key, NULL, "moving-machine", &answer) == KS_OK);
+    CHECK(ks_validation_valid(answer));
+    ks_validation_free(answer);
+    bool domain_freed = true, machine_freed = false;
+    CHECK(ks_client_deactivate(client, valid_key, NULL, "moving-machine", &domain_freed,
+                               &machine_freed) == KS_OK);
+    CHECK(!domain_freed && machine_freed);
+    answer = SENTINEL;
+    CHECK(ks_client_validate_offline(client, valid_key, NULL, "moving-machine", &answer) ==
+          KS_NO_CACHE);
+    CHECK(answer == SENTINEL);
+    /* Nothing left to free is not an error; the out-params are optional. */
+    CHECK(ks_client_deactivate(client, valid_key, NULL, "moving-machine", NULL, &machine_freed) ==
+          KS_OK);
+    CHECK(!machine_freed);
+    CHECK(ks_client_deactivate(client, valid_key, NULL, "moving-machine", NULL, NULL) == KS_OK);
+
+    CHECK(ks_client_deactivate(client, unknown_key, NULL, "m", NULL, NULL) ==
+          KS_LICENSE_NOT_FOUND);
+    CHECK(ks_last_error() != NULL && ks_last_error()[0] != '\0');
+    CHECK(ks_client_deactivate(client, valid_key, NULL, NULL, NULL, NULL) == KS_INVALID_ARGUMENT);
+    CHECK(ks_client_deactivate(client, valid_key, "not a host name!", NULL, NULL, NULL) ==
+          KS_INVALID_ARGUMENT);
+    CHECK(ks_client_deactivate(client, "KS-0000", NULL, "m", NULL, NULL) == KS_KEY_MALFORMED);
+    CHECK(ks_client_deactivate(NULL, valid_key, NULL, "m", NULL, NULL) == KS_NULL_PARAMETER);
+    CHECK(ks_client_deactivate(client, NULL, NULL, "m", NULL, NULL) == KS_NULL_PARAMETER);
+}
+
 static void offline(void) {
     /* Same cache dir, no server: the cached answers stand in. */
     ks_client *client = new_client(closed_url);
@@ -258,6 +289,8 @@ static void offline(void) {
     answer = NULL;
     CHECK(ks_client_validate_offline(client, valid_key, NULL, NULL, &answer) == KS_OK);
     CHECK(ks_validation_valid(answer) && STREQ(ks_validation_source(answer), "cache"));
+    /* Freeing a seat needs the server: no cache stands in. */
+    CHECK(ks_client_deactivate(client, valid_key, NULL, "m", NULL, NULL) == KS_NETWORK);
     /* An answer outlives its client. */
     ks_client_free(client);
     CHECK(STREQ(ks_validation_code(answer), "VALID"));
@@ -376,6 +409,7 @@ int main(int argc, char **argv) {
     no_server_needed();
     ks_client *client = new_client(server_url);
     answers(client);
+    seats(client);
     threads(client);
     if (getenv("ABI_TEST_NO_FORK") == NULL) {
         forked(client);
