@@ -138,6 +138,19 @@ impl StorageArgs {
                 self.data_dir.join("keysmith.db").display()
             ));
         };
+        // `postgres:user:pw@host` (a slash short) is no file name: taken
+        // for one, it ran on SQLite in a file named after the password.
+        if let Some((scheme, rest)) = url.split_once(':') {
+            let known = ["postgres", "postgresql", "sqlite"]
+                .iter()
+                .any(|k| scheme.eq_ignore_ascii_case(k));
+            if known && !rest.starts_with("//") {
+                anyhow::bail!(
+                    "--database: a {scheme}: URL needs {scheme}:// (postgres://user:password@host:port/db, \
+                     sqlite://PATH)"
+                );
+            }
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
                 && scheme

@@ -153,7 +153,11 @@ pub async fn serve(
         .with_context(|| format!("listening on {}", args.listen))?;
     let admin = auth::AdminAuth::establish(store.as_ref()).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, key_id = %signer.key_id(), "keysmith-server ready");
+    let storage = match store::sqlite_path(&database_url) {
+        Some(path) => format!("SQLite database {}", path.display()),
+        None => store::postgres::describe(&database_url),
+    };
+    tracing::info!(%addr, key_id = %signer.key_id(), %storage, "keysmith-server ready");
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "keysmith-server listening on http://{addr}");

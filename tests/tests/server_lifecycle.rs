@@ -51,6 +51,12 @@ fn first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after(backend:
             }
         }
     }
+    // The log says which storage it serves from (never a password).
+    let named = match backend {
+        Backend::Sqlite => "SQLite database",
+        Backend::Postgres => "PostgreSQL database",
+    };
+    assert!(server.log().contains(named), "{}", server.log());
     let public = server.public_key();
     assert_eq!(server.terminate(), Some(0), "SIGTERM exits 0");
     server.restart();
@@ -113,6 +119,31 @@ fn an_unsupported_database_url_is_refused_before_anything_is_created() {
     );
     assert!(!stderr.contains("s3cret"), "{stderr}");
     assert!(!data.exists(), "nothing is created");
+}
+
+/// A PostgreSQL URL a slash short is no file path: it used to start a
+/// server on SQLite in a file named after the URL, password included.
+#[test]
+fn a_postgres_url_without_its_slashes_is_refused_not_taken_for_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "postgres:ks:s3cret@127.0.0.1/ks",
+        "postgresql:/ks:s3cret@127.0.0.1/ks",
+        "POSTGRES:ks:s3cret@db",
+    ] {
+        let out = std::process::Command::new(keysmith_tests::bin_path("keysmith-server"))
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", url])
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("://"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{url}: nothing is created: {left:?}");
+    }
 }
 
 /// `keysmith-server backup` while the server takes writes: a file only

@@ -510,6 +510,29 @@ mod tls {
     }
 }
 
+/// What the URL names, for the log: the database, its user and host, never
+/// the password.
+pub fn describe(url: &str) -> String {
+    let config = split_options(url)
+        .ok()
+        .and_then(|o| tokio_postgres::Config::from_str(&o.url).ok());
+    let Some(config) = config else {
+        return "PostgreSQL".to_owned();
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "PostgreSQL database {:?} as {:?} on {host}:{port}",
+        config.get_dbname().unwrap_or("(the user's)"),
+        config.get_user().unwrap_or("(default)")
+    )
+}
+
 impl PostgresStore {
     /// Connects to the database the URL names (`postgres://user@host:port/db`,
     /// any libpq URL parameter, plus `pool_size`) and applies the migrations
