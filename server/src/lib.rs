@@ -123,6 +123,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// Whether the database holds any license.
+async fn has_licenses(store: &dyn store::Store) -> anyhow::Result<bool> {
+    let first = store::PageRequest {
+        before: None,
+        limit: 1,
+    };
+    let (licenses, _) = store
+        .list_licenses(store::LicenseFilter::default(), first)
+        .await?;
+    Ok(!licenses.is_empty())
+}
+
 /// Opens storage, binds, serves until `shutdown` completes, then drains.
 pub async fn serve(
     args: ServeArgs,
@@ -143,9 +155,22 @@ pub async fn serve(
     std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
     dir.create(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let signing_key = signing::load_or_create(&args.signing_key_path())?;
-    let signer = signing::Signer::new(signing_key, args.issuer.clone());
     let store = store::open(&database_url, args.sqlite_synchronous).await?;
+    let key_path = args.signing_key_path();
+    if !key_path.exists() && has_licenses(store.as_ref()).await? {
+        // A new key here would sign answers no app trusts: every license
+        // of the database is pinned to the key its first server made.
+        anyhow::bail!(
+            "no signing key at {}, and the database already has licenses: apps trust \
+             only the key their answers have been signed with. Put that key file there \
+             (or name it with --signing-key); if it is lost, create one with \
+             `keysmith-server new-signing-key --to FILE` and ship its public key to the \
+             apps first (docs/security.md, \"Stolen signing key\")",
+            key_path.display()
+        );
+    }
+    let signing_key = signing::load_or_create(&key_path)?;
+    let signer = signing::Signer::new(signing_key, args.issuer.clone());
     // Bound before the admin token is settled: a first start that cannot
     // listen must not generate (and lose) the token it prints.
     let listener = TcpListener::bind(args.listen)

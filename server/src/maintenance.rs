@@ -67,7 +67,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let Some(db) = store::sqlite_path(&url) else {
         bail!(
             "backup copies a SQLite database; for PostgreSQL use pg_dump \
-             (e.g. pg_dump --format=custom --file=FILE DATABASE_URL)"
+             (e.g. pg_dump --format=custom --file=FILE DATABASE_URL, the URL without \
+             Keysmith's pool_size, which pg_dump does not know)"
         );
     };
     eprintln!("backing up {} to {} …", db.display(), args.to.display());

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 keysmith_tests::on_both_backends!(
     first_start_creates_the_data_dir_and_a_0600_signing_key_reused_after,
     a_shared_signing_key_path_gives_servers_one_public_key,
+    a_server_without_the_signing_key_of_a_database_in_use_refuses_to_start,
     without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated,
     sigterm_finishes_in_flight_requests_and_exits_zero,
     kill_9_keeps_every_acknowledged_write,
@@ -75,6 +76,56 @@ fn a_shared_signing_key_path_gives_servers_one_public_key(backend: Backend) {
     let b = TestServer::start_with(opts);
     assert_eq!(a.public_key(), b.public_key());
     assert!(!a.data_path("signing.key").exists());
+}
+
+/// A second server on a database already in use, whose `--signing-key`
+/// names no file (a typo, a missed copy), used to make a key of its own:
+/// the apps then refused every answer it signed. The same for a data dir
+/// restored without its key.
+fn a_server_without_the_signing_key_of_a_database_in_use_refuses_to_start(backend: Backend) {
+    let mut server = TestServer::start_on(backend);
+    server.plan("pro", json!({"features": []}));
+    server.license("pro", json!({}));
+    let public = server.public_key();
+    assert_eq!(server.terminate(), Some(0));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let typo = elsewhere.path().join("signing-key.typo");
+    let start = |signing_key: Option<&std::path::Path>| {
+        let mut args = vec![
+            "serve".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            server.data_dir.display().to_string(),
+        ];
+        if let Some(db) = server.database() {
+            args.extend(["--database".into(), db.to_owned()]);
+        }
+        if let Some(key) = signing_key {
+            args.extend(["--signing-key".into(), key.display().to_string()]);
+        }
+        keysmith_tests::server_command(&args)
+    };
+    let out = start(Some(&typo));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no signing key at") && stderr.contains("already has licenses"),
+        "{stderr}"
+    );
+    assert!(!typo.exists(), "no key is made");
+
+    let key = server.data_path("signing.key");
+    let kept = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    assert_eq!(start(None).status.code(), Some(1));
+    assert!(!key.exists(), "no key is made");
+    // With its key back, it serves as before.
+    std::fs::write(&key, kept).unwrap();
+    #[cfg(unix)]
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    server.restart();
+    assert_eq!(server.public_key(), public);
 }
 
 #[cfg(unix)]
@@ -216,10 +267,17 @@ fn a_backup_taken_while_serving_restores_into_a_working_server() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 
-    // Restored alone into a new data dir, the copy serves.
+    // Restored into a new data dir with the signing key (which a backup
+    // does not hold: without it the server refuses a database with
+    // licenses), the copy serves.
     let restored_dir = dir.path().join("restored");
     std::fs::create_dir_all(&restored_dir).unwrap();
     std::fs::copy(&copy, restored_dir.join("keysmith.db")).unwrap();
+    std::fs::copy(
+        server.data_path("signing.key"),
+        restored_dir.join("signing.key"),
+    )
+    .unwrap();
     let restored = TestServer::start_with(ServerOptions {
         data_dir: Some(restored_dir),
         ..Default::default()
