@@ -156,8 +156,22 @@ pub async fn serve(
     dir.create(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let store = store::open(&database_url, args.sqlite_synchronous).await?;
+    let in_use = has_licenses(store.as_ref()).await?;
+    let sqlite_left = data_dir.join("keysmith.db");
+    if store::sqlite_path(&database_url).is_none() && !in_use && sqlite_left.exists() {
+        // Moving to PostgreSQL copies nothing: started on the empty
+        // database, the server would tell every app LICENSE_NOT_FOUND, and
+        // the apps would put that signed answer over their cached VALID.
+        anyhow::bail!(
+            "{} holds a SQLite database, and the PostgreSQL database has no license: \
+             Keysmith does not copy licenses from one to the other, so every app would be \
+             told LICENSE_NOT_FOUND. To start on the empty PostgreSQL database anyway, move \
+             that file out of the data dir (README, \"Running on PostgreSQL\")",
+            sqlite_left.display()
+        );
+    }
     let key_path = args.signing_key_path();
-    if !key_path.exists() && has_licenses(store.as_ref()).await? {
+    if !key_path.exists() && in_use {
         // A new key here would sign answers no app trusts: every license
         // of the database is pinned to the key its first server made.
         anyhow::bail!(

@@ -128,6 +128,52 @@ fn a_server_without_the_signing_key_of_a_database_in_use_refuses_to_start(backen
     assert_eq!(server.public_key(), public);
 }
 
+/// An operator moving to PostgreSQL points the data dir's server at an
+/// empty database: it used to start, and tell every app LICENSE_NOT_FOUND.
+#[test]
+fn a_data_dir_with_sqlite_licenses_is_not_served_from_an_empty_postgres() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let mut server = TestServer::start();
+    server.plan("pro", json!({"features": []}));
+    server.license("pro", json!({}));
+    assert_eq!(server.terminate(), Some(0));
+    let pg = keysmith_tests::PgDatabase::create();
+    let start = || {
+        keysmith_tests::server_command(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            server.data_dir.to_str().unwrap(),
+            "--database",
+            &pg.url(),
+        ])
+    };
+    let out = start();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds a SQLite database") && stderr.contains("move"),
+        "{stderr}"
+    );
+    // Moved out of the way, the empty database is served.
+    std::fs::rename(
+        server.data_path("keysmith.db"),
+        server.data_dir.with_file_name("keysmith.db.moved"),
+    )
+    .unwrap();
+    let moved = TestServer::start_with(ServerOptions {
+        data_dir: Some(server.data_dir.clone()),
+        backend: Backend::Postgres,
+        database: Some(pg.url()),
+        ..Default::default()
+    });
+    let (status, page) = moved.admin("GET", "/licenses", None);
+    assert_eq!((status, page["data"].as_array().unwrap().len()), (200, 0));
+}
+
 #[cfg(unix)]
 #[test]
 fn a_signing_key_readable_by_others_is_refused() {
