@@ -47,8 +47,8 @@ pub fn rotate_admin_token(storage: StorageArgs) -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the runtime")?;
             runtime.block_on(async {
-                let store = store::open(&url, store::sqlite::Synchronous::default()).await?;
-                store.replace_admin_token_hash(hash).await?;
+                let store = store::postgres::PostgresStore::connect_existing(&url).await?;
+                store::Store::replace_admin_token_hash(&store, hash).await?;
                 anyhow::Ok(())
             })?;
         }

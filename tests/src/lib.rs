@@ -135,6 +135,11 @@ impl PgDatabase {
         format!("{}&pool_size=8", self.url)
     }
 
+    /// Runs SQL statements in this schema.
+    pub fn execute(&self, sql: &str) {
+        pg_execute(&self.url, sql);
+    }
+
     /// The first column of each row a query returns, as text.
     pub fn query_texts(&self, sql: &str, params: &[&str]) -> Vec<String> {
         let (url, sql) = (self.url.clone(), sql.to_owned());

@@ -573,6 +573,33 @@ fn without_an_env_token_one_is_generated_printed_once_kept_hashed_and_rotated(ba
     assert_eq!(ok(&url, &rotated), 200);
     fourth.kill().unwrap();
     fourth.wait().unwrap();
+
+    // Pointed at a database no server has started on (the wrong one), a
+    // rotation is refused and sets nothing up there; it used to create
+    // Keysmith's tables and report success while the real database kept
+    // the leaked token.
+    if backend == Backend::Postgres {
+        let empty = PgDatabase::create();
+        let out = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+            .args(["rotate-admin-token", "--data-dir"])
+            .arg(&data)
+            .args(["--database", &empty.url()])
+            .env_remove("KEYSMITH_ADMIN_TOKEN")
+            .env_remove("KEYSMITH_DATABASE")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(why.contains("no Keysmith database"), "{why}");
+        assert_eq!(
+            empty.query_texts(
+                "SELECT count(*)::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema()",
+                &[]
+            ),
+            ["0"]
+        );
+    }
 }
 
 /// SIGTERM: requests in flight are answered and recorded, the process

@@ -281,3 +281,54 @@ fn servers_starting_together_migrate_once() {
         "VALID"
     );
 }
+
+/// Least privilege: a role that may read and write Keysmith's tables but
+/// create nothing serves a database a server has set up (it was refused:
+/// every start created the schema_version table "if not exists").
+#[test]
+fn a_role_that_may_only_read_and_write_serves_a_set_up_database() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    write_signing_key(&key_path);
+    let mut owner = TestServer::start_with(options(&db, &key_path));
+    owner.plan("p", json!({"features": []}));
+    let license = owner.license("p", json!({}));
+    owner.terminate();
+
+    let Some(schema) = db.query_texts("SELECT current_schema()::text", &[]).pop() else {
+        panic!("no schema");
+    };
+    let role = format!("{schema}_rw");
+    let Some(url) = db
+        .url()
+        .split_once("://postgres@")
+        .map(|(scheme, rest)| format!("{scheme}://{role}@{rest}"))
+    else {
+        eprintln!("skipped: the test database URL's user is not postgres");
+        return;
+    };
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; \
+         GRANT USAGE ON SCHEMA {schema} TO {role}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}; \
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"
+    ));
+    let served = std::panic::catch_unwind(|| {
+        let server = TestServer::start_with(ServerOptions {
+            database: Some(url.clone()),
+            ..options(&db, &key_path)
+        });
+        let again = server.license("p", json!({}));
+        for key in [&license["key"], &again["key"]] {
+            assert_eq!(server.validate(json!({"key": key})).1["code"], "VALID");
+        }
+    });
+    db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"));
+    if let Err(panic) = served {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -538,6 +538,17 @@ impl PostgresStore {
     /// any libpq URL parameter, plus `pool_size`) and applies the migrations
     /// it lacks.
     pub async fn connect(url: &str) -> anyhow::Result<PostgresStore> {
+        PostgresStore::connect_to(url, true).await
+    }
+
+    /// Like [`connect`](Self::connect), for a database a server has already
+    /// started on: one without Keysmith's tables is refused, not set up (a
+    /// maintenance command pointed at the wrong database).
+    pub async fn connect_existing(url: &str) -> anyhow::Result<PostgresStore> {
+        PostgresStore::connect_to(url, false).await
+    }
+
+    async fn connect_to(url: &str, create: bool) -> anyhow::Result<PostgresStore> {
         let options = split_options(url)?;
         let mut config = tokio_postgres::Config::from_str(&options.url)
             .map_err(|e| anyhow::anyhow!("the PostgreSQL URL is not valid: {}", with_causes(&e)))?;
@@ -574,6 +585,12 @@ impl PostgresStore {
             .get()
             .await
             .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {}", StoreError::from(e)))?;
+        if !create && !has_schema(&client).await? {
+            anyhow::bail!(
+                "no Keysmith database at {}: the first start of a server on it sets it up",
+                describe(url)
+            );
+        }
         migrate(&mut client)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the PostgreSQL schema: {e}"))?;
@@ -592,10 +609,17 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SELECT pg_advisory_xact_lock(hashtext('keysmith-migrations'), \
-         hashtext(coalesce(current_schema(), ''))); \
-         CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);",
+         hashtext(coalesce(current_schema(), '')))",
     )
     .await?;
+    // Created only when missing: a role with only the rights to read and
+    // write the tables (no CREATE) starts a server on a current schema.
+    if !has_schema(&tx).await? {
+        tx.batch_execute(
+            "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+    }
     let applied: i64 = tx
         .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
         .await?
@@ -617,6 +641,15 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether Keysmith's tables are in the connection's schema.
+async fn has_schema(c: &impl GenericClient) -> Result<bool> {
+    Ok(
+        c.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+            .await?
+            .try_get(0)?,
+    )
 }
 
 type Param<'a> = &'a (dyn ToSql + Sync);
