@@ -792,14 +792,25 @@ fn logs_never_hold_a_key_or_a_token(backend: Backend) {
     let (_, answer) = server.validate(json!({"key": key}));
     server.admin("GET", &format!("/licenses?key={key}"), None);
     server.request("GET", "/api/v1/licenses", Some("wrong-token-xyz"), None);
+    // A key where an id goes, with and without the token, dashes or not.
+    for path in [
+        key.to_owned(),
+        key.replace('-', ""),
+        key.replace('-', "%20"),
+    ] {
+        server.request("GET", &format!("/api/v1/licenses/{path}"), None, None);
+        server.admin("GET", &format!("/licenses/{path}"), None);
+    }
     let log = server.log();
     assert!(
         log.contains("/api/v1/validate") && log.contains("/api/v1/licenses"),
         "requests are logged: {log}"
     );
     let body = &key[3..];
+    assert!(log.contains("/api/v1/licenses/<key?>"), "{log}");
     for secret in [
         body,
+        &body.replace('-', ""),
         answer["token"].as_str().unwrap(),
         ADMIN_TOKEN,
         "wrong-token-xyz",

@@ -163,7 +163,8 @@ async fn time_out_and_log(req: Request, next: Next, timeout: Duration) -> Respon
     };
     let status = response.status().as_u16();
     let latency_us = start.elapsed().as_micros() as u64;
-    let path = uri.path();
+    let path = loggable(uri.path());
+    let path = path.as_ref();
     if status >= 500 {
         tracing::error!(%method, %path, status, latency_us, "request");
     } else if is_app_route(path) {
@@ -172,6 +173,35 @@ async fn time_out_and_log(req: Request, next: Next, timeout: Duration) -> Respon
         tracing::info!(%method, %path, status, latency_us, "request");
     }
     response
+}
+
+/// The path as the log shows it: a segment that may be a license key
+/// (someone put a key where an id goes, `/licenses/KS-…`) is shown as
+/// `<key?>`, never whole — a key is what a customer paid for.
+fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
+    fn may_be_key(segment: &str) -> bool {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        let symbols = decoded
+            .chars()
+            .filter(|c| !(*c == '-' || c.is_whitespace()))
+            .collect::<Vec<_>>();
+        // A prefix of 2 to 8 and 24 symbols; a domain has dots, an id is shorter.
+        (26..=32).contains(&symbols.len()) && symbols.iter().all(char::is_ascii_alphanumeric)
+    }
+    if !path.split('/').any(may_be_key) {
+        return path.into();
+    }
+    path.split('/')
+        .map(|segment| {
+            if may_be_key(segment) {
+                "<key?>"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+        .into()
 }
 
 fn is_app_route(path: &str) -> bool {
