@@ -110,6 +110,7 @@ pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
         chrono::Duration::from_std(policy.timeout + Duration::from_secs(30)).expect("lease fits");
     let mut tick = tokio::time::interval(policy.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outage = Outage::default();
     loop {
         tick.tick().await;
         let free = slots.available_permits() as u32;
@@ -117,9 +118,20 @@ pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
             continue;
         }
         let jobs = match store.claim_deliveries(Utc::now(), free, lease).await {
-            Ok(jobs) => jobs,
+            Ok(jobs) => {
+                if let Some(failures) = outage.ended() {
+                    tracing::info!(failures, "claiming webhook deliveries again");
+                }
+                jobs
+            }
             Err(e) => {
-                tracing::error!(error = %e, "cannot claim webhook deliveries");
+                // The database away: said once, then once a minute, and
+                // asked again less often, not four times a second.
+                let (pause, say) = outage.failed(policy.poll, std::time::Instant::now());
+                if say {
+                    tracing::error!(error = %e, failures = outage.failures, "cannot claim webhook deliveries");
+                }
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
@@ -134,6 +146,38 @@ pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
                 drop(permit);
             });
         }
+    }
+}
+
+/// Claims failing in a row (the database away), and when that was last
+/// logged.
+#[derive(Debug, Default)]
+struct Outage {
+    failures: u32,
+    logged: Option<std::time::Instant>,
+}
+
+impl Outage {
+    /// How long to wait before the next claim, and whether to log this
+    /// failure: the first, then at most once a minute.
+    fn failed(&mut self, poll: Duration, now: std::time::Instant) -> (Duration, bool) {
+        self.failures = self.failures.saturating_add(1);
+        let say = self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60));
+        if say {
+            self.logged = Some(now);
+        }
+        let pause = poll
+            .saturating_mul(1 << self.failures.min(8))
+            .min(Duration::from_secs(30));
+        (pause, say)
+    }
+
+    /// After a successful claim: how many failed before it, if any did.
+    fn ended(&mut self) -> Option<u32> {
+        let failures = std::mem::take(self).failures;
+        (failures > 0).then_some(failures)
     }
 }
 
@@ -213,6 +257,30 @@ fn failure_text(e: reqwest::Error, url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PostgreSQL away for a minute used to log ~240 errors from each
+    /// server: now the first, one a minute after, and claims slow down.
+    #[test]
+    fn an_outage_is_logged_once_a_minute_and_claims_back_off() {
+        let poll = Duration::from_millis(250);
+        let start = std::time::Instant::now();
+        let mut outage = Outage::default();
+        let mut said = 0;
+        let mut at = start;
+        let mut pauses = Vec::new();
+        while at < start + Duration::from_secs(125) {
+            let (pause, say) = outage.failed(poll, at);
+            said += usize::from(say);
+            pauses.push(pause);
+            at += pause.max(poll);
+        }
+        assert_eq!(said, 3, "at 0 s, 60 s and 120 s");
+        assert_eq!(pauses[0], Duration::from_millis(500));
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*pauses.last().unwrap(), Duration::from_secs(30));
+        assert_eq!(outage.ended(), Some(pauses.len() as u32));
+        assert_eq!(outage.ended(), None, "reset");
+    }
 
     #[test]
     fn signature_matches_a_known_hmac() {
