@@ -332,3 +332,58 @@ fn a_role_that_may_only_read_and_write_serves_a_set_up_database() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A license row locked elsewhere (an operator's open transaction) used to
+/// stall every license: the validations waiting on it timed out for their
+/// clients but kept their statements, and so the pool's connections, until
+/// the lock went. Statements now give up on a lock after 5 s.
+#[test]
+fn a_license_locked_elsewhere_does_not_stall_the_others() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    write_signing_key(&key_path);
+    let mut opts = options(&db, &key_path);
+    opts.database = Some(db.url().replace("pool_size=8", "pool_size=2"));
+    opts.args.extend(["--request-timeout".into(), "2".into()]);
+    let server = TestServer::start_with(opts);
+    server.plan("p", json!({"features": []}));
+    let locked = server.license("p", json!({}));
+    let other = server.license("p", json!({}));
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            db.execute(&format!(
+                "BEGIN; SELECT 1 FROM licenses WHERE id = '{}' FOR UPDATE; \
+                 SELECT pg_sleep(10); COMMIT;",
+                id(&locked)
+            ));
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Seat-taking validations of the locked license: every pool
+        // connection ends up waiting on its row.
+        for i in 0..2 {
+            let key = locked["key"].clone();
+            let server = &server;
+            scope.spawn(move || {
+                server.validate(json!({"key": key, "domain": format!("d{i}.example.com")}));
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let answered = loop {
+            let (status, answer) = server.validate(json!({"key": other["key"]}));
+            if status == 200 {
+                assert_eq!(answer["code"], "VALID");
+                break start.elapsed();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert!(
+            answered < std::time::Duration::from_secs(8),
+            "another license waited {answered:?} for the lock to go"
+        );
+    });
+}

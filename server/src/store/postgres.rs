@@ -533,6 +533,10 @@ pub fn describe(url: &str) -> String {
     )
 }
 
+/// How long a statement waits for a lock before it fails (PostgreSQL's
+/// `lock_timeout`), unless the URL's `options` set another.
+const LOCK_TIMEOUT_MS: u64 = 5_000;
+
 impl PostgresStore {
     /// Connects to the database the URL names (`postgres://user@host:port/db`,
     /// any libpq URL parameter, plus `pool_size`) and applies the migrations
@@ -565,6 +569,17 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("keysmith-server");
         }
+        // A row lock held elsewhere (an operator's open transaction) must
+        // not hold a pool connection for as long as it lasts: requests that
+        // time out leave their statements waiting, and a few of those take
+        // every connection, stalling licenses that have nothing to do with
+        // it. Given first, so that a `-c lock_timeout=…` in the URL's
+        // `options` wins.
+        let startup = match config.get_options() {
+            Some(own) => format!("-c lock_timeout={LOCK_TIMEOUT_MS} {own}"),
+            None => format!("-c lock_timeout={LOCK_TIMEOUT_MS}"),
+        };
+        config.options(&startup);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -607,8 +622,11 @@ impl PostgresStore {
 /// databases (and test schemas) do not wait on each other.
 async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     let tx = client.transaction().await?;
+    // Servers starting together wait for the first one's migrations,
+    // however long they take.
     tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtext('keysmith-migrations'), \
+        "SET LOCAL lock_timeout = 0; \
+         SELECT pg_advisory_xact_lock(hashtext('keysmith-migrations'), \
          hashtext(coalesce(current_schema(), '')))",
     )
     .await?;
