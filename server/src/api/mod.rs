@@ -180,13 +180,25 @@ async fn time_out_and_log(req: Request, next: Next, timeout: Duration) -> Respon
 /// `<key?>`, never whole — a key is what a customer paid for.
 fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
     fn may_be_key(segment: &str) -> bool {
-        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-        let symbols = decoded
+        // A prefix of 2 to 8 and 24 symbols, so at least 26 characters:
+        // the routes' own segments end here, without decoding or counting.
+        if segment.len() < 26 {
+            return false;
+        }
+        let mut symbols = 0;
+        for c in percent_encoding::percent_decode_str(segment)
+            .decode_utf8_lossy()
             .chars()
-            .filter(|c| !(*c == '-' || c.is_whitespace()))
-            .collect::<Vec<_>>();
-        // A prefix of 2 to 8 and 24 symbols; a domain has dots, an id is shorter.
-        (26..=32).contains(&symbols.len()) && symbols.iter().all(char::is_ascii_alphanumeric)
+        {
+            match c {
+                '-' => {}
+                c if c.is_whitespace() => {}
+                // A domain has dots; an id is shorter.
+                c if c.is_ascii_alphanumeric() => symbols += 1,
+                _ => return false,
+            }
+        }
+        (26..=32).contains(&symbols)
     }
     if !path.split('/').any(may_be_key) {
         return path.into();
