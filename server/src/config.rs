@@ -53,6 +53,34 @@ pub enum Command {
     /// SDK takes a comma-separated list); once that release is out, restart
     /// the servers with --signing-key FILE. An existing file is never overwritten.
     NewSigningKey(NewSigningKeyArgs),
+    /// Copy a SQLite database, whole, into an empty PostgreSQL database: the move to several servers.
+    ///
+    /// Every plan, license (key, status, seats, counts), usage record,
+    /// webhook (with its secret), event and delivery, and a generated admin
+    /// token, in one transaction; refused while a server runs on the SQLite
+    /// database, or when the PostgreSQL one already has plans, licenses or
+    /// webhooks. Then start the servers with --database URL and this data
+    /// dir's signing key.
+    CopyToPostgres(CopyToPostgresArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CopyToPostgresArgs {
+    /// The data dir whose keysmith.db to copy.
+    #[arg(long, env = "KEYSMITH_DATA_DIR", default_value = "./keysmith-data")]
+    pub data_dir: PathBuf,
+    /// A SQLite database file to copy instead of <data-dir>/keysmith.db.
+    /// (Not KEYSMITH_DATABASE, which may already name the PostgreSQL database.)
+    #[arg(long, value_name = "PATH")]
+    pub from: Option<PathBuf>,
+    /// The PostgreSQL database to copy into: postgres://user:password@host:port/db.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KEYSMITH_COPY_TO",
+        hide_env_values = true
+    )]
+    pub to: DatabaseUrl,
 }
 
 #[derive(Debug, Clone, clap::Args)]

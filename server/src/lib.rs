@@ -44,6 +44,9 @@ pub fn main() -> std::process::ExitCode {
         config::Command::NewSigningKey(args) => {
             maintenance::exit(maintenance::new_signing_key(args))
         }
+        config::Command::CopyToPostgres(args) => {
+            maintenance::exit(maintenance::copy_to_postgres(args))
+        }
     }
 }
 
@@ -159,14 +162,15 @@ pub async fn serve(
     let in_use = has_licenses(store.as_ref()).await?;
     let sqlite_left = data_dir.join("keysmith.db");
     if store::sqlite_path(&database_url).is_none() && !in_use && sqlite_left.exists() {
-        // Moving to PostgreSQL copies nothing: started on the empty
-        // database, the server would tell every app LICENSE_NOT_FOUND, and
-        // the apps would put that signed answer over their cached VALID.
+        // Started on an empty database before `copy-to-postgres`, the
+        // server would tell every app LICENSE_NOT_FOUND, and the apps would
+        // put that signed answer over their cached VALID.
         anyhow::bail!(
             "{} holds a SQLite database, and the PostgreSQL database has no license: \
-             Keysmith does not copy licenses from one to the other, so every app would be \
-             told LICENSE_NOT_FOUND. To start on the empty PostgreSQL database anyway, move \
-             that file out of the data dir (README, \"Running on PostgreSQL\")",
+             started on it, the server would tell every app LICENSE_NOT_FOUND. Copy the \
+             SQLite database across first (`keysmith-server copy-to-postgres --data-dir … \
+             --to URL`), or, to start on the empty PostgreSQL database anyway, move that \
+             file out of the data dir",
             sqlite_left.display()
         );
     }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
-use crate::config::{BackupArgs, NewSigningKeyArgs, PublicKeyArgs, RestoreArgs, StorageArgs};
+use crate::config::{
+    BackupArgs, CopyToPostgresArgs, NewSigningKeyArgs, PublicKeyArgs, RestoreArgs, StorageArgs,
+};
 use crate::{auth, backup, signing, store};
 
 /// The exit code of a command's result, its error printed.
@@ -104,6 +106,55 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
          rotated after the backup was taken, the older token works again: run \
          `keysmith-server rotate-admin-token` before starting the server if it must not"
     );
+    Ok(())
+}
+
+/// `keysmith-server copy-to-postgres --to URL`.
+pub fn copy_to_postgres(args: CopyToPostgresArgs) -> anyhow::Result<()> {
+    let db = args
+        .from
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("keysmith.db"));
+    let db = db.as_path();
+    let to = &args.to.0;
+    if store::sqlite_path(to).is_some() {
+        bail!("--to: give a postgres://user:password@host:port/db URL");
+    }
+    eprintln!(
+        "copying {} into the {} …",
+        db.display(),
+        store::postgres::describe(to)
+    );
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let copied = runtime.block_on(store::copy::sqlite_to_postgres(db, to))?;
+    let count = |name| {
+        copied
+            .tables
+            .iter()
+            .find(|(table, _)| *table == name)
+            .map_or(0, |(_, rows)| *rows)
+    };
+    println!(
+        "copied {} licenses, {} plans, {} usage records and {} webhooks in {:.1} s",
+        count("licenses"),
+        count("plans"),
+        count("usage"),
+        count("webhooks"),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "next: start the servers with --database set to that URL and the signing key {} \
+         (--signing-key); keep {} as a backup, out of the data dir",
+        args.data_dir.join("signing.key").display(),
+        db.display()
+    );
+    if copied.admin_token {
+        println!("the generated admin token came along: it works on PostgreSQL as before");
+    }
     Ok(())
 }
 

@@ -174,6 +174,110 @@ fn a_data_dir_with_sqlite_licenses_is_not_served_from_an_empty_postgres() {
     assert_eq!((status, page["data"].as_array().unwrap().len()), (200, 0));
 }
 
+/// The move from one machine to several: `copy-to-postgres` carries every
+/// license (key, status, seats, counts, metadata), its usage, the plans and
+/// the webhooks (secret included) into an empty PostgreSQL database, where
+/// servers with the same signing key answer as the SQLite one did.
+#[test]
+fn copy_to_postgres_moves_a_sqlite_database_whole() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let mut server = TestServer::start();
+    server.plan("pro", json!({"features": ["sso"], "max_domains": 1}));
+    server.plan("free", json!({"features": []}));
+    let a = server.license("pro", json!({"metadata": {"order": 7, "note": "ü"}}));
+    let b = server.license("free", json!({}));
+    let validate = |server: &TestServer, license: &Value, domain: Option<&str>| {
+        let mut body = json!({"key": license["key"]});
+        if let Some(domain) = domain {
+            body["domain"] = json!(domain);
+        }
+        server.validate(body).1["code"].as_str().unwrap().to_owned()
+    };
+    for _ in 0..3 {
+        assert_eq!(validate(&server, &a, Some("a.example.com")), "VALID");
+    }
+    assert_eq!(validate(&server, &b, None), "VALID");
+    let (status, _) = server.admin(
+        "DELETE",
+        &format!("/licenses/{}", b["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, hook) = server.admin(
+        "POST",
+        "/webhooks",
+        Some(json!({"url": keysmith_tests::receiver::Receiver::black_hole(), "events": ["license.created"]})),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let read = |server: &TestServer| {
+        let licenses = server.admin("GET", "/licenses?limit=500", None).1["data"].clone();
+        let usage = server
+            .admin(
+                "GET",
+                &format!("/licenses/{}/usage", a["id"].as_str().unwrap()),
+                None,
+            )
+            .1;
+        let plans = server.admin("GET", "/plans", None).1["data"].clone();
+        let hooks = server.admin("GET", "/webhooks", None).1["data"].clone();
+        (licenses, usage, plans, hooks)
+    };
+    let before = read(&server);
+    let public = server.public_key();
+    assert_eq!(server.terminate(), Some(0));
+
+    let pg = PgDatabase::create();
+    // As the README has it: KEYSMITH_DATABASE already names the target.
+    let copy = || {
+        std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+            .args(["copy-to-postgres", "--data-dir"])
+            .arg(&server.data_dir)
+            .args(["--to", &pg.url()])
+            .env("KEYSMITH_DATABASE", pg.url())
+            .output()
+            .unwrap()
+    };
+    let out = copy();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("copied 2 licenses, 2 plans, 4 usage records and 1 webhooks"),
+        "{stdout}"
+    );
+    let again = copy();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("copy into an empty one"));
+
+    let moved = TestServer::start_with(ServerOptions {
+        data_dir: Some(server.data_dir.clone()),
+        backend: Backend::Postgres,
+        database: Some(pg.url()),
+        ..Default::default()
+    });
+    assert_eq!(
+        read(&moved),
+        before,
+        "the same licenses, usage, plans and webhooks"
+    );
+    assert_eq!(moved.public_key(), public);
+    assert_eq!(validate(&moved, &a, Some("a.example.com")), "VALID");
+    assert_eq!(
+        validate(&moved, &a, Some("b.example.com")),
+        "DOMAIN_LIMIT_REACHED",
+        "the seat came along"
+    );
+    assert_eq!(validate(&moved, &b, None), "LICENSE_REVOKED");
+    // The sequences go on after the copied rows.
+    let c = moved.license("free", json!({}));
+    assert_eq!(validate(&moved, &c, None), "VALID");
+}
+
 #[cfg(unix)]
 #[test]
 fn a_signing_key_readable_by_others_is_refused() {

@@ -9,6 +9,7 @@ use keysmith_core::wire::{License, LicenseSummary, Plan};
 use keysmith_core::{Code, Status};
 use serde::Serialize;
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 

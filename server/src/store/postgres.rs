@@ -615,6 +615,11 @@ impl PostgresStore {
     async fn client(&self) -> Result<deadpool_postgres::Client> {
         Ok(self.pool.get().await?)
     }
+
+    /// A connection of the pool, for `copy-to-postgres`'s own statements.
+    pub(super) async fn raw_client(&self) -> Result<deadpool_postgres::Client> {
+        self.client().await
+    }
 }
 
 /// Applies the missing migrations in one transaction, under an advisory lock
