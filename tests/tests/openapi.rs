@@ -257,6 +257,7 @@ fn real_answers_match_the_documented_schemas() {
 
     // Health, keys and the document itself.
     c.call(s, "GET", "/healthz", "/healthz", None, None);
+    c.call(s, "GET", "/readyz", "/readyz", None, None);
     c.call(
         s,
         "GET",

@@ -387,3 +387,29 @@ fn a_license_locked_elsewhere_does_not_stall_the_others() {
         );
     });
 }
+
+/// Behind a load balancer: `/readyz` answers 503 once the server cannot
+/// read its database, while `/healthz` (the process serves) stays 200.
+#[test]
+fn readyz_follows_the_database_and_healthz_the_process() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    write_signing_key(&key_path);
+    let server = TestServer::start_with(options(&db, &key_path));
+    assert_eq!(
+        server.request("GET", "/readyz", None, None),
+        (200, json!({"status": "ok"}))
+    );
+    // The database gone from under it (here: the table every read needs).
+    db.execute("DROP TABLE plans CASCADE");
+    assert_eq!(
+        server.request("GET", "/readyz", None, None),
+        (503, json!({"status": "unavailable"}))
+    );
+    assert_eq!(server.request("GET", "/healthz", None, None).0, 200);
+    assert!(server.log().contains("not ready"), "{}", server.log());
+}

@@ -133,6 +133,7 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/readyz", get(ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -142,6 +143,28 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
             time_out_and_log(req, next, request_timeout)
         }))
         .with_state(state)
+}
+
+/// `GET /readyz`: 200 while the storage answers a read within 2 s, else
+/// 503 — for a load balancer that should stop sending requests to a server
+/// that cannot reach its database (`/healthz` says only that it serves).
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let read = tokio::time::timeout(Duration::from_secs(2), state.store.list_plans()).await;
+    match read {
+        Ok(Ok(_)) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        failed => {
+            let cause = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer within 2 s".to_owned(),
+            };
+            tracing::warn!(%cause, "not ready: the storage does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Answers a request that takes longer than `timeout` with 408 (in the
@@ -224,6 +247,7 @@ fn is_app_route(path: &str) -> bool {
             | "/api/v1/public-key"
             | "/.well-known/jwks.json"
             | "/healthz"
+            | "/readyz"
     )
 }
 
