@@ -314,8 +314,8 @@ ks_result ks_client_options_set_user_agent(ks_client_options *options, const cha
 /**
  * Also requires keys to carry this prefix (e.g. `"KS"`), so that a key of
  * another vendor is `KEY_MALFORMED` without a request. By default any
- * well-formed key is sent and the server judges its prefix. A bad prefix
- * makes `ks_client_new_with_options` fail with `KS_INVALID_CONFIG`.
+ * well-formed key is sent and the server judges its prefix. A prefix that
+ * is not 2 to 8 uppercase letters or digits is `KS_INVALID_ARGUMENT`.
  *
  * # Safety
  *

@@ -117,6 +117,13 @@ pub unsafe extern "C" fn ks_client_options_set_user_agent(
             let options = unsafe { obj_mut(options, "options") }?;
             // SAFETY: `user_agent` is NULL or NUL-terminated (the caller's contract).
             let user_agent = unsafe { utf8(user_agent, "user_agent") }?;
+            // What an HTTP header may hold: no control character but a tab.
+            if user_agent.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(Failure::new(
+                    ks_result::KS_INVALID_ARGUMENT,
+                    "the user agent must not contain control characters (a line break, …)",
+                ));
+            }
             options.user_agent = Some(user_agent.to_owned());
             Ok(())
         })
@@ -125,8 +132,8 @@ pub unsafe extern "C" fn ks_client_options_set_user_agent(
 
 /// Also requires keys to carry this prefix (e.g. `"KS"`), so that a key of
 /// another vendor is `KEY_MALFORMED` without a request. By default any
-/// well-formed key is sent and the server judges its prefix. A bad prefix
-/// makes `ks_client_new_with_options` fail with `KS_INVALID_CONFIG`.
+/// well-formed key is sent and the server judges its prefix. A prefix that
+/// is not 2 to 8 uppercase letters or digits is `KS_INVALID_ARGUMENT`.
 ///
 /// # Safety
 ///
@@ -143,6 +150,12 @@ pub unsafe extern "C" fn ks_client_options_set_key_prefix(
             let options = unsafe { obj_mut(options, "options") }?;
             // SAFETY: `prefix` is NULL or NUL-terminated (the caller's contract).
             let prefix = unsafe { utf8(prefix, "prefix") }?;
+            if !sdk::is_valid_prefix(prefix) {
+                return Err(Failure::new(
+                    ks_result::KS_INVALID_ARGUMENT,
+                    format!("key prefix {prefix:?} must be 2 to 8 uppercase letters or digits"),
+                ));
+            }
             options.key_prefix = Some(prefix.to_owned());
             Ok(())
         })

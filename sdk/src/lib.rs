@@ -145,7 +145,7 @@ pub use client::{
 };
 pub use error::Error;
 pub use fingerprint::machine_fingerprint;
-pub use keysmith_core::key::{KeyError, LicenseKey};
+pub use keysmith_core::key::{is_valid_prefix, KeyError, LicenseKey};
 pub use keysmith_core::token::Claims;
 pub use keysmith_core::wire::{Code, Status};
 pub use rules::CLOCK_TOLERANCE_SECS;

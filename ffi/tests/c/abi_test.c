@@ -134,8 +134,11 @@ static void no_server_needed(void) {
     CHECK(ks_client_options_set_timeout_ms(options, 0) == KS_INVALID_ARGUMENT);
     CHECK(ks_client_options_set_user_agent(options, NULL) == KS_NULL_PARAMETER);
     CHECK(ks_client_options_set_user_agent(options, NOT_UTF8) == KS_INVALID_ARGUMENT);
-    CHECK(ks_client_options_set_key_prefix(options, "bad prefix!") == KS_OK);
-    CHECK(ks_client_new_with_options(server_url, public_key, "app", cache_dir, options, &client) ==
+    /* Refused when set, not later by ks_client_new_with_options. */
+    CHECK(ks_client_options_set_key_prefix(options, "bad prefix!") == KS_INVALID_ARGUMENT);
+    CHECK(strstr(ks_last_error(), "prefix") != NULL);
+    CHECK(ks_client_options_set_user_agent(options, "two\nlines") == KS_INVALID_ARGUMENT);
+    CHECK(ks_client_new_with_options("ftp://x", public_key, "app", cache_dir, options, &client) ==
           KS_INVALID_CONFIG);
     CHECK(client == SENTINEL);
     ks_client_options_free(options);
