@@ -429,3 +429,65 @@ fn a_client_certificate_from_sslcert_and_sslkey_is_presented() {
     let stderr = refusal_at(&cluster.url(""));
     assert!(stderr.contains("certificate"), "{stderr}");
 }
+
+/// libpq's URL syntax names a Unix-socket directory as the host; every
+/// sslmode failed there with "invalid dns name" before connecting. On a
+/// socket PostgreSQL offers no TLS: `prefer` and `disable` connect,
+/// `require` is refused, saying so.
+#[test]
+fn a_unix_socket_host_connects_without_tls() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let socket_dir = unix_socket_dir();
+    let Some(socket_dir) = socket_dir else {
+        eprintln!("skipped: no PostgreSQL socket in /var/run/postgresql");
+        return;
+    };
+    let db = PgDatabase::create();
+    let tcp = db.url();
+    let Some((before, after)) = tcp.split_once("@127.0.0.1:5432/") else {
+        eprintln!("skipped: the test database URL is not on 127.0.0.1:5432");
+        return;
+    };
+    let socket = format!("{before}@{socket_dir}/{after}");
+    for (mode, works) in [("prefer", true), ("disable", true), ("require", false)] {
+        let url = format!("{socket}&sslmode={mode}");
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("data");
+        if works {
+            let server = TestServer::start_with(ServerOptions {
+                backend: Backend::Postgres,
+                database: Some(url),
+                data_dir: Some(out_dir),
+                ..Default::default()
+            });
+            server.plan("p", json!({"features": []}));
+            assert_eq!(
+                server.request("GET", "/readyz", None, None).0,
+                200,
+                "{mode}"
+            );
+        } else {
+            let out = keysmith_tests::server_command(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                out_dir.to_str().unwrap(),
+                "--database",
+                &url,
+            ]);
+            assert_eq!(out.status.code(), Some(1), "{mode}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("does not support TLS"), "{stderr}");
+        }
+    }
+}
+
+/// Debian's PostgreSQL socket directory, percent-encoded for a URL's host.
+fn unix_socket_dir() -> Option<&'static str> {
+    std::path::Path::new("/var/run/postgresql/.s.PGSQL.5432")
+        .exists()
+        .then_some("%2Fvar%2Frun%2Fpostgresql")
+}

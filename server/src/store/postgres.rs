@@ -443,6 +443,67 @@ fn read_client_cert(
 /// or the two libpq has and rustls does not: the chain without the host
 /// name (`verify-ca`), and none (`require`, `prefer`).
 mod tls {
+
+    /// The TLS connector, also for a Unix-socket host: tokio-postgres asks
+    /// for a connector with an empty host name there, which rustls refuses
+    /// ("invalid dns name") before any connection, whatever the `sslmode`.
+    /// PostgreSQL offers no TLS on a Unix socket, so `prefer` goes on
+    /// without it and `require` fails with this connector's reason.
+    #[derive(Clone)]
+    pub struct OrSocket(pub tokio_postgres_rustls::MakeRustlsConnect);
+
+    pub enum Connect<T> {
+        Tls(T),
+        Socket,
+    }
+
+    type BoxError = Box<dyn std::error::Error + Sync + Send>;
+
+    type Rustls = tokio_postgres_rustls::MakeRustlsConnect;
+    type Socket = tokio_postgres::Socket;
+
+    impl tokio_postgres::tls::MakeTlsConnect<Socket> for OrSocket {
+        type Stream = <Rustls as tokio_postgres::tls::MakeTlsConnect<Socket>>::Stream;
+        type TlsConnect =
+            Connect<<Rustls as tokio_postgres::tls::MakeTlsConnect<Socket>>::TlsConnect>;
+        type Error = BoxError;
+
+        fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, BoxError> {
+            if domain.is_empty() {
+                return Ok(Connect::Socket);
+            }
+            tokio_postgres::tls::MakeTlsConnect::<Socket>::make_tls_connect(&mut self.0, domain)
+                .map(Connect::Tls)
+                .map_err(Into::into)
+        }
+    }
+
+    impl<S, T> tokio_postgres::tls::TlsConnect<S> for Connect<T>
+    where
+        T: tokio_postgres::tls::TlsConnect<S>,
+        T::Future: Send + 'static,
+    {
+        type Stream = T::Stream;
+        type Error = BoxError;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T::Stream, BoxError>> + Send>,
+        >;
+
+        fn connect(self, stream: S) -> Self::Future {
+            match self {
+                Connect::Tls(tls) => {
+                    let connecting = tls.connect(stream);
+                    Box::pin(async move { connecting.await.map_err(Into::into) })
+                }
+                Connect::Socket => {
+                    Box::pin(async {
+                        Err("PostgreSQL offers no TLS on a Unix socket: use sslmode=disable or prefer"
+                        .into())
+                    })
+                }
+            }
+        }
+    }
     use std::sync::Arc;
 
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -585,7 +646,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             config,
-            tls,
+            tls::OrSocket(tls),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
