@@ -536,46 +536,14 @@ impl Client {
             ));
         }
         let url = &self.inner.deactivate_url;
-        let body = ValidateRequest {
-            key: Some(req.key.as_str().to_owned()),
-            domain: req.domain.clone(),
-            fingerprint: req.fingerprint.clone(),
-            nonce: None,
-        };
-        let response = self
-            .inner
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| network_error(url, e))?;
-        let status = response.status();
-        if let Some(e) = unanswered(url, &response) {
-            return Err(e);
-        }
-        let bytes = response.bytes().await.map_err(|e| network_error(url, e))?;
+        let (status, bytes) = self.post(url, &req, None).await?;
         if status.is_success() {
-            let freed: Deactivation = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::new(
-                    Kind::Protocol,
-                    format!("{url} answered {status} with something that is not a Keysmith answer"),
-                )
-                .with_source(e)
-            })?;
+            let freed: Deactivation = parse_answer(url, status, &bytes)?;
             let path = req.cache_path.clone();
             let _ = tokio::task::spawn_blocking(move || cache::remove(&path)).await;
             return Ok(freed);
         }
-        let refusal = serde_json::from_slice::<keysmith_core::wire::ErrorBody>(&bytes)
-            .map_err(|e| {
-                Error::new(
-                    Kind::Protocol,
-                    format!("{url} answered {status} with something that is not a Keysmith answer"),
-                )
-                .with_source(e)
-            })?
-            .error;
+        let refusal = parse_answer::<keysmith_core::wire::ErrorBody>(url, status, &bytes)?.error;
         let kind = match status {
             reqwest::StatusCode::NOT_FOUND => Kind::NotFound,
             s if s.is_client_error() => Kind::InvalidArgument,
@@ -646,32 +614,8 @@ impl Client {
 
     async fn ask_server(&self, req: &Prepared, nonce: &str) -> Result<Answer, Error> {
         let url = &self.inner.validate_url;
-        let body = ValidateRequest {
-            key: Some(req.key.as_str().to_owned()),
-            domain: req.domain.clone(),
-            fingerprint: req.fingerprint.clone(),
-            nonce: Some(nonce.to_owned()),
-        };
-        let response = self
-            .inner
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| network_error(url, e))?;
-        let status = response.status();
-        if let Some(e) = unanswered(url, &response) {
-            return Err(e);
-        }
-        let bytes = response.bytes().await.map_err(|e| network_error(url, e))?;
-        let answer: ValidateResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::new(
-                Kind::Protocol,
-                format!("{url} answered {status} with something that is not a Keysmith answer"),
-            )
-            .with_source(e)
-        })?;
+        let (status, bytes) = self.post(url, req, Some(nonce)).await?;
+        let answer: ValidateResponse = parse_answer(url, status, &bytes)?;
         match answer.token {
             Some(token) => {
                 let claims = self.inner.keys.verify(&token)?;
@@ -700,6 +644,36 @@ impl Client {
                 )),
             },
         }
+    }
+
+    /// POSTs `req` (with `nonce`) to `url`: the answer's status and body,
+    /// or no answer (a network failure, 5xx, 429, 408, a redirect).
+    async fn post(
+        &self,
+        url: &str,
+        req: &Prepared,
+        nonce: Option<&str>,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), Error> {
+        let body = ValidateRequest {
+            key: Some(req.key.as_str().to_owned()),
+            domain: req.domain.clone(),
+            fingerprint: req.fingerprint.clone(),
+            nonce: nonce.map(str::to_owned),
+        };
+        let response = self
+            .inner
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| network_error(url, e))?;
+        let status = response.status();
+        if let Some(e) = unanswered(url, &response) {
+            return Err(e);
+        }
+        let bytes = response.bytes().await.map_err(|e| network_error(url, e))?;
+        Ok((status, bytes.to_vec()))
     }
 
     /// The offline answer for `req`, or `None` when nothing usable is
@@ -779,6 +753,22 @@ fn unanswered(url: &str, response: &reqwest::Response) -> Option<Error> {
                  give the client the server URL it points to"
             ),
         )
+    })
+}
+
+/// The JSON body of an answer from `url`, or the protocol error of one that
+/// is not Keysmith's.
+fn parse_answer<T: serde::de::DeserializeOwned>(
+    url: &str,
+    status: reqwest::StatusCode,
+    bytes: &[u8],
+) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::new(
+            Kind::Protocol,
+            format!("{url} answered {status} with something that is not a Keysmith answer"),
+        )
+        .with_source(e)
     })
 }
 

@@ -35,6 +35,15 @@ fn options(db: &PgDatabase, signing_key: &std::path::Path) -> ServerOptions {
     }
 }
 
+/// A temporary dir holding a signing key file (`write_signing_key`), and
+/// the file's path: the key every server of a test shares.
+fn shared_signing_key() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    write_signing_key(&key_path);
+    (dir, key_path)
+}
+
 /// A signing key file as the server writes it: base64 of a 32-byte seed, mode 0600.
 fn write_signing_key(path: &std::path::Path) {
     use base64::Engine;
@@ -64,9 +73,7 @@ fn three_servers_on_one_database_act_as_one() {
         return;
     }
     let db = PgDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("signing.key");
-    write_signing_key(&key_path);
+    let (_dir, key_path) = shared_signing_key();
     let receiver = Receiver::start();
     let servers: Vec<TestServer> = (0..3)
         .map(|_| TestServer::start_with(options(&db, &key_path)))
@@ -260,9 +267,7 @@ fn servers_starting_together_migrate_once() {
         return;
     }
     let db = PgDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("signing.key");
-    write_signing_key(&key_path);
+    let (_dir, key_path) = shared_signing_key();
     let servers: Vec<TestServer> = std::thread::scope(|scope| {
         let starting: Vec<_> = (0..3)
             .map(|_| scope.spawn(|| TestServer::start_with(options(&db, &key_path))))
@@ -291,9 +296,7 @@ fn a_role_that_may_only_read_and_write_serves_a_set_up_database() {
         return;
     }
     let db = PgDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("signing.key");
-    write_signing_key(&key_path);
+    let (_dir, key_path) = shared_signing_key();
     let mut owner = TestServer::start_with(options(&db, &key_path));
     owner.plan("p", json!({"features": []}));
     let license = owner.license("p", json!({}));
@@ -343,9 +346,7 @@ fn a_license_locked_elsewhere_does_not_stall_the_others() {
         return;
     }
     let db = PgDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("signing.key");
-    write_signing_key(&key_path);
+    let (_dir, key_path) = shared_signing_key();
     let mut opts = options(&db, &key_path);
     opts.database = Some(db.url().replace("pool_size=8", "pool_size=2"));
     opts.args.extend(["--request-timeout".into(), "2".into()]);
@@ -396,9 +397,7 @@ fn readyz_follows_the_database_and_healthz_the_process() {
         return;
     }
     let db = PgDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("signing.key");
-    write_signing_key(&key_path);
+    let (_dir, key_path) = shared_signing_key();
     let server = TestServer::start_with(options(&db, &key_path));
     assert_eq!(
         server.request("GET", "/readyz", None, None),
