@@ -126,18 +126,6 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
-/// Whether the database holds any license.
-async fn has_licenses(store: &dyn store::Store) -> anyhow::Result<bool> {
-    let first = store::PageRequest {
-        before: None,
-        limit: 1,
-    };
-    let (licenses, _) = store
-        .list_licenses(store::LicenseFilter::default(), first)
-        .await?;
-    Ok(!licenses.is_empty())
-}
-
 /// Opens storage, binds, serves until `shutdown` completes, then drains.
 pub async fn serve(
     args: ServeArgs,
@@ -159,7 +147,7 @@ pub async fn serve(
     dir.create(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let store = store::open(&database_url, args.sqlite_synchronous).await?;
-    let in_use = has_licenses(store.as_ref()).await?;
+    let in_use = store.has_licenses().await?;
     let sqlite_left = data_dir.join("keysmith.db");
     if store::sqlite_path(&database_url).is_none() && !in_use && sqlite_left.exists() {
         // Started on an empty database before `copy-to-postgres`, the

@@ -390,12 +390,14 @@ async fn licenses_take_plan_defaults_or_explicit_values(f: &Fixture) {
     let mut p = plan("pro", Some(3), Some(2));
     p.duration_days = Some(30);
     let s = store_with_plan(f, p).await;
+    assert!(!s.has_licenses().await.unwrap(), "a plan is not a license");
     let mut new = new_license("pro");
     new.metadata = json!({"order_id": "1042", "nested": {"b": [1, 2], "a": null}})
         .as_object()
         .unwrap()
         .clone();
     let l = s.create_license(new.clone(), t(0)).await.unwrap();
+    assert!(s.has_licenses().await.unwrap());
     assert!(l.id.starts_with("lic_"));
     assert!(keysmith_core::LicenseKey::parse(&l.key).is_ok());
     assert_eq!(l.status, Status::Active);

@@ -409,6 +409,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_license(&self, new: NewLicense, now: DateTime<Utc>) -> Result<License>;
     async fn get_license(&self, id: String) -> Result<License>;
+    /// Whether any license exists; never waits for counts to settle (it is
+    /// asked at start-up, which must not wait for a crash's backlog).
+    async fn has_licenses(&self) -> Result<bool>;
     async fn list_licenses(&self, filter: LicenseFilter, page: PageRequest) -> Result<LicensePage>;
     async fn update_license(
         &self,

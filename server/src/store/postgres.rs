@@ -1431,6 +1431,14 @@ impl Store for PostgresStore {
         Ok(license)
     }
 
+    async fn has_licenses(&self) -> Result<bool> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one("SELECT EXISTS (SELECT 1 FROM licenses)", &[])
+            .await?
+            .try_get(0)?)
+    }
+
     async fn get_license(&self, id: String) -> Result<License> {
         let client = self.client().await?;
         load_license(&client, &id).await.map(|(_, l)| l)

@@ -1068,6 +1068,13 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn has_licenses(&self) -> Result<bool> {
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM licenses)", [], |r| r.get(0))?)
+        })
+        .await
+    }
+
     async fn get_license(&self, id: String) -> Result<License> {
         self.settle_usage().await?;
         self.read(move |conn| load_license(conn, &id).map(|(_, l)| l))
@@ -2330,6 +2337,12 @@ mod tests {
             .expect("answered while the writer waits for the lock")
             .unwrap();
         assert_eq!(answered.code, Code::Valid);
+        // What `serve` asks before it listens does not wait for the copy.
+        let asked = tokio::time::timeout(Duration::from_secs(2), store.has_licenses())
+            .await
+            .expect("answered while the writer waits for the lock")
+            .unwrap();
+        assert!(asked);
         holder.execute_batch("ROLLBACK").unwrap();
         store.settle_usage().await.unwrap();
         assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), records + 2);
