@@ -282,7 +282,8 @@ pub struct ServeArgs {
     pub webhook_timeout: u64,
 
     /// Milliseconds before the first webhook retry (jittered between half and all
-    /// of it); each later retry doubles, up to --webhook-retry-max-ms.
+    /// of it); a later retry waits up to this plus twice the time the event has
+    /// been failing, at most --webhook-retry-max-ms.
     #[arg(long, env = "KEYSMITH_WEBHOOK_RETRY_BASE_MS", default_value_t = 20_000)]
     pub webhook_retry_base_ms: u64,
 

@@ -44,10 +44,15 @@ impl Default for DeliveryPolicy {
 /// Deliveries in flight at once, across all endpoints.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// What follows a failed attempt `attempt` (1-based) first tried at `first_at`.
+/// What follows a failed attempt of an event whose attempts (since it was
+/// queued, redelivered, or its endpoint enabled again) began at `first_at`.
+///
+/// The wait grows with how long the event has been failing — the retry
+/// base, plus twice that time — rather than with the attempt's number, so
+/// that a redelivery (which starts a new window) retries soon again, as a
+/// new event does, instead of at the top of the curve.
 pub fn after_failure(
     policy: &DeliveryPolicy,
-    attempt: u32,
     first_at: DateTime<Utc>,
     now: DateTime<Utc>,
     rng: &mut impl Rng,
@@ -56,10 +61,9 @@ pub fn after_failure(
     if elapsed >= policy.give_up_after {
         return DeliveryNext::Failed;
     }
-    let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
     let ceiling = policy
         .retry_base
-        .saturating_mul(doubling)
+        .saturating_add(elapsed.saturating_mul(2))
         .min(policy.retry_max);
     // "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
     let half = ceiling / 2;
@@ -210,15 +214,9 @@ async fn attempt(
         DeliveryNext::Delivered
     } else {
         let first = job.first_attempt_at.unwrap_or(started_at);
-        after_failure(
-            policy,
-            job.attempt,
-            first,
-            Utc::now(),
-            &mut rand::thread_rng(),
-        )
+        after_failure(policy, first, Utc::now(), &mut rand::thread_rng())
     };
-    tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, kind = %job.kind, attempt = job.attempt, ?status_code, duration_ms, ?next, "webhook attempt");
+    tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, kind = %job.kind, attempt = job.attempt, ?status_code, error = error.as_deref().unwrap_or(""), duration_ms, ?next, "webhook attempt");
     AttemptResult {
         at: started_at,
         status_code,
@@ -296,34 +294,41 @@ mod tests {
         let policy = DeliveryPolicy::default();
         let first = Utc::now();
         let mut rng = rand::thread_rng();
-        for _ in 0..200 {
-            let DeliveryNext::RetryAt(t) = after_failure(&policy, 1, first, first, &mut rng) else {
-                panic!()
+        let wait_after = |failing_secs: i64, rng: &mut rand::rngs::ThreadRng| {
+            let now = first + chrono::Duration::seconds(failing_secs);
+            let DeliveryNext::RetryAt(t) = after_failure(&policy, first, now, rng) else {
+                panic!("given up after {failing_secs} s")
             };
-            let wait = (t - first).num_milliseconds();
+            (t - now).num_milliseconds()
+        };
+        for _ in 0..200 {
+            let wait = wait_after(0, &mut rng);
             assert!(
                 (10_000..=20_000).contains(&wait),
                 "first retry within 30 s: {wait}"
             );
-            let DeliveryNext::RetryAt(t) = after_failure(&policy, 3, first, first, &mut rng) else {
-                panic!()
-            };
-            assert!((40_000..=80_000).contains(&(t - first).num_milliseconds()));
-            let DeliveryNext::RetryAt(t) = after_failure(&policy, 40, first, first, &mut rng)
-            else {
-                panic!()
-            };
-            assert!((t - first).num_seconds() <= 3600, "at most an hour apart");
+            // Failing for a minute: the base and twice that, with jitter.
+            assert!((70_000..=140_000).contains(&wait_after(60, &mut rng)));
+            let late = wait_after(23 * 3600, &mut rng);
+            assert!(
+                (1_800_000..=3_600_000).contains(&late),
+                "at most an hour apart: {late}"
+            );
         }
+        // Exponential: from the first failure, the waits themselves grow
+        // about threefold each time until the hour's cap.
+        let (mut failing, mut waits) = (0i64, Vec::new());
+        while failing < 24 * 3600 {
+            let wait = wait_after(failing, &mut rng) / 1000;
+            waits.push(wait);
+            failing += wait;
+        }
+        assert!(waits.len() < 40, "{} attempts in a day", waits.len());
+        assert!(waits[3] > 4 * waits[0], "{waits:?}");
         let day_later = first + chrono::Duration::hours(24);
         assert_eq!(
-            after_failure(&policy, 30, first, day_later, &mut rng),
+            after_failure(&policy, first, day_later, &mut rng),
             DeliveryNext::Failed
         );
-        let almost = first + chrono::Duration::hours(23);
-        assert!(matches!(
-            after_failure(&policy, 30, first, almost, &mut rng),
-            DeliveryNext::RetryAt(_)
-        ));
     }
 }

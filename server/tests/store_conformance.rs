@@ -178,6 +178,7 @@ conformance!(
     webhooks_are_created_listed_updated_and_deleted,
     deliveries_go_out_in_order_per_license_with_retries,
     failed_deliveries_can_be_redelivered,
+    retry_windows_start_again_after_a_pause_or_a_redelivery,
     each_delivery_is_claimed_by_one_store,
     events_are_queued_only_for_subscribed_enabled_endpoints,
     the_admin_token_hash_is_kept_and_replaced_by_a_rotation,
@@ -1651,6 +1652,85 @@ async fn each_delivery_is_claimed_by_one_store(f: &Fixture) {
         assert_eq!(count_of(&pairs, id, "license.created"), 1);
         assert_eq!(count_of(&pairs, id, "license.updated"), 1);
     }
+}
+
+/// An event's 24-hour window of retries runs from its first attempt; an
+/// endpoint disabled for a while, or an older event redelivered ahead of
+/// it, held it back meanwhile. Either way its window starts again at its
+/// next attempt (it used to be given up after one more try).
+async fn retry_windows_start_again_after_a_pause_or_a_redelivery(f: &Fixture) {
+    let (s, wh) = store_with_hook(f).await;
+    let l = s.create_license(new_license("p"), t(0)).await.unwrap();
+    let fail_until = |secs| failed_attempt(t(secs), DeliveryNext::RetryAt(t(secs + 1)));
+    let job = claim(s.as_ref(), t(1)).await.remove(0);
+    s.finish_delivery(job, fail_until(1)).await.unwrap();
+    let job = claim(s.as_ref(), t(2)).await.remove(0);
+    assert_eq!(job.first_attempt_at, Some(t(1)), "the window runs");
+    s.finish_delivery(job, fail_until(2)).await.unwrap();
+
+    let set_enabled = |on: bool| {
+        let (s, wh) = (s.clone(), wh.clone());
+        async move {
+            let patch = WebhookPatch {
+                enabled: Some(on),
+                ..Default::default()
+            };
+            s.update_webhook(wh, patch).await.unwrap();
+        }
+    };
+    set_enabled(false).await;
+    assert!(
+        claim(s.as_ref(), t(100)).await.is_empty(),
+        "nothing while off"
+    );
+    set_enabled(true).await;
+    let job = claim(s.as_ref(), t(200)).await.remove(0);
+    assert_eq!(
+        (job.kind.as_str(), job.first_attempt_at, job.attempt),
+        ("license.created", None, 3),
+        "a new window, the attempts still counted"
+    );
+    // Enabling an enabled endpoint changes no window.
+    s.finish_delivery(job, fail_until(200)).await.unwrap();
+    set_enabled(true).await;
+    let job = claim(s.as_ref(), t(201)).await.remove(0);
+    assert_eq!(job.first_attempt_at, Some(t(200)));
+    s.finish_delivery(job, failed_attempt(t(201), DeliveryNext::Failed))
+        .await
+        .unwrap();
+
+    // The next event fails for a while, then the first is redelivered
+    // ahead of it: when its turn comes again, its window starts anew.
+    let suspend = LicensePatch {
+        status: Some(Status::Suspended),
+        ..Default::default()
+    };
+    s.update_license(l.id.clone(), suspend, t(202))
+        .await
+        .unwrap();
+    let next = claim(s.as_ref(), t(203)).await.remove(0);
+    assert_eq!(next.kind, "license.suspended");
+    s.finish_delivery(next, fail_until(203)).await.unwrap();
+    let first_event = s
+        .delivery_attempts(wh.clone(), page(50))
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .find(|a| a.kind == "license.created")
+        .unwrap()
+        .event_id;
+    s.redeliver(wh.clone(), first_event, t(204)).await.unwrap();
+    let again = claim(s.as_ref(), t(205)).await;
+    assert_eq!(again.len(), 1, "in order: the redelivered one first");
+    s.finish_delivery(again[0].clone(), delivered(t(205)))
+        .await
+        .unwrap();
+    let next = claim(s.as_ref(), t(206)).await.remove(0);
+    assert_eq!(
+        (next.kind.as_str(), next.first_attempt_at),
+        ("license.suspended", None)
+    );
 }
 
 async fn events_are_queued_only_for_subscribed_enabled_endpoints(f: &Fixture) {

@@ -1797,7 +1797,18 @@ impl Store for PostgresStore {
     }
 
     async fn update_webhook(&self, id: String, patch: WebhookPatch) -> Result<Webhook> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let client = client.transaction().await?;
+        if patch.enabled == Some(true) {
+            // What waited while it was disabled starts its retry window now.
+            client
+                .execute(
+                    "UPDATE deliveries SET first_attempt_ms = NULL WHERE state = 'pending' \
+                     AND webhook_seq = (SELECT seq FROM webhooks WHERE id = $1 AND NOT enabled FOR UPDATE)",
+                    &[&id],
+                )
+                .await?;
+        }
         let stmt = client
             .prepare_cached(&format!(
                 "UPDATE webhooks SET url = coalesce($2, url), events = coalesce($3, events), \
@@ -1813,7 +1824,11 @@ impl Store for PostgresStore {
             )
             .await?
         {
-            Some(row) => webhook_from_row(&row).map(|(_, w)| w),
+            Some(row) => {
+                let webhook = webhook_from_row(&row).map(|(_, w)| w)?;
+                client.commit().await?;
+                Ok(webhook)
+            }
             None => Err(webhook_not_found(&id)),
         }
     }
@@ -1884,6 +1899,18 @@ impl Store for PostgresStore {
         let changed = client
             .execute(&stmt, &[&seq, &event_id, &now.timestamp_millis()])
             .await?;
+        if changed > 0 {
+            // The license's later events wait for it again (in order):
+            // their windows start when they are tried next.
+            client
+                .execute(
+                    "UPDATE deliveries SET first_attempt_ms = NULL WHERE webhook_seq = $1 \
+                     AND state = 'pending' AND license_id = (SELECT license_id FROM events WHERE id = $2) \
+                     AND event_seq > (SELECT seq FROM events WHERE id = $2)",
+                    &[&seq, &event_id],
+                )
+                .await?;
+        }
         if changed == 0 {
             let pending: bool = client
                 .query_one(

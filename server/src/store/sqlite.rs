@@ -1413,6 +1413,15 @@ impl Store for SqliteStore {
                     .execute(params![seq, serde_json::to_string(&event_names(events))?])?;
             }
             if let Some(enabled) = patch.enabled {
+                if enabled {
+                    // What waited while it was disabled starts its retry
+                    // window now, not when it was first tried.
+                    conn.prepare_cached(
+                        "UPDATE deliveries SET first_attempt_ms = NULL WHERE webhook_seq = ?1 \
+                         AND state = 'pending' AND NOT (SELECT enabled FROM webhooks WHERE seq = ?1)",
+                    )?
+                    .execute(params![seq])?;
+                }
                 conn.prepare_cached("UPDATE webhooks SET enabled = ?2 WHERE seq = ?1")?
                     .execute(params![seq, enabled])?;
             }
@@ -1487,6 +1496,16 @@ impl Store for SqliteStore {
                      AND event_seq = (SELECT seq FROM events WHERE id = ?2)",
                 )?
                 .execute(params![seq, event_id, now.timestamp_millis()])?;
+            if changed > 0 {
+                // The license's later events wait for it again (in order):
+                // their windows start when they are tried next.
+                conn.prepare_cached(
+                    "UPDATE deliveries SET first_attempt_ms = NULL WHERE webhook_seq = ?1 \
+                     AND state = 'pending' AND license_id = (SELECT license_id FROM events WHERE id = ?2) \
+                     AND event_seq > (SELECT seq FROM events WHERE id = ?2)",
+                )?
+                .execute(params![seq, event_id])?;
+            }
             if changed == 0 {
                 let pending: bool = conn
                     .prepare_cached(
