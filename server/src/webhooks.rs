@@ -44,6 +44,10 @@ impl Default for DeliveryPolicy {
 /// Deliveries in flight at once, across all endpoints.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// Deliveries in flight at once to one endpoint: one that hangs holds at
+/// most these slots for its timeout, not all of them.
+const MAX_IN_FLIGHT_PER_ENDPOINT: u32 = 8;
+
 /// What follows a failed attempt of an event whose attempts (since it was
 /// queued, redelivered, or its endpoint enabled again) began at `first_at`.
 ///
@@ -121,7 +125,8 @@ pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
         if free == 0 {
             continue;
         }
-        let jobs = match store.claim_deliveries(Utc::now(), free, lease).await {
+        let claimed = store.claim_deliveries(Utc::now(), free, MAX_IN_FLIGHT_PER_ENDPOINT, lease);
+        let jobs = match claimed.await {
             Ok(jobs) => {
                 if let Some(failures) = outage.ended() {
                     tracing::info!(failures, "claiming webhook deliveries again");

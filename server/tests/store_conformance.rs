@@ -179,6 +179,7 @@ conformance!(
     deliveries_go_out_in_order_per_license_with_retries,
     failed_deliveries_can_be_redelivered,
     retry_windows_start_again_after_a_pause_or_a_redelivery,
+    one_endpoint_takes_at_most_its_share_of_deliveries_in_flight,
     each_delivery_is_claimed_by_one_store,
     events_are_queued_only_for_subscribed_enabled_endpoints,
     the_admin_token_hash_is_kept_and_replaced_by_a_rotation,
@@ -299,7 +300,7 @@ const LEASE: i64 = 40;
 
 async fn claim(store: &dyn Store, now: DateTime<Utc>) -> Vec<DeliveryJob> {
     store
-        .claim_deliveries(now, 100, Duration::seconds(LEASE))
+        .claim_deliveries(now, 100, 100, Duration::seconds(LEASE))
         .await
         .unwrap()
 }
@@ -1617,7 +1618,7 @@ async fn each_delivery_is_claimed_by_one_store(f: &Fixture) {
                 let mut idle = 0;
                 while idle < 3 {
                     let jobs = store
-                        .claim_deliveries(t(100), 7, Duration::seconds(LEASE))
+                        .claim_deliveries(t(100), 7, 100, Duration::seconds(LEASE))
                         .await
                         .unwrap();
                     if jobs.is_empty() {
@@ -1731,6 +1732,41 @@ async fn retry_windows_start_again_after_a_pause_or_a_redelivery(f: &Fixture) {
         (next.kind.as_str(), next.first_attempt_at),
         ("license.suspended", None)
     );
+}
+
+/// An endpoint that hangs holds its deliveries for the whole timeout: it
+/// may hold no more than its share of them, and the others go on (it used
+/// to take all 64 slots, and healthy endpoints waited seconds).
+async fn one_endpoint_takes_at_most_its_share_of_deliveries_in_flight(f: &Fixture) {
+    let s = store_with_plan(f, plan("p", None, None)).await;
+    let hanging = hook(s.as_ref(), &[EventType::Created], t(0)).await;
+    let healthy = hook(s.as_ref(), &[EventType::Created], t(0)).await;
+    for _ in 0..12 {
+        s.create_license(new_license("p"), t(1)).await.unwrap();
+    }
+    let claim_5 = |at| {
+        let s = s.clone();
+        async move {
+            s.claim_deliveries(t(at), 100, 5, Duration::seconds(LEASE))
+                .await
+                .unwrap()
+        }
+    };
+    let of = |jobs: &[DeliveryJob], wh: &str| jobs.iter().filter(|j| j.webhook_id == wh).count();
+    let first = claim_5(2).await;
+    assert_eq!((of(&first, &hanging), of(&first, &healthy)), (5, 5));
+    assert!(claim_5(3).await.is_empty(), "both at their share");
+    for job in first.iter().filter(|j| j.webhook_id == healthy) {
+        s.finish_delivery(job.clone(), delivered(t(3)))
+            .await
+            .unwrap();
+    }
+    // The healthy one goes on while the other still holds its five.
+    let next = claim_5(4).await;
+    assert_eq!((of(&next, &hanging), of(&next, &healthy)), (0, 5));
+    // Once the hanging one's leases run out, its next five are claimed.
+    let later = claim_5(4 + LEASE).await;
+    assert_eq!(of(&later, &hanging), 5);
 }
 
 async fn events_are_queued_only_for_subscribed_enabled_endpoints(f: &Fixture) {

@@ -469,11 +469,14 @@ pub trait Store: Send + Sync + 'static {
     /// Queues an event for this endpoint again, now (after `failed`, or to resend).
     async fn redeliver(&self, id: String, event_id: String, now: DateTime<Utc>) -> Result<()>;
     /// Claims up to `limit` due deliveries for `lease`: the oldest pending one
-    /// per (endpoint, license), so each license's events go out in order.
+    /// per (endpoint, license), so each license's events go out in order,
+    /// and no more than `per_endpoint` leased at once for one endpoint, so
+    /// that one that hangs cannot take every slot from the others.
     async fn claim_deliveries(
         &self,
         now: DateTime<Utc>,
         limit: u32,
+        per_endpoint: u32,
         lease: chrono::Duration,
     ) -> Result<Vec<DeliveryJob>>;
     /// Records an attempt and moves its delivery on.

@@ -1929,6 +1929,7 @@ impl Store for PostgresStore {
         &self,
         now: DateTime<Utc>,
         limit: u32,
+        per_endpoint: u32,
         lease: chrono::Duration,
     ) -> Result<Vec<DeliveryJob>> {
         let client = self.client().await?;
@@ -1940,12 +1941,18 @@ impl Store for PostgresStore {
         // one of the same license is not due while an earlier one is pending.
         let stmt = client
             .prepare_cached(
-                "WITH due AS ( \
-                   SELECT d.seq FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq \
+                "WITH ranked AS ( \
+                   SELECT d.seq, ROW_NUMBER() OVER (PARTITION BY d.webhook_seq ORDER BY d.next_attempt_ms, d.seq) \
+                   + (SELECT count(*) FROM deliveries q WHERE q.webhook_seq = d.webhook_seq \
+                      AND q.state = 'pending' AND q.locked_until_ms > $1) AS in_flight \
+                   FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq \
                    WHERE d.state = 'pending' AND d.next_attempt_ms <= $1 AND d.locked_until_ms <= $1 \
                    AND w.enabled AND NOT EXISTS (SELECT 1 FROM deliveries p \
                        WHERE p.webhook_seq = d.webhook_seq AND p.license_id = d.license_id \
-                       AND p.state = 'pending' AND p.seq < d.seq) \
+                       AND p.state = 'pending' AND p.seq < d.seq)), \
+                 due AS ( \
+                   SELECT d.seq FROM deliveries d JOIN ranked r ON r.seq = d.seq \
+                   WHERE r.in_flight <= $4 AND d.state = 'pending' AND d.locked_until_ms <= $1 \
                    ORDER BY d.next_attempt_ms, d.seq LIMIT $2 \
                    FOR UPDATE OF d SKIP LOCKED) \
                  UPDATE deliveries d SET locked_until_ms = $3 FROM due, webhooks w, events e \
@@ -1961,6 +1968,7 @@ impl Store for PostgresStore {
                     &now_ms,
                     &i64::from(limit),
                     &(now_ms + lease.num_milliseconds()),
+                    &i64::from(per_endpoint),
                 ],
             )
             .await?;

@@ -1524,6 +1524,7 @@ impl Store for SqliteStore {
         &self,
         now: DateTime<Utc>,
         limit: u32,
+        per_endpoint: u32,
         lease: chrono::Duration,
     ) -> Result<Vec<DeliveryJob>> {
         // Asked four times a second. Looked at on a read connection first:
@@ -1538,14 +1539,19 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let jobs: Vec<DeliveryJob> = conn
                 .prepare_cached(
-                    "SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, d.first_attempt_ms, w.id \
+                    "SELECT seq, url, secret, id, type, created_at, data, attempts, first_attempt_ms, webhook_id FROM ( \
+                     SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, \
+                     d.first_attempt_ms, w.id AS webhook_id, d.next_attempt_ms, \
+                     ROW_NUMBER() OVER (PARTITION BY d.webhook_seq ORDER BY d.next_attempt_ms, d.seq) \
+                     + (SELECT COUNT(*) FROM deliveries q WHERE q.webhook_seq = d.webhook_seq \
+                        AND q.state = 'pending' AND q.locked_until_ms > ?1) AS in_flight \
                      FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq JOIN events e ON e.seq = d.event_seq \
                      WHERE d.state = 'pending' AND d.next_attempt_ms <= ?1 AND d.locked_until_ms <= ?1 AND w.enabled = 1 \
                      AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook_seq = d.webhook_seq \
-                         AND p.license_id = d.license_id AND p.state = 'pending' AND p.seq < d.seq) \
-                     ORDER BY d.next_attempt_ms, d.seq LIMIT ?2",
+                         AND p.license_id = d.license_id AND p.state = 'pending' AND p.seq < d.seq)) \
+                     WHERE in_flight <= ?3 ORDER BY next_attempt_ms, seq LIMIT ?2",
                 )?
-                .query_map(params![now_ms, limit], |r| {
+                .query_map(params![now_ms, limit, per_endpoint], |r| {
                     Ok(DeliveryJob {
                         delivery: r.get(0)?,
                         webhook_id: r.get(9)?,
@@ -2658,7 +2664,10 @@ mod tests {
         let (_dir, path, store, license, usage_rows) = store_with_usage_in_the_journal().await;
         let lease = chrono::Duration::seconds(40);
         for _ in 0..3 {
-            let jobs = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+            let jobs = store
+                .claim_deliveries(Utc::now(), 64, 64, lease)
+                .await
+                .unwrap();
             assert!(jobs.is_empty());
         }
         assert_eq!(
@@ -2669,7 +2678,10 @@ mod tests {
 
         // A due delivery is still claimed, once, with the journal copied.
         let hook = a_delivery_due(&store, &license).await;
-        let jobs = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+        let jobs = store
+            .claim_deliveries(Utc::now(), 64, 64, lease)
+            .await
+            .unwrap();
         assert_eq!(jobs.len(), 1, "{hook:?}");
         assert!(
             jobs[0].data.contains("\"validation_count\":2"),
@@ -2677,7 +2689,7 @@ mod tests {
             jobs[0].data
         );
         assert!(store
-            .claim_deliveries(Utc::now(), 64, lease)
+            .claim_deliveries(Utc::now(), 64, 64, lease)
             .await
             .unwrap()
             .is_empty());
@@ -2692,12 +2704,18 @@ mod tests {
         let (_dir, path, store, license) = store_with_license(tuning).await;
         a_delivery_due(&store, &license).await;
         let lease = chrono::Duration::hours(1);
-        let claimed = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+        let claimed = store
+            .claim_deliveries(Utc::now(), 64, 64, lease)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         // The worker was killed with its delivery in flight.
         drop(store);
         let store = store_tuned(&path, tuning).await;
-        let again = store.claim_deliveries(Utc::now(), 64, lease).await.unwrap();
+        let again = store
+            .claim_deliveries(Utc::now(), 64, 64, lease)
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1, "the delivery waits for a dead lease");
         assert_eq!(again[0].delivery, claimed[0].delivery);
     }
