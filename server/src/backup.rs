@@ -106,7 +106,14 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // For the server's user alone, as `serve` makes it.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let journal = with_suffix(db, "-usage");
     // The server holds this lock while it runs; holding it here keeps one
     // from starting until the copy is in place.
@@ -131,9 +138,14 @@ pub fn restore(from: &Path, db: &Path) -> anyhow::Result<Restored> {
 
     let incoming = with_suffix(db, ".restoring");
     let _ = std::fs::remove_file(&incoming); // a failed earlier attempt's
-    create_private(&incoming)?;
-    std::fs::copy(from, &incoming).with_context(|| format!("copying {}", from.display()))?;
-    std::fs::File::open(&incoming)?.sync_all()?;
+                                             // The bytes into a file made 0600, not `fs::copy`, which would give it
+                                             // the mode of the copy (0644 after a plain `cp` or `scp`).
+    let mut target = create_private(&incoming)?;
+    let mut source =
+        std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    std::io::copy(&mut source, &mut target)
+        .with_context(|| format!("copying {}", from.display()))?;
+    target.sync_all()?;
 
     let replaced: Vec<PathBuf> = ["", "-wal", "-shm", "-usage", "-usage.next"]
         .iter()
@@ -223,9 +235,8 @@ fn with_progress<R>(growing: &Path, expected: u64, copy: impl FnOnce() -> R) -> 
 }
 
 /// An empty file only its owner can read.
-fn create_private(path: &Path) -> anyhow::Result<()> {
-    crate::files::create_private(path).with_context(|| format!("creating {}", path.display()))?;
-    Ok(())
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    crate::files::create_private(path).with_context(|| format!("creating {}", path.display()))
 }
 
 #[cfg(test)]

@@ -278,6 +278,46 @@ fn copy_to_postgres_moves_a_sqlite_database_whole() {
     assert_eq!(validate(&moved, &c, None), "VALID");
 }
 
+/// A backup copied about with `cp` or `scp` is readable by everyone (0644):
+/// restored, the database took that mode (every license key and webhook
+/// secret readable by any local user), in a data dir created 0755.
+#[cfg(unix)]
+#[test]
+fn a_restored_database_is_private_whatever_the_copy_s_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut server = TestServer::start();
+    server.plan("p", json!({"features": []}));
+    server.license("p", json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("backup.db");
+    let command = |args: &[&str], data_dir: &std::path::Path| {
+        std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("KEYSMITH_DATABASE")
+            .output()
+            .unwrap()
+    };
+    let made = command(
+        &["backup", "--to", copy.to_str().unwrap()],
+        &server.data_dir,
+    );
+    assert!(made.status.success());
+    assert_eq!(server.terminate(), Some(0));
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let fresh = dir.path().join("new-data");
+    let out = command(&["restore", "--from", copy.to_str().unwrap()], &fresh);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh.join("keysmith.db")), 0o600);
+    assert_eq!(mode(&fresh), 0o700);
+}
+
 #[cfg(unix)]
 #[test]
 fn a_signing_key_readable_by_others_is_refused() {
