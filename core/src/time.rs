@@ -7,11 +7,15 @@ pub fn format_rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Parses an RFC 3339 time with any offset into UTC.
+/// Parses an RFC 3339 time with any offset into UTC; `None` also when UTC
+/// puts it outside the years 0000 to 9999 (`9999-12-31T23:59:59-23:59`
+/// is in year 10000 in UTC, which RFC 3339 cannot write back).
 pub fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+        .filter(|t| (0..=9999).contains(&t.year()))
 }
 
 /// Unix seconds to UTC; `None` when out of chrono's range.
@@ -55,5 +59,28 @@ pub mod rfc3339 {
         super::parse_rfc3339(&s).ok_or_else(|| {
             serde::de::Error::custom("expected an RFC 3339 time such as 2027-03-06T00:00:00Z")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_times_rfc_3339_can_write_back_are_read() {
+        for (written, utc) in [
+            ("2027-03-06T00:00:00Z", "2027-03-06T00:00:00Z"),
+            ("2027-03-06T01:30:00+01:30", "2027-03-06T00:00:00Z"),
+            ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"),
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00Z"),
+        ] {
+            assert_eq!(
+                parse_rfc3339(written).map(format_rfc3339).as_deref(),
+                Some(utc)
+            );
+        }
+        for out_of_range in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+00:01"] {
+            assert_eq!(parse_rfc3339(out_of_range), None, "{out_of_range}");
+        }
     }
 }
