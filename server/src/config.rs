@@ -228,8 +228,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_COUNTRY_HEADER")]
     pub country_header: Option<String>,
 
-    /// Header holding the client IP (e.g. X-Forwarded-For; its first address is used).
-    /// Set this only behind a proxy that overwrites the header; otherwise the socket address is used.
+    /// Header holding the client IP, set by a trusted proxy (e.g. X-Forwarded-For): its last
+    /// address, the one the proxy in front of the server wrote. Without it, the socket address.
     #[arg(long, env = "KEYSMITH_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
 

@@ -19,10 +19,21 @@ keysmith_tests::on_both_backends!(
     metadata_numbers_at_the_ends_of_json_read_back_as_sent,
 );
 
+fn rand_octet() -> u8 {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    NEXT.fetch_add(37, Ordering::Relaxed)
+}
+
 fn validate_as(server: &TestServer, ip: &str, key: &str) -> (u16, Value, Option<String>) {
     let resp = reqwest::blocking::Client::new()
         .post(format!("{}/api/v1/validate", server.url))
-        .header("x-forwarded-for", format!("{ip}, 10.9.9.9"))
+        // What a client sends in front of the address an appending proxy
+        // adds: a new address each time, which must not buy a new budget.
+        .header(
+            "x-forwarded-for",
+            format!("198.18.{}.{}, {ip}", rand_octet(), rand_octet()),
+        )
         .json(&json!({"key": key}))
         .send()
         .unwrap();

@@ -62,12 +62,17 @@ impl AppState {
     }
 
     /// The client's IP: from the configured proxy header, else the socket.
+    /// The header's last address (of its last line): the one the trusted
+    /// proxy wrote. What precedes it came from the client — a proxy that
+    /// appends (nginx's `$proxy_add_x_forwarded_for`, most load balancers)
+    /// keeps what the client sent in front — and would let one client take
+    /// any address's budget.
     fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
         self.client_ip_header
             .as_deref()
-            .and_then(|h| headers.get(h))
+            .and_then(|h| headers.get_all(h).iter().next_back())
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse::<IpAddr>().ok())
             .unwrap_or_else(|| peer.ip())
     }
