@@ -255,8 +255,9 @@ pub struct ServeArgs {
     pub request_timeout: u64,
 
     /// Failed lookups (unknown or malformed keys) each client IP may make per
-    /// minute on the public routes; past it, the IP is refused (429) until the
-    /// budget refills. 0 turns it off.
+    /// minute on the public routes, and, counted apart, wrong admin tokens on
+    /// the management routes; past either, the IP is refused (429) there until
+    /// the budget refills. 0 turns both off.
     #[arg(long, env = "KEYSMITH_FAILED_LOOKUP_LIMIT", default_value_t = 30)]
     pub failed_lookup_limit: u32,
 

@@ -214,12 +214,14 @@ pub async fn serve(
             .clone()
             .follow_rotations(store.clone(), auth::ROTATION_CHECK_EVERY),
     );
-    let limits = state.limits.clone();
+    let limits = [state.limits.clone(), state.admin_failures.clone()];
     let forgetter = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
-            limits.forget_idle();
+            for limits in &limits {
+                limits.forget_idle();
+            }
         }
     });
     let app = api::router(

@@ -6,12 +6,13 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use keysmith_core::LicenseKey;
-use keysmith_tests::{Backend, ServerOptions, TestServer};
+use keysmith_tests::{Backend, ServerOptions, TestServer, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 keysmith_tests::on_both_backends!(
     a_key_guesser_is_cut_off_while_other_clients_keep_their_answers,
     without_a_trusted_proxy_header_forwarded_for_is_ignored,
+    admin_token_guesses_are_cut_off_per_client,
     slow_clients_are_dropped_and_do_not_starve_others,
     hostile_bodies_get_clear_errors_never_500,
     text_with_a_nul_character_is_refused_never_500,
@@ -131,6 +132,61 @@ fn without_a_trusted_proxy_header_forwarded_for_is_ignored(backend: Backend) {
         LicenseKey::generate("KS").unwrap().as_str(),
     );
     assert_eq!(status, 429);
+}
+
+/// An admin token chosen by a person (`KEYSMITH_ADMIN_TOKEN`) could be
+/// guessed at tens of thousands of tries a second: wrong tokens now count
+/// against the client's failed-lookup budget, and past it the client gets
+/// 429, even with the right token, while other clients are untouched.
+fn admin_token_guesses_are_cut_off_per_client(backend: Backend) {
+    let server = TestServer::start_with(ServerOptions {
+        backend,
+        args: [
+            "--failed-lookup-limit",
+            "5",
+            "--client-ip-header",
+            "X-Forwarded-For",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    let plans_as = |ip: &str, token: &str| {
+        let resp = reqwest::blocking::Client::new()
+            .get(format!("{}/api/v1/plans", server.url))
+            .header("x-forwarded-for", ip)
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.headers().contains_key("retry-after"),
+        )
+    };
+    let mut cut_off_after = None;
+    for guess in 1..=20 {
+        match plans_as("203.0.113.9", &format!("guess-{guess:012}")) {
+            (401, _) => {}
+            (429, retry_after) => {
+                assert!(retry_after);
+                cut_off_after = Some(guess);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let cut_off_after = cut_off_after.expect("the guesser is cut off");
+    assert!(cut_off_after <= 7, "after {cut_off_after} guesses");
+    assert_eq!(
+        plans_as("203.0.113.9", ADMIN_TOKEN).0,
+        429,
+        "until it refills"
+    );
+    assert_eq!(plans_as("198.51.100.9", ADMIN_TOKEN).0, 200);
+    assert!(
+        server.log().contains("203.0.113.9"),
+        "the guesser is named in the log"
+    );
 }
 
 fn slow_clients_are_dropped_and_do_not_starve_others(backend: Backend) {

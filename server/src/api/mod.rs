@@ -38,6 +38,8 @@ pub struct AppState {
     pub country_header: Option<Arc<str>>,
     pub client_ip_header: Option<Arc<str>>,
     pub limits: limit::RateLimits,
+    /// Wrong admin tokens per client IP: `--failed-lookup-limit` a minute.
+    pub admin_failures: limit::RateLimits,
     /// `--max-body-bytes`.
     pub max_body_bytes: usize,
 }
@@ -57,6 +59,7 @@ impl AppState {
             country_header: args.country_header.as_deref().map(Into::into),
             client_ip_header: args.client_ip_header.as_deref().map(Into::into),
             limits: limit::RateLimits::new(args.rate_limit, args.failed_lookup_limit),
+            admin_failures: limit::RateLimits::new(0, args.failed_lookup_limit),
             max_body_bytes: args.max_body_bytes,
         }
     }
@@ -478,16 +481,32 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
+    /// The admin token, guessed at no faster than `--failed-lookup-limit`
+    /// wrong tokens a minute per client IP: past that, the IP gets 429 (even
+    /// with the right token) until its budget refills.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| state.client_ip(&parts.headers, info.0));
+        if let Some(ip) = ip {
+            state
+                .admin_failures
+                .check(ip)
+                .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+        }
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if state.admin.check_header(header) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
+            return Ok(Admin);
         }
+        if let Some(ip) = ip {
+            state.admin_failures.record_failure(ip);
+            tracing::warn!(%ip, "a management request without the admin token");
+        }
+        Err(ApiError::Unauthorized)
     }
 }
 
