@@ -1992,6 +1992,50 @@ mod tests {
         }
     }
 
+    /// Each seat taken used to recount every seat of its license: on an
+    /// unlimited plan, whoever holds a key could add domains until each new
+    /// one cost a scan of tens of thousands, holding up the one writer. The
+    /// count now stops past `KEPT_SEATS`.
+    #[tokio::test]
+    async fn a_new_seat_costs_the_same_with_ten_thousand_taken() {
+        let (_dir, path, store, license) = store_with_license(test_tuning(WAL_RESTART_PAGES)).await;
+        drop(store);
+        let mut conn = Connection::open(&path).unwrap();
+        let seq: i64 = conn
+            .query_row(
+                "SELECT seq FROM licenses WHERE id = ?1",
+                [&license.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut take = |from: usize, n: usize| {
+            let started = std::time::Instant::now();
+            let tx = conn.transaction().unwrap();
+            for i in from..from + n {
+                tx.execute(
+                    "INSERT INTO license_domains (license_seq, domain, added_at) VALUES (?1, ?2, 0)",
+                    params![seq, format!("d{i}.example")],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+            started.elapsed()
+        };
+        let early = take(0, 300);
+        take(300, 9_700);
+        let late = take(10_000, 300);
+        assert!(
+            late < early * 4 + Duration::from_millis(50),
+            "300 seats took {early:?} at first, {late:?} past 10,000"
+        );
+        let kept: Option<String> = conn
+            .query_row("SELECT seats FROM licenses WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, None, "past the kept seats");
+    }
+
     /// Seats taken by validations and freed by the API and by deactivation
     /// are kept in the license's row, up to `KEPT_SEATS`; past that the
     /// column is NULL and validations read the tables, with the same answers.
@@ -3029,6 +3073,14 @@ mod tests {
     /// A database of the schema before usage chains (rows indexed by
     /// license, counters folded up to a watermark) keeps every count, last
     /// time and history through the migration, and goes on from there.
+    /// The version (1-based) that brought the usage chains.
+    fn chains_migration() -> usize {
+        1 + MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ADD COLUMN prev_seq"))
+            .expect("the chains' migration")
+    }
+
     #[tokio::test]
     async fn usage_of_a_database_from_before_the_chains_survives_the_migration() {
         let (_dir, path, store, a, b) = two_licenses_in_turns(3).await;
@@ -3047,7 +3099,7 @@ mod tests {
                  SELECT license_seq, COUNT(*), MAX(at) FROM usage
                  WHERE seq <= (SELECT through_seq FROM usage_folded) GROUP BY license_seq;
              PRAGMA user_version = {};",
-            MIGRATIONS.len() - 1
+            chains_migration() - 1
         ))
         .unwrap();
         drop(conn);

@@ -26,6 +26,43 @@ macro_rules! kept_seats {
 
 /// A trigger that sets `seats` again when a seat row of the license
 /// `$seq` is inserted or deleted.
+/// `kept_seats!` reading at most one row past the limit: the count only
+/// has to tell "more than 16", and counting every seat made each new seat
+/// of a license with tens of thousands (an unlimited plan) cost a scan.
+macro_rules! kept_seats_bounded {
+    ($seq:literal) => {
+        concat!(
+            "(SELECT CASE WHEN COUNT(*) <= 16 AND COALESCE(SUM(length(v)), 0) <= 1024 \
+             THEN json_group_array(v) END FROM \
+             (SELECT 'd:' || domain AS v FROM license_domains WHERE license_seq = ",
+            $seq,
+            " UNION ALL SELECT 'm:' || fingerprint FROM license_machines WHERE license_seq = ",
+            $seq,
+            " LIMIT 17))"
+        )
+    };
+}
+
+macro_rules! bounded_seats_trigger {
+    ($name:literal, $event:literal, $table:literal, $seq:literal) => {
+        concat!(
+            "DROP TRIGGER ",
+            $name,
+            ";\nCREATE TRIGGER ",
+            $name,
+            " AFTER ",
+            $event,
+            " ON ",
+            $table,
+            " BEGIN UPDATE licenses SET seats = ",
+            kept_seats_bounded!($seq),
+            " WHERE seq = ",
+            $seq,
+            "; END;\n"
+        )
+    };
+}
+
 macro_rules! seats_trigger {
     ($name:literal, $event:literal, $table:literal, $seq:literal) => {
         concat!(
@@ -262,6 +299,32 @@ UPDATE license_counters SET last_seq =
 DROP INDEX IF EXISTS usage_by_license;
 DROP TABLE usage_folded;
 "#,
+    concat!(
+        bounded_seats_trigger!(
+            "seats_domain_taken",
+            "INSERT",
+            "license_domains",
+            "NEW.license_seq"
+        ),
+        bounded_seats_trigger!(
+            "seats_domain_freed",
+            "DELETE",
+            "license_domains",
+            "OLD.license_seq"
+        ),
+        bounded_seats_trigger!(
+            "seats_machine_taken",
+            "INSERT",
+            "license_machines",
+            "NEW.license_seq"
+        ),
+        bounded_seats_trigger!(
+            "seats_machine_freed",
+            "DELETE",
+            "license_machines",
+            "OLD.license_seq"
+        ),
+    ),
 ];
 
 /// At most this many seats of a license are kept in its row (`seats`);
