@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+/// The most a request's head (request line and headers) may take; larger
+/// heads get 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Limits of the connection layer.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -40,6 +44,12 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // The most a request's head may take, and a connection's read
+        // buffer: hyper's default buffer, ~400 KiB, let 10,000 connections
+        // that never end their headers hold 4 GB. No request of the API
+        // needs more.
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {

@@ -13,6 +13,7 @@ keysmith_tests::on_both_backends!(
     a_key_guesser_is_cut_off_while_other_clients_keep_their_answers,
     without_a_trusted_proxy_header_forwarded_for_is_ignored,
     admin_token_guesses_are_cut_off_per_client,
+    oversized_headers_get_431_and_hold_no_memory,
     slow_clients_are_dropped_and_do_not_starve_others,
     hostile_bodies_get_clear_errors_never_500,
     text_with_a_nul_character_is_refused_never_500,
@@ -187,6 +188,33 @@ fn admin_token_guesses_are_cut_off_per_client(backend: Backend) {
         server.log().contains("203.0.113.9"),
         "the guesser is named in the log"
     );
+}
+
+/// A request's head may take 64 KiB: one of 100 KiB gets 431 (hyper's
+/// default, ~400 KiB a connection, let connections that never end their
+/// headers hold gigabytes), while ordinary requests go on.
+fn oversized_headers_get_431_and_hold_no_memory(backend: Backend) {
+    use std::io::{Read, Write};
+    let server = TestServer::start_on(backend);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let big = "x".repeat(100 * 1024);
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: k\r\nX-Big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    let within = format!("x{}", "y".repeat(30 * 1024));
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("{}/healthz", server.url))
+        .header("x-ok", within)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 }
 
 fn slow_clients_are_dropped_and_do_not_starve_others(backend: Backend) {
