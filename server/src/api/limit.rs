@@ -30,6 +30,21 @@ fn whole_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
+/// Whose budget a request spends: an IPv4 address, or an IPv6 address's
+/// /64 — one host, one network, is handed a whole /64, so counting its
+/// addresses apart gave it 2^64 budgets.
+fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 fn check(limiter: &Limiter, ip: IpAddr) -> Result<(), Duration> {
     if limiter.len() > MAX_TRACKED {
         limiter.retain_recent();
@@ -62,6 +77,7 @@ impl RateLimits {
     /// `Err(seconds to wait)` when `ip` is over its budget or past its
     /// failure budget.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let ip = client(ip);
         if self.failures.is_some() {
             let blocked = self.blocked.lock().expect("blocked lock");
             if let Some(until) = blocked.get(&ip) {
@@ -83,6 +99,7 @@ impl RateLimits {
         let Some(failures) = &self.failures else {
             return;
         };
+        let ip = client(ip);
         if let Err(wait) = check(failures, ip) {
             let mut blocked = self.blocked.lock().expect("blocked lock");
             if blocked.len() >= MAX_TRACKED {
@@ -123,6 +140,24 @@ mod tests {
         assert!(limits.check(a).unwrap_err() >= 1);
         assert!(limits.check(b).is_ok());
         assert!((0..1000).all(|_| RateLimits::new(0, 0).check(a).is_ok()));
+    }
+
+    #[test]
+    fn an_ipv6_network_shares_one_budget() {
+        let limits = RateLimits::new(0, 3);
+        for i in 1..=4 {
+            limits.record_failure(format!("2001:db8:1:2::{i:x}").parse().unwrap());
+        }
+        for same_64 in ["2001:db8:1:2::99", "2001:db8:1:2:ffff::1"] {
+            assert!(limits.check(same_64.parse().unwrap()).is_err(), "{same_64}");
+        }
+        assert!(limits.check("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        // An IPv4 client seen through an IPv6 socket is that IPv4 client.
+        let v4 = RateLimits::new(0, 1);
+        v4.record_failure("::ffff:192.0.2.7".parse().unwrap());
+        v4.record_failure("192.0.2.7".parse().unwrap());
+        assert!(v4.check("192.0.2.7".parse().unwrap()).is_err());
+        assert!(v4.check("192.0.2.8".parse().unwrap()).is_ok());
     }
 
     #[test]
