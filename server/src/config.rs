@@ -246,6 +246,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Connections one client address (an IPv6 client's /64) may hold at once; more are
+    /// closed as they come. Behind a load balancer every connection comes from it: raise
+    /// this above its connection pool, or 0 turns the limit off.
+    #[arg(long, env = "KEYSMITH_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+
     /// Seconds a client has to send a request's headers (and between keep-alive requests).
     #[arg(long, env = "KEYSMITH_HEADER_TIMEOUT", default_value_t = 10)]
     pub header_timeout: u64,

@@ -25,6 +25,9 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub struct ConnLimits {
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one client (`limit::client`) may hold; more are closed
+    /// at once. 0: no limit.
+    pub max_connections_per_ip: usize,
     /// Time a client has to send a request's headers (also between
     /// keep-alive requests).
     pub header_read_timeout: Duration,
@@ -40,6 +43,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = PerIp::new(limits.max_connections_per_ip);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -69,6 +73,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(held) = per_ip.take(peer.ip()) else {
+            tracing::debug!(peer = %peer.ip(), "closed a connection over its address's limit");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -81,6 +89,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended");
             }
+            drop(held);
             drop(permit);
         });
     }
@@ -88,5 +97,57 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => tracing::warn!("in-flight requests still running after {drain:?}; stopping"),
+    }
+}
+
+/// Connections held per client, against `ConnLimits::max_connections_per_ip`.
+#[derive(Clone)]
+struct PerIp {
+    max: usize,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One connection of a client, given back when dropped.
+struct Held {
+    of: PerIp,
+    client: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            max,
+            held: Arc::default(),
+        }
+    }
+
+    /// A connection for `ip`'s client, or `None` when it holds its limit.
+    fn take(&self, ip: std::net::IpAddr) -> Option<Option<Held>> {
+        if self.max == 0 {
+            return Some(None);
+        }
+        let client = crate::api::limit::client(ip);
+        let mut held = self.held.lock().expect("per-ip lock");
+        let count = held.entry(client).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(Held {
+            of: self.clone(),
+            client,
+        }))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.of.held.lock().expect("per-ip lock");
+        if let Some(count) = held.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.client);
+            }
+        }
     }
 }

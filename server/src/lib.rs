@@ -231,6 +231,7 @@ pub async fn serve(
     );
     let limits = http::ConnLimits {
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout),
     };
     http::serve(

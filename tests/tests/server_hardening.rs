@@ -14,6 +14,7 @@ keysmith_tests::on_both_backends!(
     without_a_trusted_proxy_header_forwarded_for_is_ignored,
     admin_token_guesses_are_cut_off_per_client,
     oversized_headers_get_431_and_hold_no_memory,
+    one_client_cannot_hold_every_connection,
     slow_clients_are_dropped_and_do_not_starve_others,
     hostile_bodies_get_clear_errors_never_500,
     text_with_a_nul_character_is_refused_never_500,
@@ -215,6 +216,51 @@ fn oversized_headers_get_431_and_hold_no_memory(backend: Backend) {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// One address holding connections (10,050 kept alive with a request every
+/// 5 s took all 10,000 slots, and no one else got an answer): past
+/// `--max-connections-per-ip` its further connections are closed at once.
+fn one_client_cannot_hold_every_connection(backend: Backend) {
+    use std::io::{Read, Write};
+    let server = TestServer::start_with(ServerOptions {
+        backend,
+        args: ["--max-connections-per-ip", "3"].map(String::from).to_vec(),
+        ..Default::default()
+    });
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let ask = |stream: &mut std::net::TcpStream| -> Option<String> {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: k\r\n\r\n")
+            .ok()?;
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let mut held: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    for stream in &mut held {
+        assert!(ask(stream).is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+    }
+    let mut fourth = std::net::TcpStream::connect(&addr).unwrap();
+    assert_eq!(ask(&mut fourth), None, "closed at once");
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut again = std::net::TcpStream::connect(&addr).unwrap();
+        if ask(&mut again).is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed slot is not given back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn slow_clients_are_dropped_and_do_not_starve_others(backend: Backend) {

@@ -33,7 +33,7 @@ fn whole_seconds(wait: Duration) -> u64 {
 /// Whose budget a request spends: an IPv4 address, or an IPv6 address's
 /// /64 — one host, one network, is handed a whole /64, so counting its
 /// addresses apart gave it 2^64 budgets.
-fn client(ip: IpAddr) -> IpAddr {
+pub(crate) fn client(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
