@@ -149,12 +149,16 @@ pub async fn serve(
     let store = store::open(&database_url, args.sqlite_synchronous).await?;
     let in_use = store.has_licenses().await?;
     let sqlite_left = data_dir.join("keysmith.db");
-    if store::sqlite_path(&database_url).is_none() && !in_use && sqlite_left.exists() {
+    if store::sqlite_path(&database_url).is_none()
+        && !in_use
+        && sqlite_left.exists()
+        && store::sqlite::has_licenses_at(&sqlite_left)
+    {
         // Started on an empty database before `copy-to-postgres`, the
         // server would tell every app LICENSE_NOT_FOUND, and the apps would
         // put that signed answer over their cached VALID.
         anyhow::bail!(
-            "{} holds a SQLite database, and the PostgreSQL database has no license: \
+            "{} holds a SQLite database with licenses, and the PostgreSQL database has none: \
              started on it, the server would tell every app LICENSE_NOT_FOUND. Copy the \
              SQLite database across first (`keysmith-server copy-to-postgres --data-dir … \
              --to URL`), or, to start on the empty PostgreSQL database anyway, move that \

@@ -155,7 +155,7 @@ fn a_data_dir_with_sqlite_licenses_is_not_served_from_an_empty_postgres() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("holds a SQLite database") && stderr.contains("move"),
+        stderr.contains("holds a SQLite database with licenses") && stderr.contains("move"),
         "{stderr}"
     );
     // Moved out of the way, the empty database is served.
@@ -172,6 +172,19 @@ fn a_data_dir_with_sqlite_licenses_is_not_served_from_an_empty_postgres() {
     });
     let (status, page) = moved.admin("GET", "/licenses", None);
     assert_eq!((status, page["data"].as_array().unwrap().len()), (200, 0));
+
+    // A SQLite database without a license (tried, then PostgreSQL chosen)
+    // is nothing to lose: the empty PostgreSQL database is served.
+    let mut tried = TestServer::start();
+    tried.plan("p", json!({"features": []}));
+    assert_eq!(tried.terminate(), Some(0));
+    let empty = keysmith_tests::PgDatabase::create();
+    TestServer::start_with(ServerOptions {
+        data_dir: Some(tried.data_dir.clone()),
+        backend: Backend::Postgres,
+        database: Some(empty.url()),
+        ..Default::default()
+    });
 }
 
 /// The move from one machine to several: `copy-to-postgres` carries every

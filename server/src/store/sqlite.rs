@@ -98,6 +98,19 @@ pub fn replace_admin_token_hash_at(path: &Path, hash: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the SQLite database at `path` holds a license, read without
+/// opening it as a store (no migration, no journal); a file that cannot be
+/// read as one counts as holding some, so that nothing is taken for empty
+/// that may not be.
+pub fn has_licenses_at(path: &Path) -> bool {
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|conn| {
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.query_row("SELECT EXISTS (SELECT 1 FROM licenses)", [], |r| r.get(0))
+        })
+        .unwrap_or(true)
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
