@@ -498,7 +498,8 @@ pub fn no_redelivery(webhook: &str, event: &str, pending: bool) -> StoreError {
         StoreError::Conflict {
             code: "DELIVERY_PENDING",
             message: format!(
-                "event {event} is still being delivered to webhook {webhook}: it is retried on its own"
+                "event {event} is still queued for webhook {webhook}: it goes out (and is retried) \
+                 on its own, after the license's earlier events and while the endpoint is enabled"
             ),
         }
     } else {
