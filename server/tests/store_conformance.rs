@@ -1684,6 +1684,11 @@ async fn retry_windows_start_again_after_a_pause_or_a_redelivery(f: &Fixture) {
         claim(s.as_ref(), t(100)).await.is_empty(),
         "nothing while off"
     );
+    assert_eq!(
+        s.get_webhook(wh.clone()).await.unwrap().pending,
+        1,
+        "but queued"
+    );
     set_enabled(true).await;
     let job = claim(s.as_ref(), t(200)).await.remove(0);
     assert_eq!(
@@ -1732,6 +1737,9 @@ async fn retry_windows_start_again_after_a_pause_or_a_redelivery(f: &Fixture) {
         (next.kind.as_str(), next.first_attempt_at),
         ("license.suspended", None)
     );
+    s.finish_delivery(next, delivered(t(206))).await.unwrap();
+    let listed = s.list_webhooks(page(10)).await.unwrap().0;
+    assert_eq!(listed[0].pending, 0, "all delivered");
 }
 
 /// An endpoint that hangs holds its deliveries for the whole timeout: it

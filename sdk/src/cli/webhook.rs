@@ -159,6 +159,12 @@ fn show_webhook(v: &Value, out: &mut dyn Write, err: &mut dyn Write) -> std::io:
     writeln!(out, "{}  {state}  {}", text(v, "id"), text(v, "url"))?;
     writeln!(out, "  events:   {}", strings(v, "events").join(", "))?;
     writeln!(out, "  created:  {}", text(v, "created_at"))?;
+    if let Some(pending) = v["pending"].as_u64().filter(|n| *n > 0) {
+        writeln!(
+            out,
+            "  pending:  {pending} events not yet delivered or failed"
+        )?;
+    }
     if let Some(secret) = v["secret"].as_str() {
         writeln!(out, "  secret:   {secret}")?;
         writeln!(

@@ -318,6 +318,10 @@ pub struct Webhook {
     pub enabled: bool,
     #[serde(with = "keysmith_core::time::rfc3339")]
     pub created_at: DateTime<Utc>,
+    /// Events queued for it and not yet delivered or failed: being retried,
+    /// waiting behind their license's earlier events, or for it to be
+    /// enabled again.
+    pub pending: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
@@ -551,7 +555,8 @@ fn event_names(events: &[EventType]) -> Vec<&'static str> {
 }
 
 /// The webhook columns both backends read, in the order their row mappers take.
-const WEBHOOK_COLUMNS: &str = "seq, id, url, events, enabled, created_at";
+const WEBHOOK_COLUMNS: &str = "seq, id, url, events, enabled, created_at, \
+     (SELECT count(*) FROM deliveries d WHERE d.webhook_seq = webhooks.seq AND d.state = 'pending')";
 
 /// A page cursor: opaque to clients, a sequence number to us.
 pub mod cursor {

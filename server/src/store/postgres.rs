@@ -917,6 +917,7 @@ fn webhook_from_row(row: &Row) -> Result<(i64, Webhook)> {
             events,
             enabled: row.try_get(4)?,
             created_at: from_unix(row.try_get(5)?),
+            pending: row.try_get::<_, i64>(6)? as u64,
             secret: None,
         },
     ))

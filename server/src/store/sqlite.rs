@@ -568,6 +568,7 @@ fn webhook_row(row: &Row<'_>) -> rusqlite::Result<(i64, Webhook, String)> {
             events: Vec::new(),
             enabled: row.get(4)?,
             created_at: from_unix(row.get(5)?),
+            pending: row.get::<_, i64>(6)? as u64,
             secret: None,
         },
         row.get(3)?,
