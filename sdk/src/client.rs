@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keysmith_core::domain::{is_valid_fingerprint, normalize_domain};
 use keysmith_core::token::{Claims, KeySet};
 use keysmith_core::wire::{ValidateRequest, ValidateResponse};
-use keysmith_core::{Code, LicenseKey};
+use keysmith_core::{Code, KeyError, LicenseKey};
 use rand::RngCore;
 
 use crate::cache::{self, Entry};
@@ -226,7 +226,7 @@ impl ClientBuilder {
         })?;
         let keys = KeySet::from_base64_list(&list)
             .map_err(|e| Error::new(Kind::PublicKey, format!("bad public key: {e}")))?;
-        let validate_url = validate_url(&self.server_url)?;
+        let api = api_base(&self.server_url)?;
         if !is_valid_app_id(&self.app_id) {
             return Err(Error::new(
                 Kind::Builder,
@@ -242,23 +242,8 @@ impl ClientBuilder {
             }
         }
         let cache_dir = match self.cache_dir {
-            Some(dir) => {
-                usable_cache_dir(&dir)?;
-                dir
-            }
-            None => {
-                let dir = default_cache_dir(&self.app_id)?;
-                cache::check_dir(&dir).map_err(|e| {
-                    Error::new(
-                        Kind::Builder,
-                        format!(
-                            "the platform's cache dir {}: {e}; name another cache dir",
-                            dir.display()
-                        ),
-                    )
-                })?;
-                dir
-            }
+            Some(dir) => usable_cache_dir(dir, "cache dir")?,
+            None => usable_cache_dir(default_cache_dir(&self.app_id)?, "the platform's cache dir")?,
         };
         let http = reqwest::Client::builder()
             // A redirect is not the server's answer: followed, a POST would
@@ -276,8 +261,8 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                deactivate_url: format!("{}deactivate", validate_url.trim_end_matches("validate")),
-                validate_url,
+                validate_url: format!("{api}validate"),
+                deactivate_url: format!("{api}deactivate"),
                 keys,
                 app_id: self.app_id,
                 cache_dir,
@@ -289,7 +274,8 @@ impl ClientBuilder {
     }
 }
 
-fn validate_url(server_url: &str) -> Result<String, Error> {
+/// The API's base URL, `…/api/v1/`, under the server URL's own path.
+fn api_base(server_url: &str) -> Result<String, Error> {
     let bad = |why: &str| Error::new(Kind::Builder, format!("server URL {server_url:?} {why}"));
     let url = reqwest::Url::parse(server_url).map_err(|e| bad(&format!("is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -304,10 +290,7 @@ fn validate_url(server_url: &str) -> Result<String, Error> {
             "names the API's path: give the server's base URL, without /api/v1",
         ));
     }
-    Ok(format!(
-        "{}/api/v1/validate",
-        url.as_str().trim_end_matches('/')
-    ))
+    Ok(format!("{}/api/v1/", url.as_str().trim_end_matches('/')))
 }
 
 /// What an app id may be, for messages.
@@ -322,18 +305,24 @@ pub(crate) fn is_valid_app_id(app_id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A cache dir given to the builder must hold answers: one that cannot is
-/// refused at once, rather than found out the first time the app is
-/// offline (a failed write costs an online answer nothing).
-fn usable_cache_dir(dir: &Path) -> Result<(), Error> {
+/// The cache dir (`what`: the one given, or the platform's) if it can hold
+/// answers: one that cannot is refused at once, rather than found out the
+/// first time the app is offline (a failed write costs an online answer
+/// nothing).
+fn usable_cache_dir(dir: PathBuf, what: &str) -> Result<PathBuf, Error> {
     if dir.as_os_str().is_empty() {
         return Err(Error::new(
             Kind::Builder,
             "the cache dir is empty: name a directory, or leave it unset for the platform's",
         ));
     }
-    cache::check_dir(dir)
-        .map_err(|e| Error::new(Kind::Builder, format!("cache dir {}: {e}", dir.display())))
+    cache::check_dir(&dir).map_err(|e| {
+        Error::new(
+            Kind::Builder,
+            format!("{what} {}: {e}; name another cache dir", dir.display()),
+        )
+    })?;
+    Ok(dir)
 }
 
 fn default_cache_dir(app_id: &str) -> Result<PathBuf, Error> {
@@ -521,14 +510,7 @@ impl Client {
         key: &str,
         options: &ValidateOptions,
     ) -> Result<Deactivation, Error> {
-        let Some(req) = self.prepare(key, options)? else {
-            return Err(match &self.inner.key_prefix {
-                Some(prefix) => LicenseKey::parse_with_prefix(key, prefix),
-                None => LicenseKey::parse(key),
-            }
-            .expect_err("prepare refuses only a malformed key")
-            .into());
-        };
+        let req = self.prepared(self.parse_key(key)?, options)?;
         if req.domain.is_none() && req.fingerprint.is_none() {
             return Err(Error::new(
                 Kind::InvalidArgument,
@@ -572,13 +554,22 @@ impl Client {
     /// The local checks. `Ok(None)`: the key is malformed (an answer, not
     /// an error).
     fn prepare(&self, key: &str, options: &ValidateOptions) -> Result<Option<Prepared>, Error> {
-        let parsed = match &self.inner.key_prefix {
+        match self.parse_key(key) {
+            Ok(key) => self.prepared(key, options).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The local key check, with this client's key prefix if it has one.
+    fn parse_key(&self, key: &str) -> Result<LicenseKey, KeyError> {
+        match &self.inner.key_prefix {
             Some(prefix) => LicenseKey::parse_with_prefix(key, prefix),
             None => LicenseKey::parse(key),
-        };
-        let Ok(key) = parsed else {
-            return Ok(None);
-        };
+        }
+    }
+
+    /// The checks of `options` for a well-formed `key`.
+    fn prepared(&self, key: LicenseKey, options: &ValidateOptions) -> Result<Prepared, Error> {
         let domain = match options.domain.as_deref() {
             None => None,
             Some(raw) => Some(normalize_domain(raw).ok_or_else(|| {
@@ -603,13 +594,13 @@ impl Client {
             domain.as_deref(),
             options.fingerprint.as_deref(),
         );
-        Ok(Some(Prepared {
+        Ok(Prepared {
             key_sha256: key.sha256_hex(),
             key,
             domain,
             fingerprint: options.fingerprint.clone(),
             cache_path,
-        }))
+        })
     }
 
     async fn ask_server(&self, req: &Prepared, nonce: &str) -> Result<Answer, Error> {
@@ -938,6 +929,13 @@ mod tests {
 
     #[test]
     fn the_validate_url_keeps_a_path_prefix() {
+        let validate_url = |server: &str| {
+            Client::builder(server)
+                .public_key(public_key())
+                .cache_dir("/tmp/ks-unused")
+                .build()
+                .map(|c| c.inner.validate_url.clone())
+        };
         assert_eq!(
             validate_url("http://127.0.0.1:8080").unwrap(),
             "http://127.0.0.1:8080/api/v1/validate"
