@@ -147,9 +147,10 @@ pub async fn serve(
     dir.create(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let store = store::open(&database_url, args.sqlite_synchronous).await?;
+    let sqlite = store::sqlite_path(&database_url);
     let in_use = store.has_licenses().await?;
     let sqlite_left = data_dir.join("keysmith.db");
-    if store::sqlite_path(&database_url).is_none()
+    if sqlite.is_none()
         && !in_use
         && sqlite_left.exists()
         && store::sqlite::has_licenses_at(&sqlite_left)
@@ -188,7 +189,7 @@ pub async fn serve(
         .with_context(|| format!("listening on {}", args.listen))?;
     let admin = auth::AdminAuth::establish(store.as_ref()).await?;
     let addr = listener.local_addr()?;
-    let storage = match store::sqlite_path(&database_url) {
+    let storage = match sqlite {
         Some(path) => format!("SQLite database {}", path.display()),
         None => store::postgres::describe(&database_url),
     };

@@ -214,7 +214,7 @@ pub async fn sqlite_to_postgres(db: &Path, to: &str) -> anyhow::Result<Copied> {
     let from = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", db.display()))?;
     let target = PostgresStore::connect(to).await?;
-    let mut client = target.raw_client().await?;
+    let mut client = target.client().await?;
     let tx = client.transaction().await?;
     let used: i64 = tx
         .query_one(

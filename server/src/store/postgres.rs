@@ -673,13 +673,9 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Client> {
+    /// A connection of the pool (also for `copy-to-postgres`'s statements).
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Client> {
         Ok(self.pool.get().await?)
-    }
-
-    /// A connection of the pool, for `copy-to-postgres`'s own statements.
-    pub(super) async fn raw_client(&self) -> Result<deadpool_postgres::Client> {
-        self.client().await
     }
 }
 
@@ -1799,18 +1795,17 @@ impl Store for PostgresStore {
 
     async fn update_webhook(&self, id: String, patch: WebhookPatch) -> Result<Webhook> {
         let mut client = self.client().await?;
-        let client = client.transaction().await?;
+        let tx = client.transaction().await?;
         if patch.enabled == Some(true) {
             // What waited while it was disabled starts its retry window now.
-            client
-                .execute(
+            tx.execute(
                     "UPDATE deliveries SET first_attempt_ms = NULL WHERE state = 'pending' \
                      AND webhook_seq = (SELECT seq FROM webhooks WHERE id = $1 AND NOT enabled FOR UPDATE)",
                     &[&id],
                 )
                 .await?;
         }
-        let stmt = client
+        let stmt = tx
             .prepare_cached(&format!(
                 "UPDATE webhooks SET url = coalesce($2, url), events = coalesce($3, events), \
                  enabled = coalesce($4, enabled), secret = coalesce($5, secret) \
@@ -1818,7 +1813,7 @@ impl Store for PostgresStore {
             ))
             .await?;
         let events = patch.events.as_deref().map(|e| Json(event_names(e)));
-        match client
+        match tx
             .query_opt(
                 &stmt,
                 &[&id, &patch.url, &events, &patch.enabled, &patch.secret],
@@ -1827,7 +1822,7 @@ impl Store for PostgresStore {
         {
             Some(row) => {
                 let webhook = webhook_from_row(&row).map(|(_, w)| w)?;
-                client.commit().await?;
+                tx.commit().await?;
                 Ok(webhook)
             }
             None => Err(webhook_not_found(&id)),
