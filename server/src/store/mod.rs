@@ -495,8 +495,9 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_admin_token_hash(&self, hash: String) -> Result<()>;
 }
 
-/// Why an event cannot be queued again for an endpoint: it is still being
-/// delivered (retries come on their own), or the endpoint never had it.
+/// Why an event cannot be queued again for an endpoint: it is still queued
+/// (being retried, or waiting for its turn or for the endpoint to be
+/// enabled), or the endpoint never had it.
 pub fn no_redelivery(webhook: &str, event: &str, pending: bool) -> StoreError {
     if pending {
         StoreError::Conflict {
