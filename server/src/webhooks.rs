@@ -218,8 +218,11 @@ async fn attempt(
     let next = if delivered {
         DeliveryNext::Delivered
     } else {
-        let first = job.first_attempt_at.unwrap_or(started_at);
-        after_failure(policy, first, Utc::now(), &mut rand::thread_rng())
+        // A first failure opens the window when it ends, not when the
+        // attempt began: a timeout must not push the first retry later.
+        let now = Utc::now();
+        let first = job.first_attempt_at.unwrap_or(now);
+        after_failure(policy, first, now, &mut rand::thread_rng())
     };
     tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, kind = %job.kind, attempt = job.attempt, ?status_code, error = error.as_deref().unwrap_or(""), duration_ms, ?next, "webhook attempt");
     AttemptResult {
@@ -283,6 +286,53 @@ mod tests {
         assert_eq!(*pauses.last().unwrap(), Duration::from_secs(30));
         assert_eq!(outage.ended(), Some(pauses.len() as u32));
         assert_eq!(outage.ended(), None, "reset");
+    }
+
+    /// SPEC §6: the first retry within 30 s. The wait grows with how long
+    /// the event has been failing, and that used to count the first
+    /// attempt's own time: an endpoint that hung for the 10 s timeout was
+    /// retried 20–40 s after it, not 10–20.
+    #[tokio::test]
+    async fn a_first_attempt_that_timed_out_is_retried_within_the_base() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        // Accepts, never answers.
+        let hang = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let policy = DeliveryPolicy {
+            timeout: Duration::from_secs(2),
+            retry_base: Duration::from_secs(2),
+            ..DeliveryPolicy::default()
+        };
+        let http = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .build()
+            .unwrap();
+        let job = DeliveryJob {
+            delivery: 1,
+            webhook_id: "wh_test".into(),
+            url,
+            secret: "whsec_test".into(),
+            event_id: "evt_test".into(),
+            kind: "license.updated".into(),
+            created_at: Utc::now(),
+            data: "{}".into(),
+            attempt: 1,
+            first_attempt_at: None,
+        };
+        let result = attempt(&http, &policy, &job).await;
+        let failed_at = Utc::now();
+        hang.abort();
+        assert!(result.error.is_some(), "{result:?}");
+        let DeliveryNext::RetryAt(at) = result.next else {
+            panic!("{result:?}")
+        };
+        let wait = (at - failed_at).num_milliseconds();
+        assert!(wait <= 2_000, "retried {wait} ms after the timeout");
     }
 
     #[test]
