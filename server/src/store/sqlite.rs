@@ -194,6 +194,21 @@ impl ReadPool {
 /// memory budget.
 pub const READER_CACHE_KIB: i64 = -4 * 1024;
 
+/// The deliveries to claim at `?1` (ms), at most `?2`, at most `?3` in
+/// flight to one endpoint: due, not leased, to an enabled endpoint, each
+/// the license's oldest pending one (events in order per license).
+const CLAIMABLE: &str = "SELECT seq, url, secret, id, type, created_at, data, attempts, first_attempt_ms, webhook_id FROM ( \
+     SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, \
+     d.first_attempt_ms, w.id AS webhook_id, d.next_attempt_ms, \
+     ROW_NUMBER() OVER (PARTITION BY d.webhook_seq ORDER BY d.next_attempt_ms, d.seq) \
+     + (SELECT COUNT(*) FROM deliveries q WHERE q.webhook_seq = d.webhook_seq \
+        AND q.state = 'pending' AND q.locked_until_ms > ?1) AS in_flight \
+     FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq JOIN events e ON e.seq = d.event_seq \
+     WHERE d.state = 'pending' AND d.next_attempt_ms <= ?1 AND d.locked_until_ms <= ?1 AND w.enabled = 1 \
+     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook_seq = d.webhook_seq \
+         AND p.license_id = d.license_id AND p.state = 'pending' AND p.seq < d.seq)) \
+     WHERE in_flight <= ?3 ORDER BY next_attempt_ms, seq LIMIT ?2";
+
 /// Whether any event was raised before `?1` (`prune_events`).
 const EVENTS_BEFORE: &str = "SELECT 1 FROM events INDEXED BY events_by_time WHERE created_at < ?1";
 /// The oldest events raised before `?1` that no delivery still waits to
@@ -1543,28 +1558,22 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeliveryJob>> {
         // Asked four times a second. Looked at on a read connection first:
         // through the writer, every poll would commit, copying the usage
-        // journal and emptying every reader's page cache each time.
+        // journal and emptying every reader's page cache. The look is the
+        // claim's own query, so that due deliveries it would not claim (an
+        // endpoint disabled or at its cap, a license's later event) do not
+        // send each poll through the writer either.
         let now_ms = now.timestamp_millis();
-        let due = "SELECT 1 FROM deliveries \
-                   WHERE state = 'pending' AND next_attempt_ms <= ?1 AND locked_until_ms <= ?1";
-        if !self.readers.finds(due, now_ms)? {
+        let claimable: bool = self.readers.run(|conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT EXISTS ({CLAIMABLE})"))?
+                .query_row(params![now_ms, limit, per_endpoint], |r| r.get(0))?)
+        })?;
+        if !claimable {
             return Ok(Vec::new());
         }
         self.write(move |conn| {
             let jobs: Vec<DeliveryJob> = conn
-                .prepare_cached(
-                    "SELECT seq, url, secret, id, type, created_at, data, attempts, first_attempt_ms, webhook_id FROM ( \
-                     SELECT d.seq, w.url, w.secret, e.id, e.type, e.created_at, e.data, d.attempts, \
-                     d.first_attempt_ms, w.id AS webhook_id, d.next_attempt_ms, \
-                     ROW_NUMBER() OVER (PARTITION BY d.webhook_seq ORDER BY d.next_attempt_ms, d.seq) \
-                     + (SELECT COUNT(*) FROM deliveries q WHERE q.webhook_seq = d.webhook_seq \
-                        AND q.state = 'pending' AND q.locked_until_ms > ?1) AS in_flight \
-                     FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq JOIN events e ON e.seq = d.event_seq \
-                     WHERE d.state = 'pending' AND d.next_attempt_ms <= ?1 AND d.locked_until_ms <= ?1 AND w.enabled = 1 \
-                     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.webhook_seq = d.webhook_seq \
-                         AND p.license_id = d.license_id AND p.state = 'pending' AND p.seq < d.seq)) \
-                     WHERE in_flight <= ?3 ORDER BY next_attempt_ms, seq LIMIT ?2",
-                )?
+                .prepare_cached(CLAIMABLE)?
                 .query_map(params![now_ms, limit, per_endpoint], |r| {
                     Ok(DeliveryJob {
                         delivery: r.get(0)?,
@@ -1576,7 +1585,9 @@ impl Store for SqliteStore {
                         created_at: from_unix(r.get(5)?),
                         data: r.get(6)?,
                         attempt: r.get::<_, u32>(7)? + 1,
-                        first_attempt_at: r.get::<_, Option<i64>>(8)?.and_then(chrono::DateTime::from_timestamp_millis),
+                        first_attempt_at: r
+                            .get::<_, Option<i64>>(8)?
+                            .and_then(chrono::DateTime::from_timestamp_millis),
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -2751,6 +2762,88 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// Due deliveries that cannot be claimed — held behind the license's
+    /// earlier event still in flight, to an endpoint at its in-flight cap,
+    /// or to a disabled endpoint — are not work either: the read
+    /// connection's look used to find them, and every poll went through
+    /// the writer for nothing, four times a second.
+    #[tokio::test]
+    async fn deliveries_that_cannot_be_claimed_make_no_write() {
+        let tuning = Tuning {
+            ingest_every: Duration::from_secs(3600),
+            ..test_tuning(WAL_RESTART_PAGES)
+        };
+        let (_dir, path, store, license) = store_with_license(tuning).await;
+        let lease = chrono::Duration::seconds(40);
+        let hook = a_delivery_due(&store, &license).await;
+        let claimed = store.claim_deliveries(Utc::now(), 64, 8, lease).await;
+        assert_eq!(claimed.unwrap().len(), 1);
+        // A second event of the license waits for the first; another
+        // license's event waits for the endpoint's one slot.
+        let patch = |email: &str| LicensePatch {
+            customer_email: Some(email.into()),
+            ..LicensePatch::default()
+        };
+        store
+            .update_license(license.id.clone(), patch("b@example.com"), Utc::now())
+            .await
+            .unwrap();
+        let other = store
+            .create_license(new_license(0), Utc::now())
+            .await
+            .unwrap();
+        store
+            .update_license(other.id.clone(), patch("c@example.com"), Utc::now())
+            .await
+            .unwrap();
+        let journaled = |at| {
+            let (store, path) = (&store, &path);
+            let key = license.key.clone();
+            async move {
+                store.validate(validation(&key, at)).await.unwrap();
+                count(path, "SELECT COUNT(*) FROM usage")
+            }
+        };
+        // The first validation activates (a write); the next goes to the journal.
+        journaled(1_000).await;
+        let usage_rows = journaled(1_001).await;
+        assert!(journal_bytes(&path) > 0);
+        for _ in 0..3 {
+            let jobs = store.claim_deliveries(Utc::now(), 64, 1, lease).await;
+            assert!(jobs.unwrap().is_empty());
+        }
+        assert_eq!(
+            count(&path, "SELECT COUNT(*) FROM usage"),
+            usage_rows,
+            "a poll with nothing claimable went through the writer"
+        );
+        // The other license's event, once the cap allows a second.
+        let jobs = store.claim_deliveries(Utc::now(), 64, 8, lease).await;
+        assert_eq!(jobs.unwrap().len(), 1);
+
+        // A disabled endpoint's events wait for it, without writes.
+        let off = WebhookPatch {
+            enabled: Some(false),
+            ..WebhookPatch::default()
+        };
+        store.update_webhook(hook.id.clone(), off).await.unwrap();
+        let third = store
+            .create_license(new_license(0), Utc::now())
+            .await
+            .unwrap();
+        store
+            .update_license(third.id.clone(), patch("d@example.com"), Utc::now())
+            .await
+            .unwrap();
+        let usage_rows = journaled(1_002).await;
+        assert!(journal_bytes(&path) > 0);
+        for _ in 0..3 {
+            let jobs = store.claim_deliveries(Utc::now(), 64, 8, lease).await;
+            assert!(jobs.unwrap().is_empty());
+        }
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM usage"), usage_rows);
     }
 
     /// A delivery claimed when the server was killed is not waited for
