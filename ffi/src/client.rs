@@ -366,7 +366,9 @@ pub unsafe extern "C" fn ks_client_validate_offline(
 /// Needs the server; no cached answer stands in. Errors:
 /// `KS_KEY_MALFORMED` (nothing sent), `KS_INVALID_ARGUMENT` (neither a
 /// domain nor a fingerprint, or an unusable one), `KS_LICENSE_NOT_FOUND`
-/// (no license has this key), `KS_NETWORK`, `KS_TIMEOUT`, `KS_PROTOCOL`.
+/// (no license has this key), `KS_NETWORK`, `KS_TIMEOUT`, `KS_PROTOCOL`,
+/// and `KS_INVALID_CONFIG` when the seat was freed but the cached answer
+/// cannot be removed (the cache dir became unusable).
 ///
 /// # Safety
 ///

@@ -502,9 +502,11 @@ impl Client {
     /// It needs the server: no cached answer stands in. `Err` for a
     /// malformed key ([`Error::is_key_malformed`]), neither a domain nor a
     /// fingerprint or an unusable one ([`Error::is_invalid_argument`]), a key
-    /// no license has ([`Error::is_not_found`]), or no answer
-    /// ([`Error::is_network`], [`Error::is_protocol`]). A seat that was not
-    /// held is not an error: the answer says what was freed.
+    /// no license has ([`Error::is_not_found`]), no answer
+    /// ([`Error::is_network`], [`Error::is_protocol`]), or a cached answer
+    /// that cannot be removed after the seat was freed
+    /// ([`Error::is_builder`]: the cache dir became unusable). A seat that
+    /// was not held is not an error: the answer says what was freed.
     pub async fn deactivate(
         &self,
         key: &str,
@@ -522,12 +524,36 @@ impl Client {
         if status.is_success() {
             let freed: Deactivation = parse_answer(url, status, &bytes)?;
             let path = req.cache_path.clone();
-            let _ = tokio::task::spawn_blocking(move || cache::remove(&path)).await;
-            return Ok(freed);
+            let removed = tokio::task::spawn_blocking(move || cache::remove(&path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            // Kept, the answer would let this machine go on offline.
+            return match removed {
+                Ok(()) => Ok(freed),
+                Err(e) => Err(Error::new(
+                    Kind::Builder,
+                    format!(
+                        "the seat was freed, but the cached answer {} cannot be removed",
+                        req.cache_path.display()
+                    ),
+                )
+                .with_source(e)),
+            };
         }
         let refusal = parse_answer::<keysmith_core::wire::ErrorBody>(url, status, &bytes)?.error;
         let kind = match status {
-            reqwest::StatusCode::NOT_FOUND => Kind::NotFound,
+            // Only the server's own word: any other 404 (a wrong path in
+            // the server URL) says nothing about the license.
+            reqwest::StatusCode::NOT_FOUND if refusal.code == "LICENSE_NOT_FOUND" => Kind::NotFound,
+            reqwest::StatusCode::NOT_FOUND => {
+                return Err(Error::new(
+                    Kind::Protocol,
+                    format!(
+                        "{url} answered 404 {}: {} (is the server URL right?)",
+                        refusal.code, refusal.message
+                    ),
+                ))
+            }
             s if s.is_client_error() => Kind::InvalidArgument,
             _ => Kind::Protocol,
         };

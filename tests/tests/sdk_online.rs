@@ -236,6 +236,35 @@ fn an_app_frees_its_own_seat_and_forgets_its_cached_answer() {
         .is_key_malformed());
     let err = client.deactivate(key, &ValidateOptions::new()).unwrap_err();
     assert!(err.is_invalid_argument(), "{err:#}");
+    // A 404 that is not the server's LICENSE_NOT_FOUND (a base URL with
+    // a wrong path: no such route) is not "no such license": an app told
+    // that might throw a good key away.
+    let astray = keysmith::blocking::Client::builder(format!("{}/wrong", l.server.url))
+        .public_key(&l.public_key)
+        .app_id("e2e-app")
+        .cache_dir(l.cache.path())
+        .build()
+        .unwrap();
+    let err = astray.deactivate(key, &new).unwrap_err();
+    assert!(!err.is_not_found() && err.is_protocol(), "{err:#}");
+
+    // A cached answer that cannot be removed is said, not ignored: it
+    // would keep the old machine working offline. (A directory where the
+    // file goes: removing it fails even for root.)
+    assert!(client.validate(key, &new).unwrap().valid);
+    let stuck = client.cache_path(key, &new).unwrap();
+    std::fs::remove_file(&stuck).unwrap();
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("inside"), b"x").unwrap();
+    let err = client.deactivate(key, &new).unwrap_err();
+    assert!(
+        err.to_string().contains("seat was freed") && err.is_builder(),
+        "{err:#}"
+    );
+    // Again: nothing left to free, the answer still there.
+    assert!(client.deactivate(key, &new).unwrap_err().is_builder());
+    std::fs::remove_dir_all(&stuck).unwrap();
+
     l.server.kill9();
     assert!(client.deactivate(key, &new).unwrap_err().is_network());
 }

@@ -355,9 +355,11 @@ class Client:
         when it cannot be reached, :class:`LicenseNotFoundError` when no
         license has this key, :class:`InvalidArgumentError` for neither a
         domain nor a fingerprint or an unusable one, and
-        :class:`KeysmithError` (``KS_KEY_MALFORMED``) for a malformed key. A
-        seat that was not held is not an error: the answer says what was
-        freed."""
+        :class:`KeysmithError` (``KS_KEY_MALFORMED``) for a malformed key,
+        and :class:`InvalidArgumentError` (``KS_INVALID_CONFIG``) when the
+        seat was freed but the cached answer cannot be removed (the cache
+        dir became unusable). A seat that was not held is not an error: the
+        answer says what was freed."""
         key_data = _key_bytes(key)
         domain_data = _optional_text(domain, "domain")
         fingerprint_data = _optional_text(fingerprint, "fingerprint")
