@@ -483,7 +483,8 @@ impl FromRequestParts<AppState> for Admin {
 
     /// The admin token, guessed at no faster than `--failed-lookup-limit`
     /// wrong tokens a minute per client IP: past that, the IP gets 429 (even
-    /// with the right token) until its budget refills.
+    /// with the right token) until its budget refills. A request without an
+    /// `Authorization` header is not a guess and does not count.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
         let ip = parts
             .extensions
@@ -502,9 +503,11 @@ impl FromRequestParts<AppState> for Admin {
         if state.admin.check_header(header) {
             return Ok(Admin);
         }
-        if let Some(ip) = ip {
+        // A request with no token guesses nothing: counted, it would let
+        // anyone behind the admin's address (a NAT, a proxy) lock them out.
+        if let Some(ip) = ip.filter(|_| header.is_some()) {
             state.admin_failures.record_failure(ip);
-            tracing::warn!(%ip, "a management request without the admin token");
+            tracing::warn!(%ip, "a management request with a wrong admin token");
         }
         Err(ApiError::Unauthorized)
     }
