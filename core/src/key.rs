@@ -356,6 +356,16 @@ impl Parts {
     }
 }
 
+/// A dash a word processor or mail program puts in for `-` (U+2010 to
+/// U+2015, U+2212 minus, the small and full-width hyphen-minus): not a
+/// separator of the format, but what a pasted key often has.
+pub fn is_typographic_dash(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe58}' | '\u{fe63}' | '\u{ff0d}'
+    )
+}
+
 fn is_separator(c: char) -> bool {
     c == '-' || c.is_ascii_whitespace()
 }
@@ -363,12 +373,7 @@ fn is_separator(c: char) -> bool {
 /// Accepts exactly the keys the format allows; when refusing one, picks the
 /// error that best explains it.
 fn split(input: &str) -> Result<Parts, KeyError> {
-    if let Some(dash) = input.chars().find(|c| {
-        matches!(
-            c,
-            '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe58}' | '\u{fe63}' | '\u{ff0d}'
-        )
-    }) {
+    if let Some(dash) = input.chars().find(|&c| is_typographic_dash(c)) {
         // Not a separator (the format's are ASCII), but what went wrong is
         // the dash, not the prefix or the length it would otherwise upset.
         return Err(KeyError::TypographicDash(dash));

@@ -954,6 +954,8 @@ fn logs_never_hold_a_key_or_a_token(backend: Backend) {
         key.to_owned(),
         key.replace('-', ""),
         key.replace('-', "%20"),
+        // Pasted from mail: en dashes (percent-encoded, as in any URL).
+        key.replace('-', "%E2%80%93"),
     ] {
         server.request("GET", &format!("/api/v1/licenses/{path}"), None, None);
         server.admin("GET", &format!("/licenses/{path}"), None);
@@ -968,6 +970,7 @@ fn logs_never_hold_a_key_or_a_token(backend: Backend) {
     for secret in [
         body,
         &body.replace('-', ""),
+        &body.replace('-', "%E2%80%93"),
         answer["token"].as_str().unwrap(),
         ADMIN_TOKEN,
         "wrong-token-xyz",

@@ -223,7 +223,7 @@ fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
         {
             match c {
                 '-' => {}
-                c if c.is_whitespace() => {}
+                c if c.is_whitespace() || keysmith_core::key::is_typographic_dash(c) => {}
                 // A domain has dots; an id is shorter.
                 c if c.is_ascii_alphanumeric() => symbols += 1,
                 _ => return false,
