@@ -129,6 +129,13 @@ impl PgDatabase {
         }
     }
 
+    /// Runs SQL statements in this schema on a thread of their own (say, a
+    /// transaction that holds a lock for a while).
+    pub fn execute_in_background(&self, sql: &str) -> std::thread::JoinHandle<()> {
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        std::thread::spawn(move || pg_execute(&url, &sql))
+    }
+
     /// The URL to give servers (`--database`): this schema, and a pool small
     /// enough for many test servers on one PostgreSQL.
     pub fn url(&self) -> String {

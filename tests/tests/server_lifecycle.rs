@@ -291,6 +291,89 @@ fn copy_to_postgres_moves_a_sqlite_database_whole() {
     assert_eq!(validate(&moved, &c, None), "VALID");
 }
 
+/// `copy-to-postgres` reads a stopped server's database; a server started
+/// on it while the copy ran (it used to give up the database's lock after
+/// settling the journal) could change tables already copied, and the
+/// copy would miss it. Now no server starts until the copy ends, and the
+/// copy reads one snapshot. (The copy is held in PostgreSQL's migration
+/// lock, taken here, while a server is started on its data dir.)
+#[test]
+fn no_server_starts_on_a_database_being_copied() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let mut server = TestServer::start();
+    server.plan("p", json!({"features": []}));
+    server.license("p", json!({}));
+    assert_eq!(server.terminate(), Some(0));
+    let pg = PgDatabase::create();
+    let migrations = "pg_advisory_xact_lock(hashtext('keysmith-migrations'), \
+                      hashtext(coalesce(current_schema(), '')))";
+    let holder = pg.execute_in_background(&format!(
+        "BEGIN; SELECT {migrations}; SELECT pg_sleep(4); COMMIT"
+    ));
+    let locks = |granted: bool| {
+        pg.query_texts(
+            "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' \
+             AND granted = $1::text::boolean \
+             AND objid::bigint = (hashtext(current_schema())::bigint & 4294967295)",
+            &[&granted.to_string()],
+        )[0]
+        .clone()
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    until("the lock is never taken", &|| locks(true) == "1");
+    let copy = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+        .args(["copy-to-postgres", "--data-dir"])
+        .arg(&server.data_dir)
+        .args(["--to", &pg.url()])
+        .env_remove("KEYSMITH_DATABASE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    until("the copy never waits", &|| locks(false) == "1");
+    // The copy has settled the journal and waits for PostgreSQL.
+    let mut second = std::process::Command::new(keysmith_tests::bin_path("ks-e2e-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&server.data_dir)
+        .env_remove("KEYSMITH_DATABASE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("a server started on the database being copied");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut refusal = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut refusal).unwrap();
+    assert!(!status.success());
+    assert!(refusal.contains("another server"), "{refusal}");
+    holder.join().unwrap();
+    let out = copy.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copied 1 licenses"));
+}
+
 /// A backup copied about with `cp` or `scp` is readable by everyone (0644):
 /// restored, the database took that mode (every license key and webhook
 /// secret readable by any local user), in a data dir created 0755.

@@ -210,9 +210,12 @@ pub async fn sqlite_to_postgres(db: &Path, to: &str) -> anyhow::Result<Copied> {
     if !db.exists() {
         bail!("no database at {}", db.display());
     }
-    settle(db).await?;
+    // Held to the end: no server starts on the database while it is copied.
+    let _held = settle(db).await?;
     let from = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", db.display()))?;
+    // Every table and count from one snapshot.
+    from.execute_batch("BEGIN")?;
     let target = PostgresStore::connect(to).await?;
     let mut client = target.client().await?;
     let tx = client.transaction().await?;
@@ -280,9 +283,9 @@ pub async fn sqlite_to_postgres(db: &Path, to: &str) -> anyhow::Result<Copied> {
 
 /// Opens the database as a server would — refused while one runs; the
 /// schema brought up to date — and reads through it, which waits for the
-/// usage journal's records to be copied into `usage`; closing it then
-/// leaves everything in the database file.
-async fn settle(db: &Path) -> anyhow::Result<()> {
+/// usage journal's records to be copied into `usage`. The store is
+/// returned open: while it is, no server can open the database.
+async fn settle(db: &Path) -> anyhow::Result<SqliteStore> {
     let store = SqliteStore::open_with(db, Synchronous::Full)
         .with_context(|| format!("opening {} (is a server running on it?)", db.display()))?;
     let first = PageRequest {
@@ -290,8 +293,7 @@ async fn settle(db: &Path) -> anyhow::Result<()> {
         limit: 1,
     };
     store.list_licenses(LicenseFilter::default(), first).await?;
-    drop(store);
-    Ok(())
+    Ok(store)
 }
 
 /// Copies one table in batches; the number of rows.
