@@ -306,23 +306,35 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSMITH_WEBHOOK_GIVE_UP", default_value_t = 86_400)]
     pub webhook_give_up: u64,
 
+    /// PEM file of CA certificates that webhook receivers' HTTPS
+    /// certificates may chain to, besides Mozilla's roots (receivers behind
+    /// a private CA). Read at start-up.
+    #[arg(long, env = "KEYSMITH_WEBHOOK_CA_FILE", value_name = "PEM")]
+    pub webhook_ca_file: Option<PathBuf>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `keysmith_server=debug`.
     #[arg(long, env = "KEYSMITH_LOG", default_value = "info")]
     pub log: String,
 }
 
 impl ServeArgs {
-    pub fn delivery_policy(&self) -> crate::webhooks::DeliveryPolicy {
+    /// The delivery worker's settings; reads `--webhook-ca-file`.
+    pub fn delivery_policy(&self) -> anyhow::Result<crate::webhooks::DeliveryPolicy> {
         use std::time::Duration;
-        crate::webhooks::DeliveryPolicy {
+        let roots = match &self.webhook_ca_file {
+            Some(path) => crate::webhooks::load_roots(path)?,
+            None => Vec::new(),
+        };
+        Ok(crate::webhooks::DeliveryPolicy {
             timeout: Duration::from_secs(self.webhook_timeout.max(1)),
             retry_base: Duration::from_millis(self.webhook_retry_base_ms),
             retry_max: Duration::from_millis(
                 self.webhook_retry_max_ms.max(self.webhook_retry_base_ms),
             ),
             give_up_after: Duration::from_secs(self.webhook_give_up),
+            roots,
             ..Default::default()
-        }
+        })
     }
 
     pub fn signing_key_path(&self) -> PathBuf {

@@ -138,6 +138,7 @@ pub async fn serve(
         );
     }
     let database_url = args.storage.database_url()?;
+    let delivery = args.delivery_policy()?;
     let data_dir = &args.storage.data_dir;
     // For the server's user alone: the signing key and the database.
     let mut dir = std::fs::DirBuilder::new();
@@ -212,7 +213,7 @@ pub async fn serve(
         },
     ));
     let state = api::AppState::new(store.clone(), Arc::new(signer), admin, &args);
-    let deliverer = tokio::spawn(webhooks::run(store.clone(), args.delivery_policy()));
+    let deliverer = tokio::spawn(webhooks::run(store.clone(), delivery));
     let rotations = tokio::spawn(
         state
             .admin

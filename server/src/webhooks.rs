@@ -19,14 +19,18 @@ use crate::store::{AttemptResult, DeliveryJob, DeliveryNext, Store};
 pub struct DeliveryPolicy {
     /// How long one attempt may take.
     pub timeout: Duration,
-    /// The first retry waits between half of this and all of it; each later
-    /// one doubles, up to `retry_max`.
+    /// The first retry waits between half of this and all of it; a later
+    /// one up to this plus twice the time the event has been failing, at
+    /// most `retry_max` ([`after_failure`]).
     pub retry_base: Duration,
     pub retry_max: Duration,
     /// Retries go on until this long after the first attempt; then `failed`.
     pub give_up_after: Duration,
     /// How often the worker looks for due deliveries.
     pub poll: Duration,
+    /// CA certificates a receiver's HTTPS certificate may chain to besides
+    /// Mozilla's roots (`--webhook-ca-file`).
+    pub roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for DeliveryPolicy {
@@ -37,6 +41,7 @@ impl Default for DeliveryPolicy {
             retry_max: Duration::from_secs(3600),
             give_up_after: Duration::from_secs(24 * 3600),
             poll: Duration::from_millis(250),
+            roots: Vec::new(),
         }
     }
 }
@@ -99,14 +104,44 @@ pub fn payload(job: &DeliveryJob) -> String {
     .to_string()
 }
 
-/// Runs the delivery worker forever.
-pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
-    let http = match reqwest::Client::builder()
+/// The CA certificates of the PEM file `path` (`--webhook-ca-file`: a
+/// private CA whose receivers' certificates Mozilla's roots do not cover),
+/// checked as the delivery client will take them.
+pub fn load_roots(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let named = || format!("--webhook-ca-file {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", named()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: not PEM certificates ({e})", named()))?;
+    if roots.is_empty() {
+        anyhow::bail!(
+            "{} holds no certificate (\"-----BEGIN CERTIFICATE-----\")",
+            named()
+        );
+    }
+    let policy = DeliveryPolicy {
+        roots,
+        ..DeliveryPolicy::default()
+    };
+    http_client(&policy).map_err(|e| anyhow::anyhow!("{}: {e}", named()))?;
+    Ok(policy.roots)
+}
+
+/// The delivery worker's HTTP client: the attempt's timeout, no redirects
+/// followed, Mozilla's roots and the policy's own.
+fn http_client(policy: &DeliveryPolicy) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .timeout(policy.timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keysmith-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+        .user_agent(concat!("keysmith-webhooks/", env!("CARGO_PKG_VERSION")));
+    for root in &policy.roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder.build()
+}
+
+/// Runs the delivery worker forever.
+pub async fn run(store: Arc<dyn Store>, policy: DeliveryPolicy) {
+    let http = match http_client(&policy) {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "webhook delivery is off: cannot build an HTTP client");

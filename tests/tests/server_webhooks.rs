@@ -652,3 +652,151 @@ fn a_rotated_secret_is_shown_once_and_signs_what_follows(backend: Backend) {
     let now = chrono::Utc::now().timestamp();
     assert!(!docs_verify(&old, &header, got[0].body.as_bytes(), now));
 }
+
+/// A receiver whose HTTPS certificate comes from a private CA (an
+/// internal endpoint) is delivered to once the server is given that CA
+/// with `--webhook-ca-file`; without it the attempt is refused and says
+/// why; a file that holds no certificate stops the server at start-up.
+/// The receiver is Python's `http.server` behind `ssl`, the certificates
+/// are made by `openssl`: skipped, saying so, without either.
+#[test]
+fn a_receiver_behind_a_private_ca_is_trusted_with_webhook_ca_file() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        path("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let made = openssl(
+        &[
+            &[
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Keysmith test CA",
+            ][..],
+            &ec,
+            &["-keyout", &path("ca.key"), "-out", &path("ca.pem")],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign"],
+        ]
+        .concat(),
+    ) && openssl(
+        &[
+            &["req", "-nodes", "-subj", "/CN=127.0.0.1"][..],
+            &ec,
+            &["-keyout", &path("srv.key"), "-out", &path("srv.csr")],
+        ]
+        .concat(),
+    ) && openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &path("srv.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &path("ext.cnf"),
+        "-out",
+        &path("srv.pem"),
+    ]);
+    if !made {
+        eprintln!("skipped: openssl cannot make the test certificates");
+        return;
+    }
+    const RECEIVER: &str = r#"
+import http.server, ssl, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = tls.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+    let Ok(mut receiver) = Command::new("python3")
+        .args(["-c", RECEIVER, &path("srv.pem"), &path("srv.key")])
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("skipped: no python3 for the HTTPS receiver");
+        return;
+    };
+    let mut port = String::new();
+    std::io::BufReader::new(receiver.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/hook", port.trim());
+    let first_attempt = |server: &TestServer| {
+        let hook = register(server, &url, &["license.created"]);
+        let id = hook["id"].as_str().unwrap().to_owned();
+        server.plan("p", json!({"features": []}));
+        server.license("p", json!({}));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, deliveries) = server.admin("GET", &format!("/webhooks/{id}/deliveries"), None);
+            if let Some(attempt) = deliveries["data"].as_array().and_then(|d| d.last()) {
+                break attempt.clone();
+            }
+            assert!(Instant::now() < deadline, "no attempt: {deliveries}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let trusting = fast_retry_server(Backend::Sqlite, &["--webhook-ca-file", &path("ca.pem")]);
+    let attempt = first_attempt(&trusting);
+    assert_eq!(attempt["status_code"], 200, "{attempt}");
+
+    let plain = fast_retry_server(Backend::Sqlite, &[]);
+    let attempt = first_attempt(&plain);
+    assert!(attempt["status_code"].is_null(), "{attempt}");
+    let error = attempt["error"].as_str().unwrap();
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+
+    // Not a certificate: refused before the server listens.
+    let out = keysmith_tests::server_command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &path("data"),
+        "--webhook-ca-file",
+        &path("srv.key"),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--webhook-ca-file") && stderr.contains("no certificate"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing made");
+}
