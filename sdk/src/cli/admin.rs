@@ -119,6 +119,15 @@ pub(super) enum Condition<'a> {
     Absent,
 }
 
+/// The server's own tag under `tag`: a proxy that compresses answers
+/// (nginx's gzip) marks the tags it passes on weak (`W/"…"`), which
+/// `If-Match` never matches, so every write would lose as if others kept
+/// changing the record. A Keysmith tag names the record's version, not
+/// its bytes, so the tag under the mark is still the version read.
+fn strong(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
 /// How often a read-modify-write tries before giving up on a record others
 /// keep changing.
 const ATTEMPTS: usize = 10;
@@ -200,7 +209,9 @@ impl Api {
                 std::thread::sleep(Duration::from_millis(pause));
             }
             let (current, tag) = self.send_if(Method::GET, url.clone(), None, Condition::None)?;
-            let condition = tag.as_deref().map_or(Condition::None, Condition::Matches);
+            let condition = tag
+                .as_deref()
+                .map_or(Condition::None, |t| Condition::Matches(strong(t)));
             match self.send_if(Method::PUT, url.clone(), Some(change(current)), condition) {
                 Err(f) if f.is_precondition_failed() => continue,
                 written => return written.map(|(answer, _)| answer),
@@ -331,5 +342,16 @@ pub(super) fn number_or_none(s: &str) -> Result<Value, String> {
             .parse::<u32>()
             .map(Value::from)
             .map_err(|_| "a whole number, or `none`".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strong;
+
+    #[test]
+    fn a_tag_a_proxy_made_weak_is_sent_back_strong() {
+        assert_eq!(strong("W/\"3f2a\""), "\"3f2a\"");
+        assert_eq!(strong("\"3f2a\""), "\"3f2a\"");
     }
 }
