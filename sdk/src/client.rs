@@ -840,11 +840,12 @@ impl Inner {
         now: i64,
     ) -> Option<Entry> {
         // This answer, signed now for this request's nonce, says what time
-        // it is: the newest time seen starts again from it — not from the
-        // local clock, which may be hours ahead and put right before the
-        // app next goes offline; a record left by such a clock must not make
-        // later offline use look tampered.
-        let mut entry = Entry::new(token, claims.iat);
+        // it is: the newest time seen starts again from it, or from the
+        // local clock if that is behind it. Not from a local clock ahead
+        // (it may be put right before the app next goes offline), and not
+        // from the server's time for a clock behind it (a machine whose
+        // clock runs slow would be "tampered" until it caught up).
+        let mut entry = Entry::new(token, claims.iat.min(now));
         if let Some((old, old_claims)) = self.load_verified(path, expected) {
             let old_newest = rules::newest_seen(old.newest_seen, &old_claims);
             if rules::is_fresh_copy(&old_claims, old_newest, claims, now) {

@@ -79,7 +79,8 @@
 //! otherwise there is no answer (an [`Error`], [`Error::is_network`] or
 //! [`Error::is_signature`]). With `now` the local clock (see
 //! [`ClientBuilder::clock`]) and `newest` the largest of the times recorded
-//! with the entry and the token's signed `iat`:
+//! with the entry and the token's signed `iat` less 26 hours (the widest
+//! gap between two time zones, for a clock that runs behind the server's):
 //!
 //! 1. a cached *invalid* answer is replayed as it is (`LICENSE_REVOKED`, …,
 //!    source `cache`), whatever the clock;
@@ -95,9 +96,11 @@
 //! valid at its expiry.
 //!
 //! The times recorded with an entry start again at each online answer, from
-//! its signed `iat`, not the local clock: an answer signed for this
-//! request's nonce says what time it is, so a clock that ran ahead (even at
-//! that answer) and was put right is not taken for a clock set back once
+//! its signed `iat` or the local clock, whichever is earlier: an answer
+//! signed for this request's nonce says what time it is, so a clock that
+//! ran ahead (even at that answer) and was put right is not taken for a
+//! clock set back, and a clock that runs behind the server's is not taken
+//! for one set back either, once
 //! the app is next offline.
 //!
 //! A signed refusal (`LICENSE_REVOKED`, …) always replaces the cached
@@ -111,15 +114,15 @@
 //! dir ([`ClientBuilder::cache_dir`], by default the platform's cache dir for
 //! the app id), named by the SHA-256 of those: the key never appears in
 //! clear. It holds the server's token exactly as received and `newest_seen`,
-//! the newest time the SDK has seen for it (the answer's `iat` at each
-//! online validation, and offline the local clock whenever it has moved on
-//! by a minute).
+//! the newest time the SDK has seen for it (the answer's `iat`, or the
+//! local clock if behind it, at each online validation, and offline the
+//! local clock whenever it has moved on by a minute).
 //! Files are written to a temporary file, fsynced and renamed over the old
 //! one (mode 0600 in a 0700 dir on Unix): readers in any thread or process
 //! see a whole old or a whole new file. A file that does not parse or whose
 //! token does not verify is ignored, and replaced by the next online answer.
 //! Editing `newest_seen` can only make the SDK stricter than the signed `iat`
-//! already does.
+//! (less 26 hours) already does.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -69,10 +69,18 @@ pub(crate) fn offline_until(claims: &Claims, offline_grace_secs: Option<i64>) ->
     }
 }
 
+/// How far behind the server's a machine's clock may run and still be
+/// trusted offline right after an online answer: the widest gap between
+/// two time zones (a clock set by hand for the wrong one, a hardware clock
+/// kept in local time). The signed `iat` less this is the floor of the
+/// newest time seen, whatever a cache file says.
+pub(crate) const CLOCK_BEHIND_SECS: i64 = 26 * 3600;
+
 /// The newest time the SDK has seen, given a cache entry's record and the
-/// token's own (signed) issue time.
+/// token's own (signed) issue time: the record, but never more than
+/// [`CLOCK_BEHIND_SECS`] before that.
 pub(crate) fn newest_seen(recorded: i64, claims: &Claims) -> i64 {
-    recorded.max(claims.iat)
+    recorded.max(claims.iat.saturating_sub(CLOCK_BEHIND_SECS))
 }
 
 /// What a verified cached token answers at `now` when the server cannot be
@@ -282,10 +290,22 @@ mod tests {
         );
         assert_eq!(at(newest - CLOCK_TOLERANCE_SECS - 1), Code::ClockTampered);
         assert_eq!(at(IAT), Code::ClockTampered);
-        // The signed iat counts even when the recorded time was edited down.
+        // The signed iat counts even when the recorded time was edited
+        // down, less the widest time-zone gap a clock may be behind by.
+        assert_eq!(
+            offline_answer(
+                claims(),
+                0,
+                IAT - CLOCK_BEHIND_SECS - CLOCK_TOLERANCE_SECS - 1,
+                None
+            )
+            .code,
+            Code::ClockTampered
+        );
         assert_eq!(
             offline_answer(claims(), 0, IAT - DAY, None).code,
-            Code::ClockTampered
+            Code::Valid,
+            "a clock a day behind the server's"
         );
     }
 

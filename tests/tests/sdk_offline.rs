@@ -178,6 +178,31 @@ fn a_clock_ahead_at_the_last_answer_and_put_right_offline_is_trusted() {
     offline_after_a_fast_clock(3 * 3600, false);
 }
 
+/// A machine whose clock runs twenty minutes slow (set by hand, a hardware
+/// clock kept in local time) was `CLOCK_TAMPERED` offline for its first
+/// twenty minutes after each online answer: the server's `iat` was taken
+/// for a time this clock had seen. A clock set back from there still is.
+#[test]
+fn a_slow_clock_is_trusted_offline_right_after_an_online_answer() {
+    let mut l = Licensed::start();
+    let opts = ValidateOptions::new();
+    let slow = l.client().clock(shifted_clock(-20 * 60)).build().unwrap();
+    assert_eq!(slow.validate(&l.key, &opts).unwrap().source, Source::Online);
+    l.server.kill9();
+    let answer = slow.validate(&l.key, &opts).unwrap();
+    assert_eq!(
+        (answer.code, answer.source),
+        (Code::Valid, Source::Cache),
+        "{}",
+        answer.message()
+    );
+    let back = l.client().clock(shifted_clock(-2 * DAY)).build().unwrap();
+    assert_eq!(
+        back.validate(&l.key, &opts).unwrap().code,
+        Code::ClockTampered
+    );
+}
+
 /// Validates online with a clock `ahead_secs` fast, then (if
 /// `right_online`) once more with the right clock; offline, the right
 /// clock gets the cached VALID and one set back a day CLOCK_TAMPERED.
