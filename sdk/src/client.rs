@@ -405,14 +405,23 @@ impl Client {
                 let now = self.now();
                 // Deciding is a small read; the write fsyncs, so it goes
                 // off the async workers. A failed write costs only the
-                // offline fallback, never this answer.
+                // offline fallback, never this answer — but a refusal that
+                // cannot be written must not leave an older VALID in its
+                // place (a full disk, a quota, a file-size limit): the entry
+                // goes, which works when writing does not.
                 let expected = req.expected();
                 if let Some(entry) =
                     self.inner
                         .entry_to_store(&req.cache_path, &expected, token, &claims, now)
                 {
                     let path = req.cache_path.clone();
-                    let _ = tokio::task::spawn_blocking(move || cache::store(&path, &entry)).await;
+                    let refusal = !claims.valid;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if cache::store(&path, &entry).is_err() && refusal {
+                            let _ = cache::remove(&path);
+                        }
+                    })
+                    .await;
                 }
                 let code = claims.code;
                 Ok(Validation::from_claims(

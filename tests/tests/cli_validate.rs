@@ -99,6 +99,42 @@ fn revoked_is_1_online_and_from_the_cache() {
     assert_eq!(json_of(&out)["source"], "cache");
 }
 
+/// A revocation the cache cannot hold (a full disk, a quota, a file-size
+/// limit) must not leave the older VALID in its place: it did, so the app
+/// was told LICENSE_REVOKED once and VALID at its next offline start.
+/// (`ulimit -f 0`: no file may grow, while removing one still works.)
+#[cfg(unix)]
+#[test]
+fn a_revocation_the_cache_cannot_hold_removes_the_cached_valid() {
+    let mut l = Licensed::start();
+    assert_eq!(code_of(&cli_validate(&l, &l.server.url, &[])), 0);
+    assert_eq!(l.cache_files().len(), 1);
+    l.revoke();
+    let cache = l.cache.path().to_str().unwrap().to_owned();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "trap '' XFSZ; ulimit -f 0; exec \"$0\" \"$@\""])
+        .arg(keysmith_tests::bin_path("ks-e2e-cli"))
+        .args(["validate", "--server", &l.server.url, "--public-key"])
+        .args([
+            &l.public_key,
+            "--key",
+            &l.key,
+            "--cache-dir",
+            &cache,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code_of(&out), 1, "{}", stderr(&out));
+    assert_eq!(json_of(&out)["code"], "LICENSE_REVOKED");
+    assert_eq!(l.cache_files().len(), 0, "the VALID answer is gone");
+
+    let url = l.server.url.clone();
+    l.server.kill9();
+    let out = cli_validate(&l, &url, &["--json"]);
+    assert_eq!(code_of(&out), 2, "no answer, not VALID: {}", stdout(&out));
+}
+
 #[test]
 fn offline_within_grace_is_0_from_the_cache_and_without_cache_is_2() {
     let mut l = Licensed::start();
