@@ -105,6 +105,24 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// The cache dir's lock file: an advisory lock, never read or written.
+pub(crate) const LOCK_FILE: &str = ".lock";
+
+/// Holds `dir`'s lock while the returned file is open: one thread or
+/// process at a time reads an entry, decides what to write and writes it,
+/// so that an older answer decided on before a newer one was written
+/// cannot land after it. `None` when the lock cannot be had (a dir that
+/// cannot be written, where nothing is written either).
+pub(crate) fn lock(dir: &Path) -> Option<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(dir.join(LOCK_FILE)).ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
 /// Removes the entry at `path`, if there is one; durably.
 pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {

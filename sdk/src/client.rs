@@ -337,7 +337,7 @@ fn default_cache_dir(app_id: &str) -> Result<PathBuf, Error> {
 }
 
 /// A request after the local checks: what it asks, and where its cache is.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Prepared {
     key: LicenseKey,
     key_sha256: String,
@@ -409,20 +409,10 @@ impl Client {
                 // cannot be written must not leave an older VALID in its
                 // place (a full disk, a quota, a file-size limit): the entry
                 // goes, which works when writing does not.
-                let expected = req.expected();
-                if let Some(entry) =
-                    self.inner
-                        .entry_to_store(&req.cache_path, &expected, token, &claims, now)
-                {
-                    let path = req.cache_path.clone();
-                    let refusal = !claims.valid;
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if cache::store(&path, &entry).is_err() && refusal {
-                            let _ = cache::remove(&path);
-                        }
-                    })
-                    .await;
-                }
+                let (inner, req, fresh) = (self.inner.clone(), req.clone(), claims.clone());
+                let _ =
+                    tokio::task::spawn_blocking(move || inner.remember(&req, token, &fresh, now))
+                        .await;
                 let code = claims.code;
                 Ok(Validation::from_claims(
                     *claims,
@@ -533,9 +523,12 @@ impl Client {
         if status.is_success() {
             let freed: Deactivation = parse_answer(url, status, &bytes)?;
             let path = req.cache_path.clone();
-            let removed = tokio::task::spawn_blocking(move || cache::remove(&path))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let removed = tokio::task::spawn_blocking(move || {
+                let _locked = path.parent().and_then(cache::lock);
+                cache::remove(&path)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             // Kept, the answer would let this machine go on offline.
             return match removed {
                 Ok(()) => Ok(freed),
@@ -737,6 +730,7 @@ impl ClockRecord {
     /// Writes it, only over the same token: an online answer written
     /// meanwhile (a revocation, say) must not be replaced by this older one.
     fn write(self) {
+        let _locked = self.path.parent().and_then(cache::lock);
         if cache::load(&self.path).is_some_and(|current| current.token == self.entry.token) {
             let _ = cache::store(&self.path, &self.entry);
         }
@@ -833,6 +827,23 @@ impl Inner {
         Some((entry, claims))
     }
 
+    /// Stores a fresh verified answer for `req`, as [`entry_to_store`]
+    /// decides. A failed write costs only the offline fallback, never this
+    /// answer — but a refusal that cannot be written must not leave an
+    /// older VALID in its place (a full disk, a quota, a file-size limit):
+    /// the entry goes, which works when writing does not.
+    ///
+    /// [`entry_to_store`]: Self::entry_to_store
+    fn remember(&self, req: &Prepared, token: String, claims: &Claims, now: i64) {
+        let _locked = cache::lock(&self.cache_dir);
+        let path = &req.cache_path;
+        if let Some(entry) = self.entry_to_store(path, &req.expected(), token, claims, now) {
+            if cache::store(path, &entry).is_err() && !claims.valid {
+                let _ = cache::remove(path);
+            }
+        }
+    }
+
     /// The entry to store for a fresh verified answer, if any. A signed
     /// refusal always replaces what is cached (SPEC §7: a revocation is
     /// never hidden, even when it was signed by a server whose clock is
@@ -896,6 +907,64 @@ mod tests {
         Client::builder("http://127.0.0.1:9")
             .public_key(public_key())
             .cache_dir("/tmp/ks-unused")
+    }
+
+    /// Two answers for one entry written at once, from two threads or two
+    /// processes: a VALID signed before a refusal, and the refusal. The
+    /// refusal must stay whatever the order (a VALID older than a cached
+    /// refusal does not replace it), so deciding and writing are one step:
+    /// a VALID decided on before the refusal was written could be written
+    /// after it.
+    #[test]
+    fn an_older_valid_written_beside_a_refusal_never_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = builder().cache_dir(dir.path()).build().unwrap();
+        let key = LicenseKey::generate("KS").unwrap();
+        let req = client.prepared(key, &ValidateOptions::new()).unwrap();
+        let signer = keysmith_core::token::TokenSigner::new(crate::test_support::signing_key());
+        let claims = |code: Code, iat: i64| Claims {
+            iss: "test".into(),
+            sub: Some("lic_TEST".into()),
+            key_sha256: req.key_sha256.clone(),
+            valid: code == Code::Valid,
+            code,
+            status: Some(if code == Code::Valid {
+                keysmith_core::Status::Active
+            } else {
+                keysmith_core::Status::Revoked
+            }),
+            plan: Some("p".into()),
+            features: Vec::new(),
+            license_expires_at: None,
+            domain: None,
+            fingerprint: None,
+            nonce: None,
+            iat,
+            exp: iat + 86_400,
+        };
+        for round in 0..40 {
+            let _ = std::fs::remove_file(&req.cache_path);
+            let iat = 1_800_000_000 + round * 10;
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                for answer in [
+                    claims(Code::Valid, iat),
+                    claims(Code::LicenseRevoked, iat + 1),
+                ] {
+                    let (client, req, barrier) = (&client, &req, &barrier);
+                    let token = signer.sign(&answer);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        client.inner.remember(req, token, &answer, iat + 2);
+                    });
+                }
+            });
+            let (_, kept) = client
+                .inner
+                .load_verified(&req.cache_path, &req.expected())
+                .unwrap();
+            assert_eq!(kept.code, Code::LicenseRevoked, "round {round}");
+        }
     }
 
     #[test]

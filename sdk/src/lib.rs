@@ -119,7 +119,10 @@
 //! local clock whenever it has moved on by a minute).
 //! Files are written to a temporary file, fsynced and renamed over the old
 //! one (mode 0600 in a 0700 dir on Unix): readers in any thread or process
-//! see a whole old or a whole new file. A file that does not parse or whose
+//! see a whole old or a whole new file. Writers take the dir's lock (an
+//! advisory lock on its `.lock` file) from reading the entry to replacing
+//! it, so an older answer decided on before a newer one was written never
+//! lands after it. A file that does not parse or whose
 //! token does not verify is ignored, and replaced by the next online answer.
 //! Editing `newest_seen` can only make the SDK stricter than the signed `iat`
 //! (less 26 hours) already does.

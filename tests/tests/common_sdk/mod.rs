@@ -84,8 +84,13 @@ impl Licensed {
 }
 
 pub fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    // Answers and temp files; not the dir's lock file.
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| !p.ends_with(".lock"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
