@@ -48,16 +48,32 @@ pub(crate) fn file_path(
     domain: Option<&str>,
     fingerprint: Option<&str>,
 ) -> PathBuf {
+    hashed_path(
+        dir,
+        [
+            "keysmith-cache-v1",
+            app_id,
+            key.as_str(),
+            domain.unwrap_or(""),
+            fingerprint.unwrap_or(""),
+        ],
+    )
+}
+
+/// The file of the latest refusal about the license as a whole (suspended,
+/// revoked, expired, not found) that `app_id` was told for `key`, whatever
+/// the request's domain and fingerprint: offline, it outranks a VALID
+/// cached for any of them before it.
+pub(crate) fn refusal_path(dir: &Path, app_id: &str, key: &LicenseKey) -> PathBuf {
+    hashed_path(dir, ["keysmith-refusal-v1", app_id, key.as_str(), "", ""])
+}
+
+/// `dir`/<SHA-256 of the parts>.license: the key never appears in clear.
+fn hashed_path(dir: &Path, parts: [&str; 5]) -> PathBuf {
     let mut hash = Sha256::new();
     // NUL separators: none of the parts can contain one, so no two
     // different requests hash the same input.
-    for part in [
-        "keysmith-cache-v1",
-        app_id,
-        key.as_str(),
-        domain.unwrap_or(""),
-        fingerprint.unwrap_or(""),
-    ] {
+    for part in parts {
         hash.update(part.as_bytes());
         hash.update([0]);
     }

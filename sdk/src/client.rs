@@ -344,6 +344,9 @@ struct Prepared {
     domain: Option<String>,
     fingerprint: Option<String>,
     cache_path: PathBuf,
+    /// Where a refusal of the whole license is kept for every request of
+    /// the key ([`cache::refusal_path`]).
+    refusal_path: PathBuf,
 }
 
 impl Prepared {
@@ -615,15 +618,17 @@ impl Client {
                 ));
             }
         }
+        let (dir, app_id) = (&self.inner.cache_dir, &self.inner.app_id);
         let cache_path = cache::file_path(
-            &self.inner.cache_dir,
-            &self.inner.app_id,
+            dir,
+            app_id,
             &key,
             domain.as_deref(),
             options.fingerprint.as_deref(),
         );
         Ok(Prepared {
             key_sha256: key.sha256_hex(),
+            refusal_path: cache::refusal_path(dir, app_id, &key),
             key,
             domain,
             fingerprint: options.fingerprint.clone(),
@@ -700,6 +705,21 @@ impl Client {
     fn answer_from_cache(&self, req: &Prepared) -> Option<(Validation, Option<ClockRecord>)> {
         let now = self.now();
         let (entry, claims) = self.inner.load_verified(&req.cache_path, &req.expected())?;
+        if claims.valid {
+            // The license refused meanwhile, told for another domain or
+            // fingerprint: that refusal stands here too (in the same second,
+            // the refusal is taken for the later).
+            if let Some(refusal) = self.inner.license_refusal(req) {
+                if refusal.iat >= claims.iat {
+                    let until = rules::offline_until(&refusal, self.inner.offline_grace_secs);
+                    let code = refusal.code;
+                    return Some((
+                        Validation::from_claims(refusal, code, Source::Cache, until),
+                        None,
+                    ));
+                }
+            }
+        }
         let newest = rules::newest_seen(entry.newest_seen, &claims);
         let answer = rules::offline_answer(
             claims,
@@ -841,7 +861,19 @@ impl Inner {
             if cache::store(path, &entry).is_err() && !claims.valid {
                 let _ = cache::remove(path);
             }
+            let newer = |old: Claims| old.iat <= claims.iat;
+            if rules::is_license_wide(claims) && self.license_refusal(req).is_none_or(newer) {
+                let _ = cache::store(&req.refusal_path, &entry);
+            }
         }
+    }
+
+    /// The latest refusal of the whole license cached for `req`'s key, under
+    /// any domain and fingerprint, verified.
+    fn license_refusal(&self, req: &Prepared) -> Option<Claims> {
+        let entry = cache::load(&req.refusal_path)?;
+        let claims = self.keys.verify(&entry.token).ok()?;
+        (claims.key_sha256 == req.key_sha256 && rules::is_license_wide(&claims)).then_some(claims)
     }
 
     /// The entry to store for a fresh verified answer, if any. A signed

@@ -83,7 +83,10 @@
 //! gap between two time zones, for a clock that runs behind the server's):
 //!
 //! 1. a cached *invalid* answer is replayed as it is (`LICENSE_REVOKED`, …,
-//!    source `cache`), whatever the clock;
+//!    source `cache`), whatever the clock; so is a refusal of the whole
+//!    license (suspended, revoked, expired, not found) that this app was
+//!    told for the key under another domain or fingerprint, if it is not
+//!    older than the cached `VALID`;
 //! 2. if `now` is more than [`CLOCK_TOLERANCE_SECS`] (10 minutes) before
 //!    `newest`, the answer is `CLOCK_TAMPERED`;
 //! 3. if `now` is before the token's `exp` — shortened to `iat + grace` by

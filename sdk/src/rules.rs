@@ -110,6 +110,19 @@ pub(crate) fn offline_answer(
     Validation::from_claims(claims, code, Source::Cache, until)
 }
 
+/// Whether a signed answer refuses the license as a whole, whatever the
+/// request's domain and fingerprint: suspended, revoked, expired or not
+/// found (not a seat limit, which is about this request).
+pub(crate) fn is_license_wide(claims: &Claims) -> bool {
+    matches!(
+        claims.code,
+        Code::LicenseSuspended
+            | Code::LicenseRevoked
+            | Code::LicenseExpired
+            | Code::LicenseNotFound
+    )
+}
+
 /// How stale a cache entry may be before it is written again when nothing
 /// but time has changed: an unchanged online answer is not rewritten within
 /// it, and an offline check records the passing of time only past it. Cheap

@@ -203,6 +203,47 @@ fn a_slow_clock_is_trusted_offline_right_after_an_online_answer() {
     );
 }
 
+/// A license-wide refusal (suspended, revoked, expired) that the app was
+/// told for one fingerprint stands offline for every other request of the
+/// key: it was kept for that request alone, so the app offline without a
+/// fingerprint (its machine id unreadable, say) went on VALID until that
+/// entry's grace ran out. A VALID signed after it still counts where it
+/// was given.
+#[test]
+fn a_suspension_seen_for_one_fingerprint_stands_offline_for_the_others() {
+    let mut l = Licensed::start();
+    let client = l.client().build().unwrap();
+    let this = ValidateOptions::new().fingerprint("machine-a");
+    let other = ValidateOptions::new();
+    assert!(client.validate(&l.key, &this).unwrap().valid);
+    assert!(client.validate(&l.key, &other).unwrap().valid);
+    let status = |status: &str| {
+        let (code, _) = l.server.admin(
+            "PUT",
+            &format!("/licenses/{}", l.id),
+            Some(serde_json::json!({"status": status})),
+        );
+        assert_eq!(code, 200);
+    };
+    status("suspended");
+    let refused = client.validate(&l.key, &this).unwrap();
+    assert_eq!(refused.code, Code::LicenseSuspended);
+    // Reinstated, and validated again for this fingerprint only, a second
+    // later (times are in seconds).
+    status("active");
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert!(client.validate(&l.key, &this).unwrap().valid);
+
+    l.server.kill9();
+    let answer = client.validate(&l.key, &other).unwrap();
+    assert_eq!(
+        (answer.code, answer.source),
+        (Code::LicenseSuspended, Source::Cache)
+    );
+    let answer = client.validate(&l.key, &this).unwrap();
+    assert_eq!((answer.code, answer.source), (Code::Valid, Source::Cache));
+}
+
 /// Validates online with a clock `ahead_secs` fast, then (if
 /// `right_online`) once more with the right clock; offline, the right
 /// clock gets the cached VALID and one set back a day CLOCK_TAMPERED.
