@@ -122,7 +122,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// The cache dir's lock file: an advisory lock, never read or written.
-pub(crate) const LOCK_FILE: &str = ".lock";
+const LOCK_FILE: &str = ".lock";
 
 /// Holds `dir`'s lock while the returned file is open: one thread or
 /// process at a time reads an entry, decides what to write and writes it,

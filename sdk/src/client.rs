@@ -711,12 +711,9 @@ impl Client {
             // the refusal is taken for the later).
             if let Some(refusal) = self.inner.license_refusal(req) {
                 if refusal.iat >= claims.iat {
-                    let until = rules::offline_until(&refusal, self.inner.offline_grace_secs);
-                    let code = refusal.code;
-                    return Some((
-                        Validation::from_claims(refusal, code, Source::Cache, until),
-                        None,
-                    ));
+                    // Replayed as any cached refusal is (rule 1).
+                    let grace = self.inner.offline_grace_secs;
+                    return Some((rules::offline_answer(refusal, 0, now, grace), None));
                 }
             }
         }

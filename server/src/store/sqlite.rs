@@ -169,14 +169,14 @@ impl ReadPool {
         }
     }
 
-    /// Whether `query` (with `?1` bound to `param`) finds a row, on a pooled
+    /// Whether `query` (with `params` bound) finds a row, on a pooled
     /// connection on this thread: how the background workers look for work
     /// without making the writer commit.
-    fn finds(&self, query: &str, param: i64) -> Result<bool> {
+    fn finds(&self, query: &str, params: impl rusqlite::Params) -> Result<bool> {
         self.run(|conn| {
             Ok(conn
                 .prepare_cached(&format!("SELECT EXISTS ({query})"))?
-                .query_row([param], |r| r.get(0))?)
+                .query_row(params, |r| r.get(0))?)
         })
     }
 
@@ -1321,7 +1321,7 @@ impl Store for SqliteStore {
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<usize> {
         // Looked at on a read connection first, as `claim_deliveries`: a
         // sweep with nothing due does not make the writer commit.
-        if !self.readers.finds(DUE_LICENSES, now.timestamp())? {
+        if !self.readers.finds(DUE_LICENSES, [now.timestamp()])? {
             return Ok(0);
         }
         self.write(move |conn| {
@@ -1356,7 +1356,7 @@ impl Store for SqliteStore {
     async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
         let cutoff = before.timestamp();
         // Looked at on a read connection first, as `expire_due`.
-        if !self.readers.finds(EVENTS_BEFORE, cutoff)? {
+        if !self.readers.finds(EVENTS_BEFORE, [cutoff])? {
             return Ok(0);
         }
         self.write(move |conn| {
@@ -1563,12 +1563,10 @@ impl Store for SqliteStore {
         // endpoint disabled or at its cap, a license's later event) do not
         // send each poll through the writer either.
         let now_ms = now.timestamp_millis();
-        let claimable: bool = self.readers.run(|conn| {
-            Ok(conn
-                .prepare_cached(&format!("SELECT EXISTS ({CLAIMABLE})"))?
-                .query_row(params![now_ms, limit, per_endpoint], |r| r.get(0))?)
-        })?;
-        if !claimable {
+        if !self
+            .readers
+            .finds(CLAIMABLE, params![now_ms, limit, per_endpoint])?
+        {
             return Ok(Vec::new());
         }
         self.write(move |conn| {
